@@ -1,0 +1,307 @@
+"""Pydantic models of BFL's generation request bodies, one per schema of BFL's ``openapi.json``.
+
+They mirror the spec's names, defaults, bounds and nullability; stricter checks are named constants.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from fractions import Fraction
+from typing import Annotated, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+PIXELS_PER_MEGAPIXEL = 2**20
+"""BFL's megapixel, in pixels: its ``output_mp`` for 1440x1440 is 1.98, so 1 MP = 2**20 pixels."""
+
+FLUX2_MIN_SIDE_PX = 64
+"""Smallest FLUX.2 width/height in pixels. The spec says 64, the help centre 256; we keep the spec's
+64: it is what BFL's server validates, and refusing 64..255 could refuse requests BFL accepts."""
+
+FLUX2_SIDE_MULTIPLE_PX = 16
+"""FLUX.2 width/height must be multiples of this (help centre, not in the spec); BFL rejects others,
+so we refuse them before a request is sent."""
+
+FLUX2_MAX_MEGAPIXELS = 4.0
+"""Largest FLUX.2 output in BFL megapixels (help centre, not the spec): width x height limit."""
+
+FLUX2_DEFAULT_SIDE_PX = 1024
+"""FLUX.2 width/height 0 or null means "server picks": 1024 (help centre). Assumption: each side
+defaults on its own, so width=512 with height unset is taken as 512x1024."""
+
+MIN_ASPECT_RATIO = (9, 21)
+"""Narrowest aspect ratio (width, height) BFL accepts for Ultra and Kontext, inclusive."""
+
+MAX_ASPECT_RATIO = (21, 9)
+"""Widest aspect ratio (width, height) BFL accepts for Ultra and Kontext, inclusive."""
+
+_ASPECT_RATIO_RE = re.compile(r"(\d+):(\d+)", re.ASCII)
+_ASPECT_RATIO_RANGE = "{}:{}..{}:{}".format(*MIN_ASPECT_RATIO, *MAX_ASPECT_RATIO)
+_ASPECT_RATIO_FORMAT = "aspect_ratio must be 'W:H' with whole numbers >= 1"
+
+
+class OutputFormat(StrEnum):
+    """The spec's ``OutputFormat`` enum."""
+
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+
+
+def parse_aspect_ratio(text: str) -> tuple[int, int]:
+    """Parse ``"W:H"`` into ``(W, H)``; raise ``ValueError`` naming aspect_ratio when malformed."""
+    match = _ASPECT_RATIO_RE.fullmatch(text)
+    if match is None or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ValueError(f"{_ASPECT_RATIO_FORMAT}, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def _check_aspect_ratio(text: str) -> str:
+    try:
+        width, height = parse_aspect_ratio(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "aspect_ratio", _ASPECT_RATIO_FORMAT + ", got {value}", {"value": repr(text)}
+        ) from None
+    if not Fraction(*MIN_ASPECT_RATIO) <= Fraction(width, height) <= Fraction(*MAX_ASPECT_RATIO):
+        raise PydanticCustomError(
+            "aspect_ratio",
+            "aspect_ratio {ratio} is outside {range}",
+            {"ratio": text, "range": _ASPECT_RATIO_RANGE},
+        )
+    return text
+
+
+# format uri + minLength 1 + maxLength 2083 is exactly the schema of pydantic's HttpUrl, so that is
+# what BFL's server checks; we check the same but keep the caller's string as is (no trailing /).
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _check_webhook_url(url: str) -> str:
+    try:
+        _HTTP_URL.validate_python(url)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        error = PydanticCustomError("url", "not an http(s) URL: {reason}", {"reason": reason})
+        raise error from None
+    return url
+
+
+def flux2_size(width: int | None, height: int | None) -> tuple[int, int]:
+    """FLUX.2 output size in pixels: a side that is 0 or None is picked by the server (1024)."""
+    return width or FLUX2_DEFAULT_SIDE_PX, height or FLUX2_DEFAULT_SIDE_PX
+
+
+AspectRatio = Annotated[str, AfterValidator(_check_aspect_ratio)]
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=2083, json_schema_extra={"format": "uri"}),
+    AfterValidator(_check_webhook_url),
+]
+Flux1Side = Annotated[int, Field(ge=256, le=1440, multiple_of=32)]
+Flux2Side = Annotated[int, Field(ge=FLUX2_MIN_SIDE_PX, multiple_of=FLUX2_SIDE_MULTIPLE_PX)]
+Flux1Steps = Annotated[int, Field(ge=1, le=50)]
+FillSteps = Annotated[int, Field(ge=15, le=50)]
+FillGuidance = Annotated[float, Field(ge=1.5, le=100)]
+ExpandMargin = Annotated[int, Field(ge=0, le=2048)]
+Strength = Annotated[float, Field(ge=0, le=1)]
+FinetuneStrength = Annotated[float, Field(ge=0, le=2)]
+
+
+class BflRequest(BaseModel):
+    """Fields every generation schema has. The base of every request model."""
+
+    # BFL probably ignores unknown fields (FastAPI's default). We reject them: a typo such as
+    # "widht" silently ignored would spend credits on an image nobody asked for.
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = None
+    output_format: OutputFormat | None = OutputFormat.JPEG
+    webhook_url: WebhookUrl | None = None
+    # Kept for fidelity with the spec; the producer layer refuses it (secrets never enter a job).
+    webhook_secret: str | None = None
+
+
+class _Flux1Request(BflRequest):
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] = 2
+
+
+class FluxPro11Inputs(_Flux1Request):
+    """``POST /v1/flux-pro-1.1``."""
+
+    prompt: str | None = ""
+    image_prompt: str | None = None
+    width: Flux1Side = 1024
+    height: Flux1Side = 768
+    prompt_upsampling: bool = False
+
+
+class FluxDevInputs(_Flux1Request):
+    """``POST /v1/flux-dev``."""
+
+    prompt: str = ""
+    image_prompt: str | None = None
+    width: Flux1Side = 1024
+    height: Flux1Side = 768
+    steps: Flux1Steps | None = 28
+    prompt_upsampling: bool = False
+    guidance: Annotated[float, Field(ge=1.5, le=5)] | None = 3.0
+
+
+class FluxProInputs(_Flux1Request):
+    """``POST /v1/flux-pro``: FLUX.1 [pro] of 2024, not in the 2026 spec (API.md, seed docs)."""
+
+    prompt: str | None = ""
+    image_prompt: str | None = None
+    width: Flux1Side = 1024
+    height: Flux1Side = 768
+    steps: Flux1Steps | None = 40
+    prompt_upsampling: bool = False
+    guidance: Annotated[float, Field(ge=1.5, le=5)] | None = 2.5
+    interval: Annotated[float, Field(ge=1, le=4)] | None = 2.0
+
+
+class _UltraRequest(_Flux1Request):
+    prompt: str | None = ""
+    prompt_upsampling: bool = False
+    aspect_ratio: AspectRatio = "16:9"
+    image_prompt: str | None = None
+    image_prompt_strength: Strength = 0.1
+
+
+class FluxUltraInput(_UltraRequest):
+    """``POST /v1/flux-pro-1.1-ultra``."""
+
+    raw: bool = False
+
+
+class FinetuneFluxUltraInput(_UltraRequest):
+    """``POST /v1/flux-pro-1.1-ultra-finetuned``."""
+
+    finetune_id: str
+    finetune_strength: FinetuneStrength = 1.2
+
+
+class _FillRequest(_Flux1Request):
+    image: str
+    prompt: str | None = ""
+    steps: FillSteps | None = 50
+    prompt_upsampling: bool | None = False
+    guidance: FillGuidance | None = 60
+
+
+class FluxProFillInputs(_FillRequest):
+    """``POST /v1/flux-pro-1.0-fill``."""
+
+    mask: str | None = None
+
+
+class FluxProExpandInputs(_FillRequest):
+    """``POST /v1/flux-pro-1.0-expand``."""
+
+    top: ExpandMargin | None = 0
+    bottom: ExpandMargin | None = 0
+    left: ExpandMargin | None = 0
+    right: ExpandMargin | None = 0
+
+
+class FinetuneFluxProFillInputs(_Flux1Request):
+    """``POST /v1/flux-pro-1.0-fill-finetuned``: like fill, but steps/guidance are not nullable."""
+
+    finetune_id: str
+    finetune_strength: FinetuneStrength = 1.1
+    image: str
+    mask: str | None = None
+    prompt: str = ""
+    steps: FillSteps = 50
+    prompt_upsampling: bool = False
+    guidance: FillGuidance = 60
+
+
+class FluxKontextProInputs(_Flux1Request):
+    """``POST /v1/flux-kontext-pro`` and ``/v1/flux-kontext-max``."""
+
+    prompt: str
+    input_image: str | None = None
+    input_image_2: str | None = None
+    input_image_3: str | None = None
+    input_image_4: str | None = None
+    aspect_ratio: AspectRatio | None = None
+    output_format: OutputFormat | None = OutputFormat.PNG
+    prompt_upsampling: bool = False
+
+
+class _Flux2Request(BflRequest):
+    prompt: str
+    input_image: str | None = None
+    input_image_2: str | None = None
+    input_image_3: str | None = None
+    input_image_4: str | None = None
+    width: Flux2Side | None = 0
+    height: Flux2Side | None = 0
+    safety_tolerance: Annotated[int, Field(ge=0, le=5)] = 2
+
+    @field_validator("width", "height", mode="wrap")
+    @classmethod
+    def _zero_means_server_picks(
+        cls, value: object, handler: ValidatorFunctionWrapHandler
+    ) -> object:
+        # The spec's own default, 0, is below its minimum of 64: 0 means "server picks 1024".
+        if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+            return 0
+        return handler(value)
+
+    # A model-level check: the error belongs to no single field (loc ("body",)), so its message
+    # names both width and height.
+    @model_validator(mode="after")
+    def _at_most_max_megapixels(self) -> Self:
+        width, height = flux2_size(self.width, self.height)
+        if width * height > FLUX2_MAX_MEGAPIXELS * PIXELS_PER_MEGAPIXEL:
+            raise PydanticCustomError(
+                "flux2_too_large",
+                "width x height {width}x{height} is {mp} MP; FLUX.2 allows at most {max} MP",
+                {
+                    "width": width,
+                    "height": height,
+                    "mp": round(width * height / PIXELS_PER_MEGAPIXEL, 2),
+                    "max": FLUX2_MAX_MEGAPIXELS,
+                },
+            )
+        return self
+
+
+class Flux2KleinInputs(_Flux2Request):
+    """``POST /v1/flux-2-klein-4b``, ``-9b`` and ``-9b-preview``: up to 4 input images."""
+
+
+class _Flux2EightImagesRequest(_Flux2Request):
+    input_image_5: str | None = None
+    input_image_6: str | None = None
+    input_image_7: str | None = None
+    input_image_8: str | None = None
+
+
+class Flux2Inputs(_Flux2EightImagesRequest):
+    """``POST /v1/flux-2-pro``, ``-pro-preview`` and ``-max``: up to 8 input images."""
+
+
+class Flux2FlexInputs(_Flux2EightImagesRequest):
+    """``POST /v1/flux-2-flex``: adds steps, guidance and prompt upsampling."""
+
+    prompt_upsampling: bool | None = True
+    input_image_blob_path: str | None = None
+    guidance: Annotated[float, Field(ge=1.5, le=10)] | None = 5.0
+    steps: Flux1Steps | None = 50

@@ -1,0 +1,175 @@
+"""The catalog's request models against BFL's own OpenAPI document, property by property.
+
+A mismatch means the spec moved or a model drifted; only the named FLUX.2 extras may be stricter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from config.catalog import CATALOG
+from config.requests import FLUX2_SIDE_MULTIPLE_PX
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "bfl" / "openapi.json"
+NON_GENERATION_POSTS = {"/v1/delete_finetune"}
+LEGACY_ENDPOINTS = {"flux-pro"}
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+LENGTH_KEYS = ("minLength", "maxLength")
+
+# The only places our models may be stricter than the spec (see config/requests.py constants).
+ALLOWED_STRICTER: dict[tuple[str, str], dict[str, float]] = {
+    (schema, side): {"multipleOf": FLUX2_SIDE_MULTIPLE_PX}
+    for schema in ("Flux2Inputs", "Flux2FlexInputs", "Flux2KleinInputs")
+    for side in ("width", "height")
+}
+
+
+def load_spec() -> dict[str, Any]:
+    """BFL's OpenAPI document; a missing copy fails the run rather than skipping the contract."""
+    if not SPEC_PATH.is_file():
+        pytest.fail(f"BFL OpenAPI spec not found at {SPEC_PATH}: copy openapi.json there", False)
+    spec: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+    return spec
+
+
+SPEC = load_spec()
+
+
+def generation_posts() -> list[tuple[str, str]]:
+    """(endpoint, schema name) of every POST whose body is a generation schema."""
+    posts = []
+    for path, item in SPEC["paths"].items():
+        if "post" not in item or path in NON_GENERATION_POSTS:
+            continue
+        ref = item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        posts.append((path.removeprefix("/v1/"), ref.rsplit("/", 1)[-1]))
+    return posts
+
+
+POSTS = generation_posts()
+
+
+def deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/components/...`` or ``#/$defs/...``) within ``root``."""
+    while "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def describe(prop: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """A property reduced to what the contract compares, the same way for spec and model."""
+    branches = [deref(b, root) for b in prop.get("anyOf", [prop])]
+    values = [b for b in branches if b.get("type") != "null"]
+    assert len(values) == 1, f"unexpected union {prop}"
+    value = values[0]
+    default = prop.get("default")
+    return {
+        "nullable": len(values) < len(branches),
+        "type": value.get("type"),
+        "enum": value.get("enum"),
+        "format": value.get("format"),
+        "bounds": {k: value[k] for k in BOUND_KEYS if k in value},
+        "lengths": {k: value[k] for k in LENGTH_KEYS if k in value},
+        "default": getattr(default, "value", default),
+    }
+
+
+def spec_schema(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = SPEC["components"]["schemas"][name]
+    return schema
+
+
+def model_for(endpoint: str) -> type[BaseModel]:
+    return CATALOG[endpoint].request_model
+
+
+def both(endpoint: str, schema_name: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``key`` of each property, spec side and model side, keyed by property name."""
+    theirs = spec_schema(schema_name)
+    ours = model_for(endpoint).model_json_schema()
+    spec_side = {n: describe(p, SPEC)[key] for n, p in theirs["properties"].items()}
+    model_side = {n: describe(p, ours)[key] for n, p in ours["properties"].items()}
+    return spec_side, model_side
+
+
+by_post = pytest.mark.parametrize(("endpoint", "schema_name"), POSTS, ids=[e for e, _ in POSTS])
+
+
+def test_the_spec_lists_the_generation_endpoints() -> None:
+    assert len(POSTS) >= 16
+    assert ("flux-2-pro", "Flux2Inputs") in POSTS
+
+
+@by_post
+def test_every_spec_endpoint_is_in_the_catalog_with_its_schema(
+    endpoint: str, schema_name: str
+) -> None:
+    assert endpoint in CATALOG
+    assert CATALOG[endpoint].schema_name == schema_name
+
+
+def test_every_catalog_endpoint_but_legacy_flux_pro_is_in_the_spec() -> None:
+    in_spec = {endpoint for endpoint, _ in POSTS}
+
+    assert set(CATALOG) - in_spec == LEGACY_ENDPOINTS
+    assert all(CATALOG[e].schema_name is None for e in LEGACY_ENDPOINTS)
+
+
+@by_post
+def test_field_names_equal_the_spec_properties(endpoint: str, schema_name: str) -> None:
+    ours = set(model_for(endpoint).model_json_schema()["properties"])
+
+    assert ours == set(spec_schema(schema_name)["properties"])
+
+
+@by_post
+def test_required_fields_equal_the_spec(endpoint: str, schema_name: str) -> None:
+    ours = set(model_for(endpoint).model_json_schema().get("required", []))
+
+    assert ours == set(spec_schema(schema_name).get("required", []))
+
+
+@pytest.mark.parametrize("key", ["default", "nullable", "type", "enum", "format", "lengths"])
+@by_post
+def test_each_property_matches_the_spec(endpoint: str, schema_name: str, key: str) -> None:
+    spec_side, model_side = both(endpoint, schema_name, key)
+
+    mismatches = {
+        name: {"spec": value, "model": model_side.get(name)}
+        for name, value in spec_side.items()
+        if model_side.get(name) != value
+    }
+    assert mismatches == {}
+
+
+@by_post
+def test_numeric_bounds_equal_the_spec_but_for_named_extras(
+    endpoint: str, schema_name: str
+) -> None:
+    spec_side, model_side = both(endpoint, schema_name, "bounds")
+
+    mismatches = {}
+    for name, bounds in spec_side.items():
+        expected = bounds | ALLOWED_STRICTER.get((schema_name, name), {})
+        if model_side.get(name) != expected:
+            mismatches[name] = {"expected": expected, "model": model_side.get(name)}
+    assert mismatches == {}
+
+
+@by_post
+def test_output_format_and_webhook_url_are_constrained_as_in_the_spec(
+    endpoint: str, schema_name: str
+) -> None:
+    _, enums = both(endpoint, schema_name, "enum")
+    _, lengths = both(endpoint, schema_name, "lengths")
+
+    assert enums["output_format"] == ["jpeg", "png", "webp"]
+    assert lengths["webhook_url"] == {"minLength": 1, "maxLength": 2083}

@@ -1,0 +1,130 @@
+"""What the BFL API answers, as typed values: the closed status enum and the parsed responses.
+
+Every BFL status string is parsed here and only here; an unknown string is terminal, never Pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from config.errors import UnexpectedResponse
+
+
+class Status(StrEnum):
+    """BFL task statuses with their exact strings; UNKNOWN stands for any string not listed."""
+
+    PENDING = "Pending"
+    READY = "Ready"
+    REQUEST_MODERATED = "Request Moderated"
+    CONTENT_MODERATED = "Content Moderated"
+    ERROR = "Error"
+    TASK_NOT_FOUND = "Task not found"
+    UNKNOWN = "Unknown"
+
+    @property
+    def terminal(self) -> bool:
+        """Everything but Pending ends polling: an unknown status must never poll forever."""
+        return self is not Status.PENDING
+
+    @classmethod
+    def parse(cls, raw: object) -> Status:
+        """Map BFL's string to a member; anything unrecognised (``"Failed"``, None) is UNKNOWN."""
+        for member in cls:
+            if member is not cls.UNKNOWN and member.value == raw:
+                return member
+        return cls.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """BFL's answer to a generation POST."""
+
+    id: str
+    polling_url: str
+    cost: float | None
+    input_mp: float | None
+    output_mp: float | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One ``get_result`` answer."""
+
+    id: str
+    status: Status
+    raw_status: str
+    sample_url: str | None
+    seed: int | None
+    prompt: str | None
+    progress: float | None
+    details: dict[str, Any] | None
+    moderation_reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A file downloaded from a delivery URL and fsynced at ``path``."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+    content_type: str | None
+
+
+def _number_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_submitted(body: object, *, fallback_polling_url: str) -> Submitted:
+    """Parse a submit response; a webhook-style answer without polling_url gets the fallback."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise UnexpectedResponse(f"submit answered without a task id: {str(body)[:200]}")
+    task_id: str = body["id"]
+    polling_url = body.get("polling_url")
+    if not isinstance(polling_url, str) or not polling_url:
+        polling_url = f"{fallback_polling_url}?id={task_id}"
+    return Submitted(
+        id=task_id,
+        polling_url=polling_url,
+        cost=_number_or_none(body.get("cost")),
+        input_mp=_number_or_none(body.get("input_mp")),
+        output_mp=_number_or_none(body.get("output_mp")),
+    )
+
+
+def _moderation_reasons(details: dict[str, Any] | None) -> tuple[str, ...]:
+    if not details:
+        return ()
+    reasons = details.get("Moderation Reasons")
+    if isinstance(reasons, list):
+        return tuple(str(r) for r in reasons)
+    return ()
+
+
+def parse_result(body: object) -> Result:
+    """Parse a get_result response into a Result."""
+    if not isinstance(body, dict):
+        raise UnexpectedResponse(f"get_result answered a non-object: {str(body)[:200]}")
+    raw_status = body.get("status")
+    result = body.get("result") if isinstance(body.get("result"), dict) else {}
+    assert isinstance(result, dict)
+    details = body.get("details") if isinstance(body.get("details"), dict) else None
+    sample = result.get("sample")
+    seed = result.get("seed")
+    prompt = result.get("prompt")
+    return Result(
+        id=str(body.get("id", "")),
+        status=Status.parse(raw_status),
+        raw_status=str(raw_status),
+        sample_url=sample if isinstance(sample, str) else None,
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        prompt=prompt if isinstance(prompt, str) else None,
+        progress=_number_or_none(body.get("progress")),
+        details=details,
+        moderation_reasons=_moderation_reasons(details),
+    )
