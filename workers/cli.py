@@ -49,6 +49,43 @@ def show_config() -> None:
     console.print(table)
 
 
+@app.command("simulator")
+def simulator_command(
+    host: str = typer.Option("127.0.0.1", help="Loopback address of the API listener."),
+    port: int = typer.Option(8080, help="API port; polling and delivery take port+1, port+2."),
+    latency: str = typer.Option(
+        "", help="Per-endpoint latency, e.g. 'flux-pro-1.1=lognormal:4:9,default=fixed:1'."
+    ),
+    faults: str = typer.Option(
+        "", help="Fault rates, e.g. 'submit_503=0.05,drop=0.01,lost=0.001'."
+    ),
+    credits: float = typer.Option(1_000_000.0, help="Starting credits of each account."),
+    time_scale: float = typer.Option(1.0, help="Multiplies model durations (0.01: 4 s → 40 ms)."),
+    retry_after_s: int | None = typer.Option(None, help="Send Retry-After on 429s."),
+) -> None:
+    """Run the local BFL API simulator and print the settings that point fluxq at it."""
+    from pydantic import ValidationError
+
+    from simulator import SimConfig, parse_faults, parse_latency, serve
+
+    try:
+        config = SimConfig(
+            latency=parse_latency(latency) if latency else {},
+            initial_credits=credits,
+            time_scale=time_scale,
+            retry_after_s=retry_after_s,
+            **parse_faults(faults),
+        )
+    except (ValueError, ValidationError) as exc:
+        err_console.print(f"[bold red]fluxq simulator:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    serve(config, host=host, port=port)
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

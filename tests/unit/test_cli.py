@@ -1,0 +1,60 @@
+"""The command line: help, config with secrets masked, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from workers.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FLUXQ_") or name == "BFL_API_KEY":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(str(tmp_path))
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("config", "simulator"):
+        assert command in result.output
+
+
+def test_config_prints_settings_with_the_key_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BFL_API_KEY", "very-secret-key")
+    monkeypatch.setenv("FLUXQ_ACTIVE_CAP", "12")
+    result = runner.invoke(app, ["config"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "very-secret-key" not in result.output
+    assert "**********" in result.output
+    assert "12" in result.output
+
+
+def test_config_names_every_bad_variable_and_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXQ_ACTIVE_CAP", "zero")
+    monkeypatch.setenv("FLUXQ_POLL_DEADLINE_S", "-1")
+    result = runner.invoke(app, ["config"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "FLUXQ_ACTIVE_CAP" in result.output
+    assert "FLUXQ_POLL_DEADLINE_S" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--faults", "submit_503=2"], "submit_503"),
+        (["--faults", "bogus=0.1"], "bogus"),
+        (["--latency", "flux-nope=fixed:1"], "flux-nope"),
+    ],
+)
+def test_the_simulator_refuses_bad_options_naming_them(args: list[str], named: str) -> None:
+    result = runner.invoke(app, ["simulator", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert named in result.output
