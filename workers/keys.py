@@ -1,0 +1,87 @@
+"""Every Redis key fluxq uses, built here and only here; the layout is documented once, below.
+
+``{k}`` is a key label (sha256 of the BFL API key, 12 hex chars: never the key itself) and
+``{g}`` a cap group (an endpoint with a nested cap such as ``flux-kontext-max``, else ``default``).
+
+    fluxq:job:{job_id}            hash    the job record: request JSON, endpoint, batch, name,
+                                          priority, state, reason, bfl_id, polling_url, cost,
+                                          t_<state> timestamps, attempt counts, file path, sha256
+    fluxq:backlog:{k}:{g}         zset    waiting job ids, score = priority band + arrival order
+    fluxq:seq                     string  arrival counter for backlog scores
+    fluxq:slots:{k}               zset    lease holders (job ids) of the key's cap, score = expiry
+    fluxq:slots:{k}:{g}           zset    lease holders of one cap group, score = expiry (kept for
+                                          every group; only nested caps are enforced)
+    fluxq:groups:{k}              set     cap groups that have had a backlog for this key
+    fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
+                                          paused_until, pause_reason
+    fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain"
+    fluxq:batches                 zset    batch names, score = creation time
+    fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
+                                          re-sends it (a save lost with a worker is redone)
+    fluxq:latency:{endpoint}      string  moving median of Pending→Ready seconds
+    fluxq:lock:{name}             string  short-lived locks (the sweep)
+    fluxq:events                  pubsub  one JSON message per job state change
+
+Lua scripts that reach a key named only inside Redis (``admit.lua``: each popped job's hash and
+its batch, each group's backlog and slots) get the builder's value for an empty last part, e.g.
+``job("")``, as a prefix and append the name; so every builder keeps its variable part last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import SecretStr
+
+PREFIX = "fluxq"
+DEFAULT_GROUP = "default"
+EVENTS_CHANNEL = f"{PREFIX}:events"
+SEQ = f"{PREFIX}:seq"
+BATCHES = f"{PREFIX}:batches"
+
+
+def key_label(api_key: SecretStr | None) -> str:
+    """A stable, non-secret name for an API key: 12 hex chars of its sha256."""
+    if api_key is None:
+        return "nokey"
+    return hashlib.sha256(api_key.get_secret_value().encode()).hexdigest()[:12]
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def backlog(label: str, group: str) -> str:
+    return f"{PREFIX}:backlog:{label}:{group}"
+
+
+def slots(label: str) -> str:
+    return f"{PREFIX}:slots:{label}"
+
+
+def group_slots(label: str, group: str) -> str:
+    return f"{PREFIX}:slots:{label}:{group}"
+
+
+def groups(label: str) -> str:
+    return f"{PREFIX}:groups:{label}"
+
+
+def cap_state(label: str) -> str:
+    return f"{PREFIX}:cap:{label}"
+
+
+def batch(name: str) -> str:
+    return f"{PREFIX}:batch:{name}"
+
+
+def saves(label: str) -> str:
+    return f"{PREFIX}:saves:{label}"
+
+
+def latency(endpoint: str) -> str:
+    return f"{PREFIX}:latency:{endpoint}"
+
+
+def lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"

@@ -1,0 +1,233 @@
+"""The slot limiter: lease-based admission to one API key's active-task cap, with AIMD and pause.
+
+A slot is a lease (a sorted-set member scored by its expiry) held from before the POST until BFL
+reports a terminal status; ``lua/admit.lua`` takes slots and pops waiting jobs in one step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis
+
+from workers import keys
+from workers.scripts import Scripts
+
+MAX_STALE_PER_ADMIT = 1000
+"""Backlog entries of expired or cancelled jobs one admit step may drop before it returns."""
+
+RETRY_AFTER_REASON = "rate limited (Retry-After)"
+"""The pause reason recorded when a 429 carries a Retry-After."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Active-task caps of one API key: ``key_cap`` in all, and nested caps for some groups."""
+
+    key_cap: int
+    group_caps: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        if self.key_cap < 1:
+            raise ValueError(f"key_cap must be at least 1, got {self.key_cap}")
+        bad = {g: c for g, c in self.group_caps.items() if c < 0}
+        if bad:
+            raise ValueError(f"group caps must not be negative: {bad}")
+
+
+def aimd_effective_cap(
+    key_cap: int, reduced_to: int | None, reduced_at: float, now_s: float, interval_s: float
+) -> int:
+    """The key cap, or after a 429 the reduced cap plus one per interval since (``lib.lua`` too)."""
+    if reduced_to is None:
+        return key_cap
+    elapsed_s = max(0.0, now_s - reduced_at)
+    return min(key_cap, reduced_to + math.floor(elapsed_s / interval_s))
+
+
+def pause_reason(paused_until: str | None, reason: str | None, now_s: float) -> str | None:
+    """The rule of ``lib.lua``: paused until a time still ahead, or with a reason and no time."""
+    if paused_until is not None:
+        return (reason or "paused") if float(paused_until) > now_s else None
+    return reason
+
+
+class SlotLimiter:
+    """Admission for one API key (by its label): leases, nested group caps, AIMD, pause.
+
+    Every lease counts until it is released, expired or not: only the sweep, which knows whether
+    the BFL task behind an expired lease has finished, frees it (``expired`` then ``release``).
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis[str],
+        *,
+        label: str,
+        caps: Caps,
+        lease_ttl_s: float = 120.0,
+        aimd_increase_interval_s: float = 5.0,
+        aimd_decrease_factor: float = 0.5,
+    ) -> None:
+        if lease_ttl_s <= 0 or aimd_increase_interval_s <= 0:
+            raise ValueError("lease_ttl_s and aimd_increase_interval_s must be positive")
+        if not 0 < aimd_decrease_factor < 1:
+            raise ValueError(f"aimd_decrease_factor must be in (0, 1), got {aimd_decrease_factor}")
+        self._redis = redis
+        self._scripts = Scripts(redis)
+        self.label = label
+        self.caps = caps
+        self.lease_ttl_s = lease_ttl_s
+        self.increase_interval_s = aimd_increase_interval_s
+        self.decrease_factor = aimd_decrease_factor
+        self._slots = keys.slots(label)
+        self._cap_state = keys.cap_state(label)
+        self._groups = keys.groups(label)
+
+    def admit(self, *, now_s: float, max_jobs: int = 64) -> list[str]:
+        """Admit up to ``max_jobs`` waiting jobs, best score first, as far as the caps allow."""
+        group_caps = [part for g, c in sorted(self.caps.group_caps.items()) for part in (g, c)]
+        admitted: list[str] = self._scripts.admit(
+            keys=[self._groups, self._slots, self._cap_state],
+            args=[
+                now_s,
+                max_jobs,
+                MAX_STALE_PER_ADMIT,
+                self.lease_ttl_s,
+                self.caps.key_cap,
+                self.increase_interval_s,
+                keys.job(""),
+                keys.batch(""),
+                keys.backlog(self.label, ""),
+                keys.group_slots(self.label, ""),
+                keys.EVENTS_CHANNEL,
+                *group_caps,
+            ],
+        )
+        return list(admitted)
+
+    def renew(self, job_id: str, group: str, *, now_s: float) -> bool:
+        """Push a held lease's expiry to now + lease TTL; False when the job holds no lease."""
+        expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zscore(self._slots, job_id)
+        pipe.zadd(self._slots, expiry, xx=True)
+        pipe.zadd(keys.group_slots(self.label, group), expiry, xx=True)
+        return pipe.execute()[0] is not None
+
+    def acquire_existing(self, job_id: str, group: str, *, now_s: float) -> None:
+        """Lease a slot with no cap check: the job's BFL task already runs (the sweep's repair)."""
+        expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(self._slots, expiry)
+        pipe.zadd(keys.group_slots(self.label, group), expiry)
+        pipe.execute()
+
+    def release(self, job_id: str, group: str) -> bool:
+        """Free the job's slot; True if it held one."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self._slots, job_id)
+        pipe.zrem(keys.group_slots(self.label, group), job_id)
+        return bool(pipe.execute()[0])
+
+    def requeue_front(self, job_id: str, group: str, *, now_s: float, reason: str) -> bool:
+        """Put an admitted job back at the front of its priority band and free its slot."""
+        batch = self._redis.hget(keys.job(job_id), "batch")
+        if batch is None:
+            return False
+        moved = self._scripts.requeue_front(
+            keys=[
+                keys.job(job_id),
+                self._slots,
+                keys.group_slots(self.label, group),
+                keys.backlog(self.label, group),
+                keys.batch(batch),
+            ],
+            args=[job_id, now_s, reason, keys.EVENTS_CHANNEL],
+        )
+        return bool(moved)
+
+    def rate_limited(self, *, now_s: float, retry_after_s: float | None = None) -> int:
+        """After a 429 despite a free slot: cut the effective cap from what is held; returns it."""
+        cap: int = self._scripts.rate_limited(
+            keys=[self._cap_state, self._slots],
+            args=[
+                now_s,
+                self.caps.key_cap,
+                self.increase_interval_s,
+                self.decrease_factor,
+                "" if retry_after_s is None else retry_after_s,
+                RETRY_AFTER_REASON,
+            ],
+        )
+        return int(cap)
+
+    def effective_cap(self, *, now_s: float) -> int:
+        reduced_to, reduced_at = self._redis.hmget(self._cap_state, "reduced_to", "reduced_at")
+        return aimd_effective_cap(
+            self.caps.key_cap,
+            None if reduced_to is None else int(reduced_to),
+            float(reduced_at or 0.0),
+            now_s,
+            self.increase_interval_s,
+        )
+
+    def pause(self, reason: str, *, until_s: float | None = None) -> None:
+        """Stop admission until ``until_s``, or until ``resume()`` when None."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._cap_state, "pause_reason", reason)
+        if until_s is None:
+            pipe.hdel(self._cap_state, "paused_until")
+        else:
+            pipe.hset(self._cap_state, "paused_until", repr(float(until_s)))
+        pipe.execute()
+
+    def resume(self) -> None:
+        self._redis.hdel(self._cap_state, "paused_until", "pause_reason")
+
+    def paused(self, *, now_s: float) -> str | None:
+        """Why admission is paused at ``now_s``, or None when it is not."""
+        until, reason = self._redis.hmget(self._cap_state, "paused_until", "pause_reason")
+        return pause_reason(until, reason, now_s)
+
+    def held(self) -> int:
+        return int(self._redis.zcard(self._slots))
+
+    def held_by_group(self) -> dict[str, int]:
+        """Leases held per cap group (every group this key has seen, 0 included)."""
+        groups = sorted(self._redis.smembers(self._groups))
+        pipe = self._redis.pipeline(transaction=False)
+        for group in groups:
+            pipe.zcard(keys.group_slots(self.label, group))
+        return dict(zip(groups, (int(n) for n in pipe.execute()), strict=True))
+
+    def expired(self, *, now_s: float) -> list[tuple[str, str]]:
+        """Leases whose expiry is before ``now_s``, as (job_id, group); they still count."""
+        job_ids: list[str] = self._redis.zrangebyscore(self._slots, "-inf", f"({now_s!r}")
+        if not job_ids:
+            return []
+        groups = sorted(self._redis.smembers(self._groups))
+        pipe = self._redis.pipeline(transaction=False)
+        for group in groups:
+            pipe.zrangebyscore(keys.group_slots(self.label, group), "-inf", f"({now_s!r}")
+        group_of = {
+            job_id: group
+            for group, members in zip(groups, pipe.execute(), strict=True)
+            for job_id in members
+        }
+        return [(job_id, self._group_of(job_id, group_of)) for job_id in job_ids]
+
+    def _group_of(self, job_id: str, known: Mapping[str, str]) -> str:
+        if job_id in known:
+            return known[job_id]
+        return self._redis.hget(keys.job(job_id), "group") or keys.DEFAULT_GROUP
+
+    def backlog_sizes(self) -> dict[str, int]:
+        """Waiting jobs per cap group (every group this key has seen, 0 included)."""
+        groups = sorted(self._redis.smembers(self._groups))
+        pipe = self._redis.pipeline(transaction=False)
+        for group in groups:
+            pipe.zcard(keys.backlog(self.label, group))
+        return dict(zip(groups, (int(n) for n in pipe.execute()), strict=True))

@@ -1,0 +1,17 @@
+-- requeue_front.lua: put an admitted job back at the front of its priority band and free its slot.
+-- KEYS[1] job hash          fluxq:job:{job_id}
+-- KEYS[2] key slots zset    fluxq:slots:{k}
+-- KEYS[3] group slots zset  fluxq:slots:{k}:{g}
+-- KEYS[4] backlog zset      fluxq:backlog:{k}:{g}
+-- KEYS[5] batch counters    fluxq:batch:{batch}      (the job's batch)
+-- ARGV[1] job id   ARGV[2] now (s)   ARGV[3] reason   ARGV[4] events channel
+-- Returns 1 when requeued, 0 when the job is missing or not admitted (nothing changes).
+local record = redis.call('HMGET', KEYS[1], 'state', 'batch', 'priority', 'seq')
+if record[1] ~= 'admitted' then
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], fluxq_score(tonumber(record[3]), tonumber(record[4]), true), ARGV[1])
+fluxq_move(KEYS[1], KEYS[5], ARGV[4], ARGV[1], record[2], 'admitted', 'queued', ARGV[2], ARGV[3])
+return 1

@@ -1,0 +1,361 @@
+"""The job store: a Redis hash per job, state changes as compare-and-set Lua steps, batch counters.
+
+Counters move in the same script as the state, so ``batch_counts`` never scans jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from workers import keys
+from workers.scripts import Scripts
+
+MAX_PRIORITY = 9
+"""The highest priority; priorities run 0..MAX_PRIORITY and a higher one is admitted sooner."""
+
+DEFAULT_PRIORITY = 5
+"""The priority of a job that names none."""
+
+PRIORITY_BAND = 2**42
+"""Width of one priority band of backlog scores: fronted jobs in its first half, new ones after."""
+
+MAX_SEQ = 2**41 - 1
+"""The largest arrival number a backlog score can hold (scores stay exact in a double: < 2**46)."""
+
+ENQUEUE_CHUNK = 500
+"""Jobs per pipeline round trip in ``enqueue_many``."""
+
+PROTECTED_FIELDS = frozenset(
+    {"state", "job_id", "batch", "key_label", "group", "seq", "created_at", "uncertain"}
+)
+"""Fields only the store's scripts write: they carry counters, keys or ordering."""
+
+
+class State(StrEnum):
+    """A job's place in its life; a job reaches exactly one terminal state."""
+
+    QUEUED = "queued"
+    ADMITTED = "admitted"
+    SUBMITTED = "submitted"
+    READY = "ready"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for done, failed and cancelled: the states a job's life ends in."""
+        return self in (State.DONE, State.FAILED, State.CANCELLED)
+
+
+def backlog_score(priority: int, seq: int, *, front: bool = False) -> float:
+    """The backlog score of a job: lower runs sooner (``lua/lib.lua`` computes the same).
+
+    Higher priority gives a lower band; within a band fronted jobs (requeued after a 429) come
+    first, then new ones, each in arrival order (``seq``). No score crosses into another band.
+    """
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0..{MAX_PRIORITY}, got {priority}")
+    if not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"seq must be 0..{MAX_SEQ}, got {seq}")
+    band = (MAX_PRIORITY - priority) * PRIORITY_BAND
+    return float(band + seq if front else band + PRIORITY_BAND // 2 + seq)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job as a producer hands it to the store."""
+
+    job_id: str
+    endpoint: str
+    request_json: str
+    batch: str
+    name: str
+    priority: int
+    group: str
+    key_label: str
+    callback_json: str | None = None
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job record as read from Redis; ``times`` maps a state to when the job entered it."""
+
+    job_id: str
+    endpoint: str
+    request: dict[str, Any]
+    batch: str
+    name: str
+    priority: int
+    group: str
+    key_label: str
+    state: State
+    reason: str | None
+    bfl_id: str | None
+    polling_url: str | None
+    cost: float | None
+    seed: int | None
+    sample_url: str | None
+    path: str | None
+    sha256: str | None
+    submitting_at: float | None
+    submit_attempts: int
+    poll_attempts: int
+    not_found_count: int
+    uncertain: bool
+    callback_json: str | None
+    webhook_url: str | None
+    created_at: float
+    times: dict[str, float]
+    extra: dict[str, str]
+
+
+_KNOWN = frozenset(
+    {"job_id", "endpoint", "request", "batch", "name", "priority", "group", "key_label", "state"}
+    | {"reason", "bfl_id", "polling_url", "cost", "seed", "sample_url", "path", "sha256"}
+    | {"submitting_at", "submit_attempts", "poll_attempts", "not_found_count", "uncertain"}
+    | {"callback_json", "webhook_url", "created_at", "seq"}
+)
+_TIME_FIELDS = {f"t_{state.value}": state.value for state in State}
+
+
+def _opt_float(value: str | None) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+def _opt_int(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return int(float(value))
+
+
+def _parse_job(job_id: str, raw: Mapping[str, str]) -> Job:
+    """The one place a job hash becomes a ``Job``: missing numbers are None (or 0 for counts)."""
+    request = json.loads(raw.get("request") or "{}")
+    if not isinstance(request, dict):
+        raise ValueError(f"job {job_id}: request is not a JSON object")
+    return Job(
+        job_id=job_id,
+        endpoint=raw.get("endpoint", ""),
+        request=request,
+        batch=raw.get("batch", ""),
+        name=raw.get("name", ""),
+        priority=_opt_int(raw.get("priority")) or 0,
+        group=raw.get("group", keys.DEFAULT_GROUP),
+        key_label=raw.get("key_label", ""),
+        state=State(raw["state"]),
+        reason=raw.get("reason"),
+        bfl_id=raw.get("bfl_id"),
+        polling_url=raw.get("polling_url"),
+        cost=_opt_float(raw.get("cost")),
+        seed=_opt_int(raw.get("seed")),
+        sample_url=raw.get("sample_url"),
+        path=raw.get("path"),
+        sha256=raw.get("sha256"),
+        submitting_at=_opt_float(raw.get("submitting_at")),
+        submit_attempts=_opt_int(raw.get("submit_attempts")) or 0,
+        poll_attempts=_opt_int(raw.get("poll_attempts")) or 0,
+        not_found_count=_opt_int(raw.get("not_found_count")) or 0,
+        uncertain=raw.get("uncertain") == "1",
+        callback_json=raw.get("callback_json"),
+        webhook_url=raw.get("webhook_url"),
+        created_at=_opt_float(raw.get("created_at")) or 0.0,
+        times={_TIME_FIELDS[k]: float(v) for k, v in raw.items() if k in _TIME_FIELDS},
+        extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _TIME_FIELDS},
+    )
+
+
+def _encode(value: str | int | float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _check_writable(names: Iterable[str]) -> None:
+    bad = sorted(PROTECTED_FIELDS.intersection(names))
+    if bad:
+        raise ValueError(f"fields written only by the store: {', '.join(bad)}")
+
+
+def _pairs(fields: Mapping[str, str | int | float]) -> list[str]:
+    _check_writable(fields)
+    return [part for name, value in fields.items() for part in (name, _encode(value))]
+
+
+def _record(job: NewJob) -> list[str]:
+    """The job's field, value pairs as enqueue writes them (the script adds state and times)."""
+    if not 0 <= job.priority <= MAX_PRIORITY:
+        raise ValueError(f"job {job.job_id}: priority must be 0..{MAX_PRIORITY}: {job.priority}")
+    fields = {
+        "job_id": job.job_id,
+        "endpoint": job.endpoint,
+        "request": job.request_json,
+        "batch": job.batch,
+        "name": job.name,
+        "priority": str(job.priority),
+        "group": job.group,
+        "key_label": job.key_label,
+        "callback_json": job.callback_json,
+        "webhook_url": job.webhook_url,
+    }
+    return [part for name, value in fields.items() if value is not None for part in (name, value)]
+
+
+class JobStore:
+    """Job records, their state machine and the per-batch counters, in one Redis.
+
+    ``batch``, ``key_label`` and ``group`` are fixed at enqueue; the keys derived from them are
+    read once per call and passed to the scripts.
+    """
+
+    def __init__(self, redis: redis.Redis[str], *, terminal_ttl_s: float = 7 * 86400) -> None:
+        if terminal_ttl_s <= 0:
+            raise ValueError(f"terminal_ttl_s must be positive, got {terminal_ttl_s}")
+        self._redis = redis
+        self._scripts = Scripts(redis)
+        self._terminal_ttl_ms = max(1, int(terminal_ttl_s * 1000))
+
+    def enqueue(self, job: NewJob, *, now_s: float) -> bool:
+        """Create a queued job in its backlog; False (and nothing changes) when the id exists."""
+        return bool(self._enqueue(job, now_s, self._redis))
+
+    def enqueue_many(self, jobs: Iterable[NewJob], *, now_s: float) -> int:
+        """Enqueue jobs in pipelined chunks (one script call each); returns how many were new."""
+        created = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for n, job in enumerate(jobs, start=1):
+            self._enqueue(job, now_s, pipe)
+            if n % ENQUEUE_CHUNK == 0:
+                created += sum(int(r) for r in pipe.execute())
+        created += sum(int(r) for r in pipe.execute())
+        return created
+
+    def _enqueue(self, job: NewJob, now_s: float, client: Any) -> Any:
+        return self._scripts.enqueue(
+            keys=[
+                keys.job(job.job_id),
+                keys.backlog(job.key_label, job.group),
+                keys.SEQ,
+                keys.groups(job.key_label),
+                keys.batch(job.batch),
+                keys.BATCHES,
+            ],
+            args=[
+                job.job_id,
+                now_s,
+                job.priority,
+                job.group,
+                job.batch,
+                keys.EVENTS_CHANNEL,
+                *_record(job),
+            ],
+            client=client,
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))
+        return _parse_job(job_id, raw) if raw else None
+
+    def transition(
+        self,
+        job_id: str,
+        from_states: Collection[State],
+        to: State,
+        *,
+        now_s: float,
+        fields: Mapping[str, str | int | float] | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Move the job to ``to`` if it is in one of ``from_states`` (compare-and-set).
+
+        Sets ``t_<to>``, the fields and the reason, moves the batch counters and publishes an
+        event. A terminal move sets the record's TTL. A job is in its backlog exactly while it is
+        queued (a cancel takes it out; a move to queued puts it back at its arrival place). Slots
+        belong to the limiter: release one there (or use ``SlotLimiter.requeue_front``).
+        """
+        pairs = _pairs(fields or {})
+        record_keys = self._record_keys(job_id)
+        if record_keys is None:
+            return False
+        ttl_ms = self._terminal_ttl_ms if to.terminal else 0
+        froms = [State(s).value for s in from_states]
+        args: list[str | int | float] = [job_id, now_s, to.value, ttl_ms]
+        args += ["1" if reason is not None else "0", reason or "", keys.EVENTS_CHANNEL]
+        args += [len(froms), *froms, *pairs]
+        return bool(self._scripts.transition(keys=record_keys, args=args))
+
+    def update(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
+        """Set fields on an existing job (a missing job is left missing)."""
+        pairs = _pairs(fields)
+        if pairs:
+            self._scripts.if_exists(keys=[keys.job(job_id)], args=["HSET", *pairs])
+
+    def clear_fields(self, job_id: str, *names: str) -> None:
+        _check_writable(names)
+        if names:
+            self._scripts.if_exists(keys=[keys.job(job_id)], args=["HDEL", *names])
+
+    def incr(self, job_id: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to a numeric field and return it; KeyError when the job is missing."""
+        _check_writable([field])
+        value = self._scripts.if_exists(keys=[keys.job(job_id)], args=["HINCRBY", field, by])
+        if value is None:
+            raise KeyError(job_id)
+        return int(value)
+
+    def batch_counts(self, batch: str) -> dict[str, int]:
+        """Jobs per state, plus "total" and "uncertain", from the batch's counters (no scan)."""
+        raw: dict[str, str] = self._redis.hgetall(keys.batch(batch))
+        names = [state.value for state in State] + ["total", "uncertain"]
+        return {name: int(raw.get(name, 0)) for name in names}
+
+    def mark_uncertain(self, job_id: str) -> None:
+        """Flag a job whose submit may have created a BFL task unseen; counted once per job."""
+        record_keys = self._record_keys(job_id)
+        if record_keys is not None:
+            self._scripts.mark_uncertain(keys=record_keys[:2], args=[])
+
+    def batches(self) -> list[str]:
+        """Every batch name, oldest first."""
+        names: list[str] = self._redis.zrange(keys.BATCHES, 0, -1)
+        return names
+
+    def jobs_in_state(self, batch: str, state: State, limit: int) -> list[str]:
+        """Up to ``limit`` ids of the batch's jobs in ``state``.
+
+        O(all job records): it SCANs every job hash. For admin tools only, never a hot path.
+        """
+        found: list[str] = []
+        prefix_len = len(keys.job(""))
+        cursor = 0
+        while len(found) < limit:
+            cursor, names = self._redis.scan(cursor, match=keys.job("*"), count=1000)
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(name, "batch", "state")
+            for name, (job_batch, job_state) in zip(names, pipe.execute(), strict=True):
+                if job_batch == batch and job_state == state.value and len(found) < limit:
+                    found.append(name[prefix_len:])
+            if cursor == 0:
+                break
+        return found
+
+    def _record_keys(self, job_id: str) -> list[str] | None:
+        """The job hash, batch counters and backlog keys of an existing job, else None."""
+        job_key = keys.job(job_id)
+        batch, label, group = self._redis.hmget(job_key, "batch", "key_label", "group")
+        if batch is None or label is None or group is None:
+            return None
+        return [job_key, keys.batch(batch), keys.backlog(label, group)]
