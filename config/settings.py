@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     aimd_decrease_factor: float = Field(default=0.5, gt=0, lt=1)
     credits_check_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     submit_max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_backoff_base_s: float = Field(
+        default=1.0, gt=0, le=60, description="First retry delay; doubles per attempt (jittered)."
+    )
     not_found_max_polls: int = Field(
         default=3, ge=1, le=50, description="'Task not found' answers tolerated before failing."
     )

@@ -1,0 +1,49 @@
+"""Admission: take free slots for waiting jobs (one Lua step) and send their submit tasks.
+
+Runs after every enqueue, after every slot release, and on the periodic sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from workers.runtime import Runtime
+from workers.store import Job, State
+
+log = logging.getLogger("fluxq.admission")
+
+
+def admit_and_dispatch(rt: Runtime) -> int:
+    """Admit as many waiting jobs as the caps allow and dispatch them; returns how many."""
+    admitted = rt.limiter.admit(now_s=rt.clock())
+    for job_id in admitted:
+        job = rt.store.get(job_id)
+        if job is None:  # expired between the Lua step and here: its lease lapses on its own
+            continue
+        # A crash before this send leaves an admitted job with a lease: the sweep requeues it.
+        rt.dispatch.submit(job)
+    if admitted:
+        log.debug("admitted count=%d label=%s", len(admitted), rt.label)
+    return len(admitted)
+
+
+def finish(rt: Runtime, job: Job, to: State, *, reason: str | None = None) -> bool:
+    """End a job that holds a slot: move it to ``to``, release the slot, admit the next job."""
+    moved = rt.store.transition(
+        job.job_id, (State.ADMITTED, State.SUBMITTED), to, now_s=rt.clock(), reason=reason
+    )
+    rt.limiter.release(job.job_id, job.group)
+    admit_and_dispatch(rt)
+    if moved and to is State.FAILED:
+        log.warning(
+            "job failed job=%s batch=%s endpoint=%s reason=%s",
+            job.job_id,
+            job.batch,
+            job.endpoint,
+            reason,
+        )
+    if moved and to.terminal:
+        from tasks.callbacks import notify_terminal
+
+        notify_terminal(rt, job.job_id)
+    return moved

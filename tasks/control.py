@@ -1,0 +1,153 @@
+"""Control work: the ``fluxq.enqueue`` task for other services, and the sweep that recovers crashes.
+
+The sweep runs in every worker on a timer, guarded by a Redis lock so one runs per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from celery import signals
+
+from config.errors import FluxqError
+from tasks.admission import admit_and_dispatch
+from tasks.callbacks import notify_terminal
+from tasks.producer import enqueue as enqueue_job
+from tasks.submit import UNCERTAIN_REASON
+from workers import keys
+from workers.celery_app import app
+from workers.runtime import Runtime, get_runtime
+from workers.store import State
+
+log = logging.getLogger("fluxq.sweep")
+
+CREDITS_PAUSE_PREFIX = "out of credits"
+
+
+@app.task(name="fluxq.enqueue", acks_late=True)
+def enqueue(request: dict[str, Any], endpoint: str, **options: Any) -> str:
+    """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
+    ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``."""
+    return enqueue_job(get_runtime(), endpoint, request, **options)
+
+
+def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
+    """Decide the fate of one lapsed lease; returns what was done (for counting)."""
+    job = rt.store.get(job_id)
+    if job is None or job.state.terminal or job.state is State.QUEUED:
+        rt.limiter.release(job_id, group)
+        return "released"
+    if job.state is State.SUBMITTED:
+        # The poll chain was lost (worker died): BFL still counts the task, so keep the slot.
+        rt.limiter.acquire_existing(job_id, group, now_s=now_s)
+        rt.dispatch.poll(job, countdown_s=0.0)
+        return "repolled"
+    if job.state is State.READY:  # its save is watched separately (_resend_lost_saves)
+        rt.limiter.release(job_id, group)
+        return "released"
+    if job.submitting_at is not None:
+        rt.store.mark_uncertain(job_id)
+        if rt.settings.resubmit_uncertain:
+            rt.store.clear_fields(job_id, "submitting_at")
+            rt.limiter.requeue_front(job_id, group, now_s=now_s, reason="resubmit after crash")
+            return "requeued"
+        if rt.store.transition(
+            job_id, (State.ADMITTED,), State.FAILED, now_s=now_s, reason=UNCERTAIN_REASON
+        ):
+            notify_terminal(rt, job_id)
+        rt.limiter.release(job_id, group)
+        return "uncertain"
+    rt.limiter.requeue_front(job_id, group, now_s=now_s, reason="lease lapsed before submit")
+    return "requeued"
+
+
+def _resend_lost_saves(rt: Runtime, now_s: float) -> int:
+    """Re-send the save of ready jobs whose save did not finish in time (its worker died)."""
+    watch = keys.saves(rt.label)
+    resent = 0
+    for job_id in rt.redis.zrangebyscore(watch, "-inf", now_s, start=0, num=1000):
+        job = rt.store.get(job_id)
+        if job is None or job.state is not State.READY:
+            rt.redis.zrem(watch, job_id)
+            continue
+        rt.redis.zadd(watch, {job_id: now_s + rt.settings.lease_ttl_s})
+        rt.dispatch.save(job)
+        resent += 1
+    return resent
+
+
+def _check_credits(rt: Runtime, now_s: float) -> None:
+    reason = rt.limiter.paused(now_s=now_s)
+    if not reason or not reason.startswith(CREDITS_PAUSE_PREFIX):
+        return
+    interval_ms = int(rt.settings.credits_check_interval_s * 1000)
+    if not rt.redis.set(keys.lock("credits-check"), "1", nx=True, px=interval_ms):
+        return
+    try:
+        credits = rt.client.credits()
+    except FluxqError as exc:
+        log.info("credit check failed: %s", exc)
+        return
+    if credits > 0:
+        log.warning("credits are back (%.2f): admission resumes label=%s", credits, rt.label)
+        rt.limiter.resume()
+
+
+def sweep(rt: Runtime) -> dict[str, int]:
+    """Recover lapsed leases, resume after credits return, and admit; returns counts by action."""
+    now = rt.clock()
+    done: dict[str, int] = {}
+    for job_id, group in rt.limiter.expired(now_s=now):
+        action = _recover(rt, job_id, group, now)
+        done[action] = done.get(action, 0) + 1
+    done["resaved"] = done.get("resaved", 0) + _resend_lost_saves(rt, now)
+    _check_credits(rt, now)
+    done["admitted"] = admit_and_dispatch(rt)
+    if any(v for k, v in done.items() if k != "admitted"):
+        log.warning("sweep recovered %s", done)
+    return done
+
+
+class SweepTimer:
+    """Runs the sweep every interval in a daemon thread; one sweep per interval across workers."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fluxq-sweep", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                rt = get_runtime()
+                lock_ms = max(1, int(self.interval_s * 900))
+                if rt.redis.set(keys.lock("sweep"), "1", nx=True, px=lock_ms):
+                    sweep(rt)
+            except (FluxqError, redis.RedisError):
+                log.exception("sweep failed; will try again")
+
+
+_timer: SweepTimer | None = None
+
+
+@signals.worker_ready.connect
+def _start_sweep(**_: Any) -> None:
+    global _timer
+    _timer = SweepTimer(get_runtime().settings.sweep_interval_s)
+    _timer.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweep(**_: Any) -> None:
+    if _timer is not None:
+        _timer.stop()

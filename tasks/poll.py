@@ -1,0 +1,137 @@
+"""fluxq.poll: poll the polling_url verbatim and reschedule itself until BFL says it is done.
+
+One task id per job (``self.retry``); each poll renews the slot lease; a terminal status frees it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+
+from config.errors import JobFailed, RetryLater, StopAndAlert
+from tasks.admission import admit_and_dispatch, finish
+from workers import keys
+from workers.celery_app import app
+from workers.results import Result, Status
+from workers.runtime import Runtime, flower_options, get_runtime
+from workers.store import Job, State
+from workers.timing import backoff_s, next_poll_delay_s, update_median_s
+
+log = logging.getLogger("fluxq.poll")
+
+POLL_BACKOFF_CAP_S = 30.0
+FIRST_DELAY_TO_MEDIAN = 1 / 0.9  # the first-poll setting is the delay, not the median
+
+
+def median_latency_s(rt: Runtime, endpoint: str) -> float:
+    """The endpoint's observed median Pending→Ready time, or the configured first delay's median."""
+    value = rt.redis.get(keys.latency(endpoint))
+    if value:
+        return float(value)
+    return rt.settings.poll_first_delay_s * FIRST_DELAY_TO_MEDIAN
+
+
+def record_latency(rt: Runtime, endpoint: str, observed_s: float) -> None:
+    """Move the endpoint's median estimate toward one observation (last writer wins: fine here)."""
+    value = rt.redis.get(keys.latency(endpoint))
+    current = float(value) if value else None
+    rt.redis.set(keys.latency(endpoint), update_median_s(current, observed_s))
+
+
+def poll_delay_s(rt: Runtime, endpoint: str, *, elapsed_s: float) -> float:
+    return next_poll_delay_s(
+        elapsed_s=elapsed_s,
+        median_s=median_latency_s(rt, endpoint),
+        min_delay_s=rt.settings.poll_min_delay_s,
+        max_delay_s=rt.settings.poll_max_delay_s,
+    )
+
+
+def watch_save(rt: Runtime, job_id: str) -> None:
+    """Ask the sweep to re-send this job's save if it is not done within a lease's time."""
+    rt.redis.zadd(keys.saves(rt.label), {job_id: rt.clock() + rt.settings.lease_ttl_s})
+
+
+def failure_reason(result: Result) -> str:
+    """A sentence a person can act on, for each terminal status other than Ready."""
+    if result.status in (Status.CONTENT_MODERATED, Status.REQUEST_MODERATED):
+        reasons = ", ".join(result.moderation_reasons) or "no reason given"
+        where = "the output" if result.status is Status.CONTENT_MODERATED else "the request"
+        return f"{result.status.value}: BFL's moderation flagged {where} ({reasons})"
+    if result.status is Status.ERROR:
+        return f"Error: BFL reported that generation failed (details: {result.details or 'none'})"
+    if result.status is Status.TASK_NOT_FOUND:
+        return "Task not found: BFL no longer knows this task (expired or never created)"
+    return f"unknown BFL status {result.raw_status!r}: treated as terminal"
+
+
+def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
+    fields: dict[str, str | int | float] = {}
+    if result.sample_url:
+        fields["sample_url"] = result.sample_url
+    if result.seed is not None:
+        fields["seed"] = result.seed
+    # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
+    watch_save(rt, job.job_id)
+    moved = rt.store.transition(
+        job.job_id, (State.SUBMITTED,), State.READY, now_s=rt.clock(), fields=fields
+    )
+    rt.limiter.release(job.job_id, job.group)
+    admit_and_dispatch(rt)
+    if moved:
+        record_latency(rt, job.endpoint, elapsed_s)
+        rt.dispatch.save(job)
+
+
+def poll_job(rt: Runtime, job_id: str) -> float | None:
+    """Poll once. Returns the countdown to the next poll, or None when polling is over."""
+    job = rt.store.get(job_id)
+    if job is None or job.state is not State.SUBMITTED or not job.polling_url:
+        return None
+    now = rt.clock()
+    if not rt.limiter.renew(job_id, job.group, now_s=now):
+        rt.limiter.acquire_existing(job_id, job.group, now_s=now)
+    elapsed_s = now - job.times.get("submitted", now)
+    if elapsed_s > rt.settings.poll_deadline_s:
+        reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"
+        finish(rt, job, State.FAILED, reason=reason)
+        return None
+    attempt = rt.store.incr(job_id, "poll_attempts")
+    try:
+        result = rt.client.get_result(job.polling_url)
+    except (RetryLater, StopAndAlert) as exc:
+        log.info("poll will retry job=%s attempt=%d error=%s", job_id, attempt, exc)
+        return backoff_s(
+            min(attempt, 6), base_s=rt.settings.retry_backoff_base_s, cap_s=POLL_BACKOFF_CAP_S
+        )
+    except JobFailed as exc:
+        finish(rt, job, State.FAILED, reason=f"polling failed: {exc}")
+        return None
+    return _on_status(rt, job, result, elapsed_s)
+
+
+def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float | None:
+    job_id = job.job_id
+    if result.status is Status.PENDING:
+        if result.progress is not None:
+            rt.store.update(job_id, {"progress": result.progress})
+        return poll_delay_s(rt, job.endpoint, elapsed_s=elapsed_s)
+    if result.status is Status.READY:
+        _on_ready(rt, job, result, elapsed_s)
+        return None
+    if result.status is Status.TASK_NOT_FOUND:
+        # It can be transient right after submit (UNCONFIRMED): tolerate a few.
+        misses = rt.store.incr(job_id, "not_found_count")
+        if misses < rt.settings.not_found_max_polls:
+            return backoff_s(misses, base_s=rt.settings.poll_min_delay_s, cap_s=POLL_BACKOFF_CAP_S)
+    finish(rt, job, State.FAILED, reason=failure_reason(result))
+    return None
+
+
+@app.task(name="fluxq.poll", bind=True, max_retries=None, acks_late=True)
+def poll(self: Task, job_id: str, batch: str = "") -> None:
+    """Celery task: poll once and reschedule itself (same task id) while the job is Pending."""
+    countdown = poll_job(get_runtime(), job_id)
+    if countdown is not None:
+        raise self.retry(countdown=countdown, **flower_options(self))

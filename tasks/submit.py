@@ -1,0 +1,150 @@
+"""fluxq.submit: POST an admitted job to BFL at most once, record its id first, then poll.
+
+The job holds a slot lease from admission; each outcome keeps it (submitted) or gives it back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+
+from config.errors import (
+    FluxqError,
+    OutcomeUnknown,
+    OutOfCredits,
+    RateLimited,
+    RetryLater,
+    StopAndAlert,
+)
+from tasks.admission import admit_and_dispatch, finish
+from tasks.callbacks import notify_terminal
+from tasks.poll import poll_delay_s
+from workers.celery_app import app
+from workers.results import Submitted
+from workers.runtime import Runtime, flower_options, get_runtime
+from workers.store import Job, State
+from workers.timing import backoff_s
+
+log = logging.getLogger("fluxq.submit")
+
+SUBMIT_BACKOFF_CAP_S = 60.0
+UNCERTAIN_REASON = (
+    "uncertain: the submit was sent but no answer came, so BFL may have created and billed the "
+    "task; not resubmitted (set FLUXQ_RESUBMIT_UNCERTAIN=true to allow it)"
+)
+
+
+def _give_back(rt: Runtime, job: Job, reason: str) -> None:
+    """Return the job to the head of its backlog: it was not submitted."""
+    rt.store.clear_fields(job.job_id, "submitting_at")
+    rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
+
+
+def _uncertain(rt: Runtime, job: Job, detail: str) -> None:
+    """The POST may have created a task: count it, and resubmit only if the user allows it."""
+    rt.store.mark_uncertain(job.job_id)
+    log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
+    if rt.settings.resubmit_uncertain:
+        _give_back(rt, job, f"resubmitting after an unknown outcome: {detail}")
+        admit_and_dispatch(rt)
+        return
+    # The slot stays leased until the lease lapses: a task we cannot see may still run at BFL.
+    if rt.store.transition(
+        job.job_id, (State.ADMITTED,), State.FAILED, now_s=rt.clock(), reason=UNCERTAIN_REASON
+    ):
+        notify_terminal(rt, job.job_id)
+
+
+def _claim(rt: Runtime, job_id: str) -> Job | None:
+    """The job if it is ours to POST now; None when there is nothing (more) to do."""
+    job = rt.store.get(job_id)
+    if job is None or job.state is not State.ADMITTED:
+        return None  # redelivered, cancelled or already handled
+    if job.submitting_at is not None:
+        # A previous attempt reached the POST and never recorded an answer (worker crash).
+        _uncertain(rt, job, "a previous submit attempt was interrupted after sending")
+        return None
+    if not rt.limiter.renew(job_id, job.group, now_s=rt.clock()):
+        rt.limiter.acquire_existing(job_id, job.group, now_s=rt.clock())
+    return job
+
+
+def _paused(rt: Runtime, job: Job, exc: StopAndAlert) -> None:
+    """402 and 401/403: stop admission for the key; the job waits at the head of its backlog."""
+    if isinstance(exc, OutOfCredits):
+        rt.limiter.pause(f"out of credits (402): {exc}")
+        log.error("out of credits: admission paused label=%s job=%s", rt.label, job.job_id)
+        _give_back(rt, job, "402: out of credits; admission paused until credits return")
+        return
+    rt.limiter.pause(f"not authorised (401/403): {exc}")
+    log.critical("BFL refused the API key: admission paused label=%s: %s", rt.label, exc)
+    _give_back(rt, job, "403: the API key was refused; admission paused")
+
+
+def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
+    """Act on a failed POST; returns a countdown when the same job should retry."""
+    if isinstance(exc, RateLimited):
+        cap = rt.limiter.rate_limited(now_s=rt.clock(), retry_after_s=exc.retry_after_s)
+        log.info("429 despite a free slot job=%s effective_cap=%d", job.job_id, cap)
+        _give_back(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
+    elif isinstance(exc, StopAndAlert):
+        _paused(rt, job, exc)
+    elif isinstance(exc, OutcomeUnknown):
+        _uncertain(rt, job, str(exc))
+    elif isinstance(exc, RetryLater):  # 5xx, or never sent: the same POST is safe to repeat
+        rt.store.clear_fields(job.job_id, "submitting_at")
+        if attempt < rt.settings.submit_max_attempts:
+            return backoff_s(
+                attempt, base_s=rt.settings.retry_backoff_base_s, cap_s=SUBMIT_BACKOFF_CAP_S
+            )
+        finish(rt, job, State.FAILED, reason=f"submit failed {attempt} times: {exc}")
+    else:
+        rt.store.clear_fields(job.job_id, "submitting_at")
+        finish(rt, job, State.FAILED, reason=f"BFL rejected the request: {exc}")
+    return None
+
+
+def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
+    """Record BFL's id and polling URL in one atomic step, then hand over to poll."""
+    fields: dict[str, str | int | float] = {
+        "bfl_id": submitted.id,
+        "polling_url": submitted.polling_url,
+    }
+    if submitted.cost is not None:
+        fields["cost"] = submitted.cost
+    if submitted.output_mp is not None:
+        fields["output_mp"] = submitted.output_mp
+    moved = rt.store.transition(
+        job.job_id, (State.ADMITTED,), State.SUBMITTED, now_s=rt.clock(), fields=fields
+    )
+    if not moved:
+        # Cancelled while the POST was in flight: keep the id; the lease lapses on its own.
+        rt.store.update(job.job_id, fields)
+        log.warning("job left admitted during submit job=%s bfl_id=%s", job.job_id, submitted.id)
+        return
+    rt.store.clear_fields(job.job_id, "submitting_at")
+    rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job.endpoint, elapsed_s=0.0))
+
+
+def submit_job(rt: Runtime, job_id: str) -> float | None:
+    """Submit one admitted job. Returns a countdown when the task should retry, else None."""
+    job = _claim(rt, job_id)
+    if job is None:
+        return None
+    rt.store.update(job_id, {"submitting_at": rt.clock()})
+    attempt = rt.store.incr(job_id, "submit_attempts")
+    try:
+        submitted = rt.client.submit_json(job.endpoint, job.request)
+    except FluxqError as exc:
+        return _on_error(rt, job, exc, attempt)
+    _record(rt, job, submitted)
+    return None
+
+
+@app.task(name="fluxq.submit", bind=True, max_retries=None, acks_late=True)
+def submit(self: Task, job_id: str, batch: str = "") -> None:
+    """Celery task: submit the job; retry with backoff on 5xx and unsent requests."""
+    countdown = submit_job(get_runtime(), job_id)
+    if countdown is not None:
+        raise self.retry(countdown=countdown, **flower_options(self))

@@ -1,0 +1,62 @@
+"""The Celery app: each task lands in its own queue exactly once, with Flower-readable args."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from config.settings import Settings
+from workers.celery_app import ALL_QUEUES, make_celery
+from workers.dispatch import CeleryDispatcher
+from workers.store import Job, State
+
+
+def declare_all_queues(app_url: str) -> None:
+    app = make_celery(Settings(), app_url)
+    with app.connection_for_write() as conn:
+        for queue in app.amqp.queues.values():
+            queue.bind(conn).declare()
+
+
+def job(prompt: str) -> Job:
+    return Job(
+        job_id="job-1", endpoint="flux-dev", request={"prompt": prompt}, batch="night-7",
+        name="job-1", priority=5, group="default", key_label="abc", state=State.ADMITTED,
+        reason=None, bfl_id=None, polling_url=None, cost=None, seed=None, sample_url=None,
+        path=None, sha256=None, submitting_at=None, submit_attempts=0, poll_attempts=0,
+        not_found_count=0, uncertain=False, callback_json=None, webhook_url=None,
+        created_at=0.0, times={}, extra={},
+    )  # fmt: skip
+
+
+def test_each_task_is_routed_to_its_own_queue_once_even_with_every_queue_declared(
+    redis_url: str, redis_client: redis.Redis[str]
+) -> None:
+    # Given a broker where every fluxq queue has been declared (as running workers do)
+    declare_all_queues(redis_url)
+    dispatcher = CeleryDispatcher(make_celery(Settings(), redis_url))
+    # When one task of each kind is sent
+    dispatcher.submit(job("p"))
+    dispatcher.poll(job("p"), countdown_s=0)
+    dispatcher.save(job("p"))
+    dispatcher.webhook(job("p"))
+    # Then each queue holds exactly its own message
+    lengths = {name: redis_client.llen(name) for name in ALL_QUEUES}
+    assert lengths == {"fluxq.submit": 1, "fluxq.poll": 1, "fluxq.save": 1, "fluxq.control": 1}
+
+
+def test_messages_carry_only_the_job_id_and_batch_and_a_readable_flower_text(
+    redis_url: str, redis_client: redis.Redis[str]
+) -> None:
+    dispatcher = CeleryDispatcher(make_celery(Settings(), redis_url))
+    long_prompt = "a very long prompt about a lighthouse on a cliff at dusk in oil paint"
+    dispatcher.submit(job(long_prompt))
+    message = json.loads(redis_client.lpop("fluxq.submit") or "{}")
+    headers = message["headers"]
+    assert headers["task"] == "fluxq.submit"
+    assert headers["argsrepr"] == 'job=job-1 endpoint=flux-dev "a very long prompt about a…"'
+    assert headers["kwargsrepr"] == "batch=night-7"
+    body = json.loads(__import__("base64").b64decode(message["body"]))
+    assert body[0] == ["job-1"]
+    assert body[1] == {"batch": "night-7"}

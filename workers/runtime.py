@@ -1,0 +1,137 @@
+"""What a task needs at hand: settings, Redis, job store, limiter, BFL client and a dispatcher.
+
+One Runtime per worker process, built from Settings at start-up; tests build their own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import redis
+
+from config.settings import Settings, load_settings
+from workers import keys
+from workers.client import BFLClient
+from workers.limiter import Caps, SlotLimiter
+from workers.store import Job, JobStore
+
+PROMPT_PREVIEW_WORDS = 6
+PROMPT_PREVIEW_CHARS = 60
+
+
+class Dispatcher(Protocol):
+    """Sends the next piece of work for a job; Celery in production, a recorder in unit tests."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def poll(self, job: Job, *, countdown_s: float) -> None: ...
+
+    def save(self, job: Job, *, countdown_s: float = 0.0) -> None: ...
+
+    def webhook(self, job: Job) -> None: ...
+
+    def callback(self, job: Job, payload: dict[str, object]) -> None: ...
+
+
+def describe(job: Job) -> tuple[str, str]:
+    """Flower's args and kwargs text: job, endpoint and the prompt's first words; never a secret."""
+    prompt = str(job.request.get("prompt") or "")
+    words = prompt.split()
+    preview = " ".join(words[:PROMPT_PREVIEW_WORDS])[:PROMPT_PREVIEW_CHARS]
+    if len(words) > PROMPT_PREVIEW_WORDS or len(preview) < len(prompt.strip()):
+        preview += "…"
+    argsrepr = f'job={job.job_id} endpoint={job.endpoint} "{preview}"'
+    kwargsrepr = f"batch={job.batch}"
+    return argsrepr, kwargsrepr
+
+
+def flower_options(task: Any) -> dict[str, Any]:
+    """Keep a retried task's Flower text: Celery's retry would otherwise show raw args."""
+    options: dict[str, Any] = {}
+    for name in ("argsrepr", "kwargsrepr"):
+        value = getattr(task.request, name, None)
+        if value:
+            options[name] = value
+    return options
+
+
+@dataclass
+class Runtime:
+    """Everything the task logic touches, so it can run without a broker in tests."""
+
+    settings: Settings
+    redis: redis.Redis[str]
+    store: JobStore
+    limiter: SlotLimiter
+    client: BFLClient
+    dispatch: Dispatcher
+    label: str
+    clock: Callable[[], float] = field(default=time.time)
+
+    def close(self) -> None:
+        self.client.close()
+        self.redis.close()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    redis_url: str,
+    dispatch: Dispatcher,
+    transport: httpx.BaseTransport | None = None,
+) -> Runtime:
+    """A Runtime for these settings; the caller closes it."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True, health_check_interval=30)
+    label = keys.key_label(settings.bfl_api_key)
+    limiter = SlotLimiter(
+        client,
+        label=label,
+        caps=Caps(key_cap=settings.active_cap, group_caps=dict(settings.endpoint_caps)),
+        lease_ttl_s=settings.lease_ttl_s,
+        aimd_increase_interval_s=settings.aimd_increase_interval_s,
+        aimd_decrease_factor=settings.aimd_decrease_factor,
+    )
+    return Runtime(
+        settings=settings,
+        redis=client,
+        store=JobStore(client, terminal_ttl_s=settings.job_ttl_s),
+        limiter=limiter,
+        client=BFLClient(settings, transport=transport),
+        dispatch=dispatch,
+        label=label,
+    )
+
+
+_process_runtime: Runtime | None = None
+_process_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The worker process's Runtime, built on first use from the environment."""
+    global _process_runtime
+    with _process_lock:
+        if _process_runtime is None:
+            from workers.dispatch import CeleryDispatcher
+
+            settings = load_settings()
+            if not settings.redis_url:
+                from config.errors import ConfigError
+
+                raise ConfigError(
+                    "FLUXQ_REDIS_URL is unset in a worker: start it with `fluxq worker`"
+                )
+            from workers.celery_app import app, make_celery
+
+            # Reuse the worker's app when it points at this broker; a producer that imported
+            # fluxq before setting FLUXQ_REDIS_URL gets an app of its own.
+            same = app.conf.broker_url == settings.redis_url
+            celery = app if same else make_celery(settings, settings.redis_url)
+            _process_runtime = build_runtime(
+                settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery)
+            )
+        return _process_runtime
