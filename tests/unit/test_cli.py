@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from workers.cli import app
@@ -23,7 +24,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("config", "simulator"):
+    for command in (
+        "config",
+        "simulator",
+        "worker",
+        "enqueue",
+        "status",
+        "resume",
+        "demo",
+        "flower",
+    ):
         assert command in result.output
 
 
@@ -58,3 +68,32 @@ def test_the_simulator_refuses_bad_options_naming_them(args: list[str], named: s
     result = runner.invoke(app, ["simulator", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert named in result.output
+
+
+def test_resume_clears_a_credit_pause(redis_url: str) -> None:
+    from config.settings import Settings
+    from workers import keys
+    from workers.limiter import Caps, SlotLimiter
+
+    # Given admission paused for credits on the key of BFL_API_KEY=k
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    label = keys.key_label(Settings(bfl_api_key="k").bfl_api_key)
+    limiter = SlotLimiter(client, label=label, caps=Caps(key_cap=24, group_caps={}))
+    limiter.pause("out of credits (402): test")
+    # When the user runs fluxq resume
+    result = runner.invoke(
+        app, ["resume"], env={"FLUXQ_REDIS_URL": redis_url, "BFL_API_KEY": "k", "COLUMNS": "200"}
+    )
+    # Then admission is no longer paused
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output
+    assert limiter.paused(now_s=0.0) is None
+    client.close()
+
+
+def test_enqueue_without_a_shared_redis_explains_what_to_do() -> None:
+    result = runner.invoke(
+        app, ["enqueue", "--endpoint", "flux-dev", "--prompt", "x"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert "FLUXQ_REDIS_URL" in result.output

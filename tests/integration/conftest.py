@@ -1,0 +1,126 @@
+"""End-to-end fixtures: the simulator on loopback, real `fluxq worker` processes, a real Redis.
+
+Worker processes are started with the CLI a user would type and stopped by their own pids.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from config.settings import Settings, load_settings
+from simulator.config import SimConfig
+from simulator.server import SimulatorServer, running_simulator
+from workers.celery_app import make_celery
+from workers.dispatch import CeleryDispatcher
+from workers.runtime import Runtime, build_runtime
+from workers.store import State
+
+KEY = "integration-test-key"
+FAST_ENV = {
+    "FLUXQ_POLL_FIRST_DELAY_S": "0.05",
+    "FLUXQ_POLL_MIN_DELAY_S": "0.02",
+    "FLUXQ_POLL_MAX_DELAY_S": "0.1",
+    "FLUXQ_RETRY_BACKOFF_BASE_S": "0.05",
+    "FLUXQ_SWEEP_INTERVAL_S": "1",
+    "FLUXQ_LEASE_TTL_S": "10",
+}
+TERMINAL = (State.DONE.value, State.FAILED.value, State.CANCELLED.value)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorServer]:
+    with running_simulator(SimConfig(time_scale=0.01, rng_seed=99)) as server:
+        yield server
+
+
+@dataclass
+class Cluster:
+    """Worker processes plus a producer-side Runtime, all on one Redis and one simulator."""
+
+    env: dict[str, str]
+    rt: Runtime
+    sim: SimulatorServer
+    processes: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+
+    def start_worker(self, *, threads: int = 8, save_threads: int = 4) -> subprocess.Popen[bytes]:
+        log = self.logs[0].parent / f"worker-{len(self.processes)}.log"
+        argv = [
+            sys.executable, "-m", "workers.cli", "worker",
+            "--threads", str(threads), "--save-threads", str(save_threads), "--loglevel", "warning",
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        self.logs.append(log)
+        return process
+
+    def wait_terminal(self, batch: str, total: int, *, timeout_s: float) -> dict[str, int]:
+        deadline = time.monotonic() + timeout_s
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            counts = self.rt.store.batch_counts(batch)
+            if sum(counts.get(state, 0) for state in TERMINAL) >= total:
+                return counts
+            time.sleep(0.2)
+        tail = "\n".join(p.read_text()[-3000:] for p in self.logs[1:])
+        raise AssertionError(f"batch {batch} not finished in {timeout_s} s: {counts}\n{tail}")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+@pytest.fixture
+def make_cluster(
+    sim: SimulatorServer, redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def factory(**env_overrides: str) -> Cluster:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_")}
+        env.update(sim.env())
+        env.update(FAST_ENV)
+        env.update(
+            {
+                "BFL_API_KEY": KEY,
+                "FLUXQ_REDIS_URL": redis_url,
+                "FLUXQ_OUTPUT_DIR": str(tmp_path / "out"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(env_overrides)
+        settings = settings_from_env(env)
+        dispatch = CeleryDispatcher(make_celery(settings, redis_url))
+        rt = build_runtime(settings, redis_url=redis_url, dispatch=dispatch)
+        cluster = Cluster(env=env, rt=rt, sim=sim, processes=[], logs=[tmp_path / "anchor"])
+        made.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in made:
+        cluster.stop()
+        cluster.rt.close()
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """Exactly what the worker processes will read from the same environment."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return load_settings()

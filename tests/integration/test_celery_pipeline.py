@@ -1,0 +1,132 @@
+"""The whole system: real `fluxq worker` processes, a real Redis, the simulator over loopback.
+
+Judged by the simulator's own counters: maximum active tasks, duplicate submits, downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tasks.producer import enqueue
+from tests.integration.conftest import KEY, Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ENDPOINTS = ("flux-pro-1.1", "flux-dev", "flux-kontext-max")
+
+
+def request_for(endpoint: str, i: int) -> dict[str, object]:
+    if endpoint == "flux-kontext-max":
+        return {"prompt": f"job {i}: a lighthouse at dusk", "seed": i, "aspect_ratio": "4:3"}
+    return {"prompt": f"job {i}: a lighthouse at dusk", "seed": i, "width": 512, "height": 384}
+
+
+def assert_files_match_sidecars(out: Path, expected: int) -> None:
+    images = sorted(p for p in out.iterdir() if p.suffix in (".jpeg", ".png", ".webp"))
+    assert len(images) == expected
+    for image in images:
+        sidecar = json.loads(image.with_suffix(".json").read_text())
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == sidecar["sha256"]
+        with Image.open(image) as img:
+            img.verify()
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["job_id"] for line in manifest}) == expected
+
+
+def test_two_hundred_jobs_over_three_endpoints_finish_within_both_caps(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given one worker (main + save processes) and the account's cap of 24 (6 for kontext-max)
+    cluster = make_cluster()
+    # (a 30 s model, 300 ms here: long enough for the submits to fill the cap)
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 30.0}})
+    cluster.start_worker()
+    # When 200 jobs over three endpoints are enqueued
+    for i in range(200):
+        endpoint = ENDPOINTS[i % 3]
+        enqueue(cluster.rt, endpoint, request_for(endpoint, i), batch="night", name=f"img-{i:03d}")
+    counts = cluster.wait_terminal("night", 200, timeout_s=240)
+    # Then every job is done and every file is a complete image matching its sidecar
+    assert counts["done"] == 200, counts
+    assert_files_match_sidecars(Path(cluster.env["FLUXQ_OUTPUT_DIR"]) / "night", 200)
+    # And the simulator saw at most 24 active (6 for kontext-max), each triple submitted once
+    stats = cluster.sim.stats(KEY)
+    assert stats["max_active"] <= 24
+    assert stats["max_active_by_group"].get("flux-kontext-max", 0) <= 6
+    assert stats["submits"] == 200
+    assert stats["duplicate_submits"] == 0
+    assert stats["rate_limited_429"] == 0
+    assert stats["max_active"] >= 20  # the cap was actually used, not serialised
+
+
+def test_two_worker_processes_share_one_cap(make_cluster: Callable[..., Cluster]) -> None:
+    # Given two separate worker processes on one Redis and a fluxq cap of 5
+    cluster = make_cluster(FLUXQ_ACTIVE_CAP="5")
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 30.0}})
+    cluster.start_worker(threads=6, save_threads=2)
+    cluster.start_worker(threads=6, save_threads=2)
+    # When 40 jobs are enqueued
+    for i in range(40):
+        enqueue(cluster.rt, "flux-dev", request_for("flux-dev", i), batch="shared")
+    counts = cluster.wait_terminal("shared", 40, timeout_s=180)
+    # Then all are done and the simulator never saw more than 5 active at once
+    assert counts["done"] == 40, counts
+    stats = cluster.sim.stats(KEY)
+    assert stats["max_active"] == 5
+    assert stats["duplicate_submits"] == 0
+
+
+def test_a_worker_killed_mid_batch_loses_no_job_and_submits_none_twice(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a worker busy with 60 jobs of a 1 s model (cap 8, short leases for a quick recovery)
+    cluster = make_cluster(FLUXQ_ACTIVE_CAP="8", FLUXQ_LEASE_TTL_S="5")
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 100.0}})
+    first = cluster.start_worker(threads=6, save_threads=2)
+    for i in range(60):
+        enqueue(cluster.rt, "flux-dev", request_for("flux-dev", i), batch="crash")
+    deadline = time.monotonic() + 60
+    while cluster.rt.store.batch_counts("crash")["done"] < 10:
+        assert time.monotonic() < deadline, "no progress before the crash"
+        time.sleep(0.05)
+    # When the worker processes are killed without warning (SIGKILL: no cleanup, no acks)
+    kill_tree(first.pid)
+    # And a new worker starts
+    cluster.start_worker(threads=6, save_threads=2)
+    counts = cluster.wait_terminal("crash", 60, timeout_s=180)
+    # Then every job reached exactly one terminal state; any job whose POST may have been in
+    # flight at the kill is failed as uncertain (counted), never submitted twice
+    assert counts["done"] + counts["failed"] == 60, counts
+    assert counts["failed"] == counts["uncertain"], counts
+    stats = cluster.sim.stats(KEY)
+    assert stats["duplicate_submits"] == 0
+    assert stats["max_active"] <= 8
+    assert_files_match_sidecars(Path(cluster.env["FLUXQ_OUTPUT_DIR"]) / "crash", counts["done"])
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a supervisor and its worker children (found through /proc), by their own pids."""
+    children = [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid
+    ]
+    for target in [pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])

@@ -1,0 +1,170 @@
+"""``fluxq demo``: the whole system on one machine, end to end, and a report of what happened.
+
+With no BFL key it runs the simulator, with no FLUXQ_REDIS_URL an embedded Redis, and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings, load_settings
+from workers.embedded_redis import EmbeddedRedis
+
+DEMO_KEY = "fluxq-demo-simulator-key"
+DEMO_ENDPOINTS = ("flux-pro-1.1", "flux-dev", "flux-kontext-pro")
+DEMO_PROMPTS = (
+    "a lighthouse on a cliff at dusk, oil painting",
+    "a red fox in fresh snow, telephoto photograph",
+    "a tiny robot watering a bonsai tree, studio light",
+    "an isometric city block at night, neon signs",
+)
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class DemoResult:
+    batch: str
+    counts: dict[str, int]
+    output_dir: Path
+    verified_files: int
+    elapsed_s: float
+    simulator_stats: dict[str, Any] | None
+
+
+def demo_request(endpoint: str, i: int) -> dict[str, Any]:
+    prompt = DEMO_PROMPTS[i % len(DEMO_PROMPTS)]
+    if endpoint.startswith("flux-kontext"):
+        return {"prompt": prompt, "seed": i, "aspect_ratio": "16:9"}
+    return {"prompt": prompt, "seed": i, "width": 768, "height": 512}
+
+
+@contextmanager
+def _worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own CLI
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def verify_outputs(batch_dir: Path) -> int:
+    """Count images whose sha256 matches their sidecar; raise if any does not."""
+    verified = 0
+    for sidecar in sorted(batch_dir.glob("*.json")):
+        meta = json.loads(sidecar.read_text())
+        image = batch_dir / meta["file"]
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        if digest != meta["sha256"]:
+            raise RuntimeError(f"{image} does not match its recorded sha256")
+        verified += 1
+    return verified
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    jobs: int,
+    time_scale: float,
+    say: Callable[[str], None],
+    progress: Callable[[dict[str, int], int], None],
+    timeout_s: float = 600.0,
+) -> DemoResult:
+    """Start what is missing, enqueue ``jobs`` jobs, wait for all, verify files, stop everything."""
+    from simulator import SimConfig, running_simulator
+
+    env = dict(os.environ)
+    with ExitStack() as stack:
+        sim = None
+        if settings.bfl_api_key is None:
+            sim = stack.enter_context(running_simulator(SimConfig(time_scale=time_scale)))
+            env.update(sim.env())
+            env["BFL_API_KEY"] = DEMO_KEY
+            say(
+                f"no BFL_API_KEY: using the local BFL simulator at {sim.base_url} "
+                f"(time scale {time_scale}: a 4 s model takes {4 * time_scale:.2f} s)"
+            )
+        if not settings.redis_url:
+            redis_server = stack.enter_context(EmbeddedRedis())
+            env["FLUXQ_REDIS_URL"] = redis_server.url
+            say(f"no FLUXQ_REDIS_URL: using an embedded Redis at {redis_server.url}")
+        env.setdefault("FLUXQ_OUTPUT_DIR", str(settings.output_dir))
+        effective = _settings_from(env)
+        rt = _producer_runtime(effective)
+        stack.callback(rt.close)
+        log_path = effective.output_dir / "demo-worker.log"
+        stack.enter_context(_worker(env, log_path))
+        say(f"started a worker (Celery, thread pools); its log: {log_path}")
+        batch = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        from tasks.producer import enqueue
+
+        started = time.monotonic()
+        for i in range(jobs):
+            endpoint = DEMO_ENDPOINTS[i % len(DEMO_ENDPOINTS)]
+            enqueue(rt, endpoint, demo_request(endpoint, i), batch=batch, name=f"image-{i:03d}")
+        say(f"enqueued {jobs} jobs in batch {batch} over {', '.join(DEMO_ENDPOINTS)}")
+        counts = _wait(rt, batch, jobs, timeout_s, progress)
+        elapsed = time.monotonic() - started
+        batch_dir = effective.output_dir / batch
+        verified = verify_outputs(batch_dir) if batch_dir.exists() else 0
+        stats = sim.stats(DEMO_KEY) if sim is not None else None
+        return DemoResult(batch, counts, batch_dir, verified, elapsed, stats)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def _settings_from(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _producer_runtime(settings: Settings) -> Any:
+    from workers.celery_app import make_celery
+    from workers.dispatch import CeleryDispatcher
+    from workers.runtime import build_runtime
+
+    assert settings.redis_url
+    dispatch = CeleryDispatcher(make_celery(settings, settings.redis_url))
+    return build_runtime(settings, redis_url=settings.redis_url, dispatch=dispatch)
+
+
+def _wait(
+    rt: Any,
+    batch: str,
+    total: int,
+    timeout_s: float,
+    progress: Callable[[dict[str, int], int], None],
+) -> dict[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts: dict[str, int] = rt.store.batch_counts(batch)
+        progress(counts, total)
+        finished = counts["done"] + counts["failed"] + counts["cancelled"]
+        if finished >= total or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.25)
