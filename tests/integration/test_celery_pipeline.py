@@ -130,3 +130,30 @@ def _ppid(proc: Path) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_a_rescheduled_poll_keeps_its_flower_text_and_its_task_id(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a job of a slow model (2 s here), polled several times by one worker
+    cluster = make_cluster()
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 200.0}})
+    cluster.start_worker(threads=4, save_threads=1)
+    job_id = enqueue(cluster.rt, "flux-dev", {"prompt": "a slow heron", "seed": 1}, batch="fl")
+    # When its poll messages are read from Redis as they wait, over several reschedules
+    deadline = time.monotonic() + 60
+    seen: dict[int, dict[str, object]] = {}
+    while len([r for r in seen if r >= 1]) < 2:
+        assert time.monotonic() < deadline, f"too few rescheduled polls seen: {sorted(seen)}"
+        for raw in cluster.rt.redis.hvals("unacked"):
+            headers = json.loads(raw)[0]["headers"]
+            if headers["task"] == "fluxq.poll":
+                seen[int(headers["retries"])] = headers
+        time.sleep(0.02)
+    # Then every reschedule is the same task id, and reads job=… endpoint=… "prompt…" with the
+    # batch as a kwarg (what Flower shows and searches)
+    assert len({str(h["id"]) for h in seen.values()}) == 1
+    for headers in seen.values():
+        assert headers["argsrepr"] == f'job={job_id} endpoint=flux-dev "a slow heron"'
+        assert headers["kwargsrepr"] == "batch=fl"
+    cluster.wait_terminal("fl", 1, timeout_s=60)
