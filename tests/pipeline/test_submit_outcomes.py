@@ -112,8 +112,9 @@ def test_a_429_despite_a_free_slot_requeues_the_job_at_the_head_and_lowers_the_c
     pipeline.sim.configure(phantom_429_rate=0.0)
     sweep(pipeline.rt)
     pipeline.drain()
-    # Then it completes, never failed by the 429
+    # Then it completes, never failed by the 429, and no stale 429 reason is left on it
     assert pipeline.job(job_id).state is State.DONE
+    assert pipeline.job(job_id).reason is None
     stats = pipeline.stats()
     assert stats["submits"] == 1  # accepted tasks: the 429 created none
     assert stats["duplicate_submits"] == 0

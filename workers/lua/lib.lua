@@ -19,8 +19,12 @@ end
 -- Move a job the caller has checked is in `from` to `to`: state, t_<to>, reason, batch counters, event.
 local function fluxq_move(job_key, batch_key, channel, job_id, batch, from, to, now, reason)
   redis.call('HSET', job_key, 'state', to, 't_' .. to, now)
+  -- The reason explains the latest move only: a move without one clears an older one (a job
+  -- that met a 429 and then finished must not read "429" as its reason).
   if reason then
     redis.call('HSET', job_key, 'reason', reason)
+  else
+    redis.call('HDEL', job_key, 'reason')
   end
   redis.call('HINCRBY', batch_key, from, -1)
   redis.call('HINCRBY', batch_key, to, 1)
