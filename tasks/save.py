@@ -32,6 +32,7 @@ log = logging.getLogger("fluxq.save")
 
 SAVE_BACKOFF_CAP_S = 20.0  # the URL lives 10 minutes: retries must stay well inside that
 REFETCH_FLAG = "refetched"
+MANIFEST_FLAG = "manifest_appended"
 
 
 def final_path(rt: Runtime, job: Job) -> Path:
@@ -133,14 +134,25 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
     done_at = rt.clock()
     meta = metadata(job, image, got, done_at)
     write_json_atomic(image.with_suffix(".json"), meta)
+    _record_in_manifest(rt, job, image, meta)
     fields: dict[str, str | int | float] = {"path": str(image), "sha256": got.sha256}
     moved = rt.store.transition(job_id, (State.READY,), State.DONE, now_s=done_at, fields=fields)
     rt.redis.zrem(keys.saves(rt.label), job_id)
-    if not moved:
-        return None  # a redelivered save finished first; the files are identical
-    append_manifest(image.parent / "manifest.jsonl", _manifest_entry(job, image, meta))
-    notify_terminal(rt, job_id)
+    if moved:
+        notify_terminal(rt, job_id)
     return None
+
+
+def _record_in_manifest(rt: Runtime, job: Job, image: Path, meta: dict[str, Any]) -> None:
+    """Append the job's manifest line before it is marked done, once.
+
+    A crash between the append and the marker repeats the line on redelivery (readers dedupe by
+    job_id); the other order could lose it, which a crash test showed.
+    """
+    if job.extra.get(MANIFEST_FLAG):
+        return
+    append_manifest(image.parent / "manifest.jsonl", _manifest_entry(job, image, meta))
+    rt.store.update(job.job_id, {MANIFEST_FLAG: 1})
 
 
 def _manifest_entry(job: Job, image: Path, meta: dict[str, Any]) -> dict[str, Any]:

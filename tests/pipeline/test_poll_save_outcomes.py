@@ -280,3 +280,33 @@ def test_a_save_lost_with_its_worker_is_resent_by_the_sweep(pipeline: Pipeline) 
     assert pipeline.dispatch.kinds(job_id).count("save") == 2
     assert pipeline.job(job_id).state is State.DONE
     assert pipeline.rt.redis.zcard(keys.saves(pipeline.rt.label)) == 0
+
+
+def test_a_save_killed_after_writing_but_before_done_loses_no_manifest_line(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a ready job whose first save dies right before marking the job done
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "killed mid-save"}, batch="kill")
+    while "save" not in pipeline.dispatch.kinds(job_id):
+        assert pipeline.step()
+    pipeline.dispatch.heap.clear()
+    real_transition = pipeline.rt.store.transition
+
+    def dies_before_done(job: str, from_states: object, to: State, **kw: object) -> bool:
+        if to is State.DONE:
+            raise RuntimeError("worker killed")
+        return real_transition(job, from_states, to, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.rt.store, "transition", dies_before_done)
+    with pytest.raises(RuntimeError):
+        save_job(pipeline.rt, job_id)
+    monkeypatch.setattr(pipeline.rt.store, "transition", real_transition)
+    manifest = pipeline.rt.settings.output_dir / "kill" / "manifest.jsonl"
+    assert pipeline.job(job_id).state is State.READY
+    assert len(manifest.read_text().splitlines()) == 1
+    # When the save is delivered again
+    assert save_job(pipeline.rt, job_id) is None
+    # Then the job is done and the manifest lists it exactly once
+    assert pipeline.job(job_id).state is State.DONE
+    lines = manifest.read_text().splitlines()
+    assert [json.loads(line)["job_id"] for line in lines] == [job_id]
