@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from tasks.callbacks import notify_terminal
 from workers.runtime import Runtime
 from workers.store import Job, State
 
@@ -43,7 +44,5 @@ def finish(rt: Runtime, job: Job, to: State, *, reason: str | None = None) -> bo
             reason,
         )
     if moved and to.terminal:
-        from tasks.callbacks import notify_terminal
-
-        notify_terminal(rt, job.job_id)
+        notify_terminal(rt, job)
     return moved

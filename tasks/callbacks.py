@@ -49,8 +49,15 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def notify_terminal(rt: Runtime, job_id: str) -> None:
-    """Fire the job's callbacks once it reached done, failed or cancelled."""
+def notify_terminal(rt: Runtime, before: Job) -> None:
+    """Fire the job's callbacks once it reached done, failed or cancelled.
+
+    ``before`` is the job as the caller last read it: callbacks are fixed at enqueue, so a job
+    without any costs no second read (the common case on the hot path).
+    """
+    if not before.callback_json and not before.webhook_url:
+        return
+    job_id = before.job_id
     job = rt.store.get(job_id)
     if job is None or not job.state.terminal:
         return

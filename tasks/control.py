@@ -14,9 +14,9 @@ from celery import signals
 
 from config.errors import FluxqError
 from tasks.admission import admit_and_dispatch
-from tasks.callbacks import notify_terminal
 from tasks.producer import enqueue as enqueue_job
-from tasks.submit import UNCERTAIN_REASON
+from tasks.save import resend_lost_saves
+from tasks.submit import settle_uncertain
 from workers import keys
 from workers.celery_app import app
 from workers.runtime import Runtime, get_runtime
@@ -42,41 +42,18 @@ def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
         return "released"
     if job.state is State.SUBMITTED:
         # The poll chain was lost (worker died): BFL still counts the task, so keep the slot.
-        rt.limiter.acquire_existing(job_id, group, now_s=now_s)
+        rt.limiter.hold(job_id, group, now_s=now_s)
         rt.dispatch.poll(job, countdown_s=0.0)
         return "repolled"
-    if job.state is State.READY:  # its save is watched separately (_resend_lost_saves)
+    if job.state is State.READY:  # its save is watched separately (resend_lost_saves)
         rt.limiter.release(job_id, group)
         return "released"
     if job.submitting_at is not None:
-        rt.store.mark_uncertain(job_id)
-        if rt.settings.resubmit_uncertain:
-            rt.store.clear_fields(job_id, "submitting_at")
-            rt.limiter.requeue_front(job_id, group, now_s=now_s, reason="resubmit after crash")
-            return "requeued"
-        if rt.store.transition(
-            job_id, (State.ADMITTED,), State.FAILED, now_s=now_s, reason=UNCERTAIN_REASON
-        ):
-            notify_terminal(rt, job_id)
-        rt.limiter.release(job_id, group)
-        return "uncertain"
+        action = settle_uncertain(rt, job, "the lease lapsed after a submit may have been sent")
+        rt.limiter.release(job_id, group)  # the lease already outlived any task we could not see
+        return action
     rt.limiter.requeue_front(job_id, group, now_s=now_s, reason="lease lapsed before submit")
     return "requeued"
-
-
-def _resend_lost_saves(rt: Runtime, now_s: float) -> int:
-    """Re-send the save of ready jobs whose save did not finish in time (its worker died)."""
-    watch = keys.saves(rt.label)
-    resent = 0
-    for job_id in rt.redis.zrangebyscore(watch, "-inf", now_s, start=0, num=1000):
-        job = rt.store.get(job_id)
-        if job is None or job.state is not State.READY:
-            rt.redis.zrem(watch, job_id)
-            continue
-        rt.redis.zadd(watch, {job_id: now_s + rt.settings.lease_ttl_s})
-        rt.dispatch.save(job)
-        resent += 1
-    return resent
 
 
 def _check_credits(rt: Runtime, now_s: float) -> None:
@@ -103,7 +80,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
     for job_id, group in rt.limiter.expired(now_s=now):
         action = _recover(rt, job_id, group, now)
         done[action] = done.get(action, 0) + 1
-    done["resaved"] = done.get("resaved", 0) + _resend_lost_saves(rt, now)
+    done["resaved"] = resend_lost_saves(rt, now)
     _check_credits(rt, now)
     done["admitted"] = admit_and_dispatch(rt)
     if any(v for k, v in done.items() if k != "admitted"):

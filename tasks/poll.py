@@ -11,6 +11,7 @@ from celery import Task
 
 from config.errors import JobFailed, RetryLater, StopAndAlert
 from tasks.admission import admit_and_dispatch, finish
+from tasks.save import watch_save
 from workers import keys
 from workers.celery_app import app
 from workers.results import Result, Status
@@ -48,11 +49,6 @@ def poll_delay_s(rt: Runtime, endpoint: str, *, elapsed_s: float) -> float:
     )
 
 
-def watch_save(rt: Runtime, job_id: str) -> None:
-    """Ask the sweep to re-send this job's save if it is not done within a lease's time."""
-    rt.redis.zadd(keys.saves(rt.label), {job_id: rt.clock() + rt.settings.lease_ttl_s})
-
-
 def failure_reason(result: Result) -> str:
     """A sentence a person can act on, for each terminal status other than Ready."""
     if result.status in (Status.CONTENT_MODERATED, Status.REQUEST_MODERATED):
@@ -73,7 +69,7 @@ def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
     if result.seed is not None:
         fields["seed"] = result.seed
     # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
-    watch_save(rt, job.job_id)
+    watch_save(rt, job.job_id, now_s=rt.clock())
     moved = rt.store.transition(
         job.job_id, (State.SUBMITTED,), State.READY, now_s=rt.clock(), fields=fields
     )
@@ -90,8 +86,7 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     if job is None or job.state is not State.SUBMITTED or not job.polling_url:
         return None
     now = rt.clock()
-    if not rt.limiter.renew(job_id, job.group, now_s=now):
-        rt.limiter.acquire_existing(job_id, job.group, now_s=now)
+    rt.limiter.hold(job_id, job.group, now_s=now)
     elapsed_s = now - job.times.get("submitted", now)
     if elapsed_s > rt.settings.poll_deadline_s:
         reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"

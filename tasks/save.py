@@ -18,9 +18,9 @@ from workers.celery_app import app
 from workers.files import (
     append_manifest,
     commit_file,
-    image_suffix,
     safe_name,
     temp_path_for,
+    url_suffix,
     write_json_atomic,
 )
 from workers.results import Downloaded, Status
@@ -35,10 +35,31 @@ REFETCH_FLAG = "refetched"
 MANIFEST_FLAG = "manifest_appended"
 
 
+def watch_save(rt: Runtime, job_id: str, *, now_s: float) -> None:
+    """Ask the sweep to re-send this job's save unless it ends within a lease's time."""
+    rt.redis.zadd(keys.saves(rt.label), {job_id: now_s + rt.settings.lease_ttl_s})
+
+
+def resend_lost_saves(rt: Runtime, now_s: float) -> int:
+    """Re-send the save of ready jobs whose save did not end in time (its worker died)."""
+    resent = 0
+    for job_id in rt.redis.zrangebyscore(keys.saves(rt.label), "-inf", now_s, start=0, num=1000):
+        job = rt.store.get(job_id)
+        if job is None or job.state is not State.READY:
+            rt.redis.zrem(keys.saves(rt.label), job_id)
+            continue
+        watch_save(rt, job_id, now_s=now_s)
+        rt.dispatch.save(job)
+        resent += 1
+    return resent
+
+
 def final_path(rt: Runtime, job: Job) -> Path:
     """``<output_dir>/<batch>/<name>.<ext>``."""
-    requested = output_format(validate_request(job.endpoint, job.request))
-    suffix = image_suffix(job.sample_url, requested)
+    # The URL's suffix tells the real format; only without one is the request consulted.
+    suffix = url_suffix(job.sample_url) or output_format(
+        validate_request(job.endpoint, job.request)
+    )
     return rt.settings.output_dir / safe_name(job.batch) / f"{safe_name(job.name)}.{suffix}"
 
 
@@ -82,7 +103,7 @@ def _fail(rt: Runtime, job: Job, reason: str) -> None:
         job.job_id, (State.READY,), State.FAILED, now_s=rt.clock(), reason=reason
     ):
         log.warning("save failed job=%s batch=%s reason=%s", job.job_id, job.batch, reason)
-        notify_terminal(rt, job.job_id)
+        notify_terminal(rt, job)
 
 
 def _refetch(rt: Runtime, job: Job, exc: DownloadFailed) -> bool:
@@ -139,7 +160,7 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
     moved = rt.store.transition(job_id, (State.READY,), State.DONE, now_s=done_at, fields=fields)
     rt.redis.zrem(keys.saves(rt.label), job_id)
     if moved:
-        notify_terminal(rt, job_id)
+        notify_terminal(rt, job)
     return None
 
 

@@ -41,19 +41,23 @@ def _give_back(rt: Runtime, job: Job, reason: str) -> None:
     rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
 
 
-def _uncertain(rt: Runtime, job: Job, detail: str) -> None:
-    """The POST may have created a task: count it, and resubmit only if the user allows it."""
+def settle_uncertain(rt: Runtime, job: Job, detail: str) -> str:
+    """The POST may have created a task: count it, and resubmit only if the user allows it.
+
+    Returns ``"requeued"`` or ``"uncertain"`` (failed). A failed job keeps its slot leased until
+    the lease lapses, because a task we cannot see may still run at BFL.
+    """
     rt.store.mark_uncertain(job.job_id)
     log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
     if rt.settings.resubmit_uncertain:
         _give_back(rt, job, f"resubmitting after an unknown outcome: {detail}")
         admit_and_dispatch(rt)
-        return
-    # The slot stays leased until the lease lapses: a task we cannot see may still run at BFL.
+        return "requeued"
     if rt.store.transition(
         job.job_id, (State.ADMITTED,), State.FAILED, now_s=rt.clock(), reason=UNCERTAIN_REASON
     ):
-        notify_terminal(rt, job.job_id)
+        notify_terminal(rt, job)
+    return "uncertain"
 
 
 def _claim(rt: Runtime, job_id: str) -> Job | None:
@@ -63,10 +67,9 @@ def _claim(rt: Runtime, job_id: str) -> Job | None:
         return None  # redelivered, cancelled or already handled
     if job.submitting_at is not None:
         # A previous attempt reached the POST and never recorded an answer (worker crash).
-        _uncertain(rt, job, "a previous submit attempt was interrupted after sending")
+        settle_uncertain(rt, job, "a previous submit attempt was interrupted after sending")
         return None
-    if not rt.limiter.renew(job_id, job.group, now_s=rt.clock()):
-        rt.limiter.acquire_existing(job_id, job.group, now_s=rt.clock())
+    rt.limiter.hold(job_id, job.group, now_s=rt.clock())
     return job
 
 
@@ -91,7 +94,7 @@ def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | N
     elif isinstance(exc, StopAndAlert):
         _paused(rt, job, exc)
     elif isinstance(exc, OutcomeUnknown):
-        _uncertain(rt, job, str(exc))
+        settle_uncertain(rt, job, str(exc))
     elif isinstance(exc, RetryLater):  # 5xx, or never sent: the same POST is safe to repeat
         rt.store.clear_fields(job.job_id, "submitting_at")
         if attempt < rt.settings.submit_max_attempts:

@@ -58,8 +58,9 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
         # Flower needs events: task-sent from producers, the rest from workers.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        # Each queue has its own exchange and routing key: with one shared default binding,
-        # Redis's direct exchange would copy a message into every queue bound with that key.
+        # Each queue has its own exchange and routing key. Without them every queue is bound to
+        # the default exchange under one key, and a message published by exchange and key (not
+        # by queue name, as Celery's router does) would be copied into all four.
         "task_queues": [_queue(name) for name in ALL_QUEUES],
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {

@@ -146,12 +146,9 @@ def _runtime(settings: Settings) -> Runtime:
             "`fluxq demo`."
         )
         raise typer.Exit(code=2)
-    from workers.celery_app import make_celery
-    from workers.dispatch import CeleryDispatcher
-    from workers.runtime import build_runtime
+    from workers.runtime import celery_runtime
 
-    dispatch = CeleryDispatcher(make_celery(settings, settings.redis_url))
-    return build_runtime(settings, redis_url=settings.redis_url, dispatch=dispatch)
+    return celery_runtime(settings)
 
 
 def _parse_params(params: list[str]) -> dict[str, Any]:

@@ -210,7 +210,11 @@ class BFLClient:
         return parse_result(self._json(response))
 
     def get_result_by_id(self, task_id: str) -> Result:
-        """GET /v1/get_result?id= on the configured base URL (for re-fetching a sample URL)."""
+        """GET /v1/get_result?id= on the configured base URL.
+
+        BFL's documented endpoint, but a task may live on another cluster host: fluxq itself
+        always follows the submit's polling_url (``get_result``), including to re-fetch a sample.
+        """
         url = f"{self._settings.bfl_base_url}/v1/get_result"
         with translate_transport_errors("GET /v1/get_result", read_only=True):
             response = self._http.get(url, params={"id": task_id}, headers=self._auth())

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, settings_from_env
 from workers.embedded_redis import EmbeddedRedis
+from workers.runtime import Runtime, celery_runtime
 
 DEMO_KEY = "fluxq-demo-simulator-key"
 DEMO_ENDPOINTS = ("flux-pro-1.1", "flux-dev", "flux-kontext-pro")
@@ -110,8 +111,8 @@ def run_demo(
             env["FLUXQ_REDIS_URL"] = redis_server.url
             say(f"no FLUXQ_REDIS_URL: using an embedded Redis at {redis_server.url}")
         env.setdefault("FLUXQ_OUTPUT_DIR", str(settings.output_dir))
-        effective = _settings_from(env)
-        rt = _producer_runtime(effective)
+        effective = settings_from_env(env)
+        rt = celery_runtime(effective)
         stack.callback(rt.close)
         log_path = effective.output_dir / "demo-worker.log"
         stack.enter_context(_worker(env, log_path))
@@ -129,32 +130,12 @@ def run_demo(
         batch_dir = effective.output_dir / batch
         verified = verify_outputs(batch_dir) if batch_dir.exists() else 0
         stats = sim.stats(DEMO_KEY) if sim is not None else None
-        return DemoResult(batch, counts, batch_dir, verified, elapsed, stats)
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
-
-
-def _settings_from(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return load_settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _producer_runtime(settings: Settings) -> Any:
-    from workers.celery_app import make_celery
-    from workers.dispatch import CeleryDispatcher
-    from workers.runtime import build_runtime
-
-    assert settings.redis_url
-    dispatch = CeleryDispatcher(make_celery(settings, settings.redis_url))
-    return build_runtime(settings, redis_url=settings.redis_url, dispatch=dispatch)
+        result = DemoResult(batch, counts, batch_dir, verified, elapsed, stats)
+    return result
 
 
 def _wait(
-    rt: Any,
+    rt: Runtime,
     batch: str,
     total: int,
     timeout_s: float,

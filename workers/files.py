@@ -24,13 +24,12 @@ def safe_name(text: str) -> str:
     return cleaned or "unnamed"
 
 
-def image_suffix(sample_url: str | None, requested_format: str) -> str:
-    """The file suffix: the delivery URL's suffix tells the real format; else the requested one."""
-    if sample_url:
-        suffix = Path(urlsplit(sample_url).path).suffix.lower().lstrip(".")
-        if suffix in FORMAT_SUFFIXES:
-            return FORMAT_SUFFIXES[suffix]
-    return FORMAT_SUFFIXES.get(requested_format, "jpeg")
+def url_suffix(sample_url: str | None) -> str | None:
+    """The image suffix a delivery URL's path ends with (it tells the real format), if any."""
+    if not sample_url:
+        return None
+    suffix = Path(urlsplit(sample_url).path).suffix.lower().lstrip(".")
+    return FORMAT_SUFFIXES.get(suffix)
 
 
 def temp_path_for(final: Path) -> Path:

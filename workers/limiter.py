@@ -108,17 +108,9 @@ class SlotLimiter:
         )
         return list(admitted)
 
-    def renew(self, job_id: str, group: str, *, now_s: float) -> bool:
-        """Push a held lease's expiry to now + lease TTL; False when the job holds no lease."""
-        expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zscore(self._slots, job_id)
-        pipe.zadd(self._slots, expiry, xx=True)
-        pipe.zadd(keys.group_slots(self.label, group), expiry, xx=True)
-        return pipe.execute()[0] is not None
-
-    def acquire_existing(self, job_id: str, group: str, *, now_s: float) -> None:
-        """Lease a slot with no cap check: the job's BFL task already runs (the sweep's repair)."""
+    def hold(self, job_id: str, group: str, *, now_s: float) -> None:
+        """Renew the job's lease, or take it back with no cap check if it was released: its BFL
+        task is (about to be) running, so BFL counts it either way. One round trip."""
         expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
         pipe = self._redis.pipeline(transaction=True)
         pipe.zadd(self._slots, expiry)

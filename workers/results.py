@@ -111,8 +111,8 @@ def parse_result(body: object) -> Result:
     if not isinstance(body, dict):
         raise UnexpectedResponse(f"get_result answered a non-object: {str(body)[:200]}")
     raw_status = body.get("status")
-    result = body.get("result") if isinstance(body.get("result"), dict) else {}
-    assert isinstance(result, dict)
+    raw_result = body.get("result")
+    result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
     details = body.get("details") if isinstance(body.get("details"), dict) else None
     sample = result.get("sample")
     seed = result.get("seed")

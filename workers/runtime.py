@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import httpx
 import redis
 
+from config.errors import ConfigError
 from config.settings import Settings, load_settings
 from workers import keys
 from workers.client import BFLClient
@@ -111,27 +112,27 @@ _process_runtime: Runtime | None = None
 _process_lock = threading.Lock()
 
 
+def celery_runtime(settings: Settings) -> Runtime:
+    """A Runtime that dispatches through Celery on ``settings.redis_url``: workers and producers."""
+    if not settings.redis_url:
+        raise ConfigError(
+            "FLUXQ_REDIS_URL is unset: set it to the Redis the workers use "
+            "(`fluxq worker` starts an embedded one and prints its URL)"
+        )
+    from workers.celery_app import app, make_celery
+    from workers.dispatch import CeleryDispatcher
+
+    # Reuse the module's app when it points at this broker; a process that imported fluxq
+    # before FLUXQ_REDIS_URL was set (or wants another broker) gets an app of its own.
+    same = app.conf.broker_url == settings.redis_url
+    celery = app if same else make_celery(settings, settings.redis_url)
+    return build_runtime(settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery))
+
+
 def get_runtime() -> Runtime:
-    """The worker process's Runtime, built on first use from the environment."""
+    """This process's Runtime, built on first use from the environment."""
     global _process_runtime
     with _process_lock:
         if _process_runtime is None:
-            from workers.dispatch import CeleryDispatcher
-
-            settings = load_settings()
-            if not settings.redis_url:
-                from config.errors import ConfigError
-
-                raise ConfigError(
-                    "FLUXQ_REDIS_URL is unset in a worker: start it with `fluxq worker`"
-                )
-            from workers.celery_app import app, make_celery
-
-            # Reuse the worker's app when it points at this broker; a producer that imported
-            # fluxq before setting FLUXQ_REDIS_URL gets an app of its own.
-            same = app.conf.broker_url == settings.redis_url
-            celery = app if same else make_celery(settings, settings.redis_url)
-            _process_runtime = build_runtime(
-                settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery)
-            )
+            _process_runtime = celery_runtime(load_settings())
         return _process_runtime

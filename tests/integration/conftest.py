@@ -11,18 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
-from config.settings import Settings, load_settings
+from config.settings import settings_from_env
 from simulator.config import SimConfig
 from simulator.server import SimulatorServer, running_simulator
-from workers.celery_app import make_celery
-from workers.dispatch import CeleryDispatcher
-from workers.runtime import Runtime, build_runtime
+from workers.runtime import Runtime, celery_runtime
 from workers.store import State
 
 KEY = "integration-test-key"
@@ -51,10 +48,11 @@ class Cluster:
     rt: Runtime
     sim: SimulatorServer
     processes: list[subprocess.Popen[bytes]]
-    logs: list[Path]
+    log_dir: Path
+    logs: list[Path] = field(default_factory=list)
 
     def start_worker(self, *, threads: int = 8, save_threads: int = 4) -> subprocess.Popen[bytes]:
-        log = self.logs[0].parent / f"worker-{len(self.processes)}.log"
+        log = self.log_dir / f"worker-{len(self.processes)}.log"
         argv = [
             sys.executable, "-m", "workers.cli", "worker",
             "--threads", str(threads), "--save-threads", str(save_threads), "--loglevel", "warning",
@@ -73,7 +71,7 @@ class Cluster:
             if sum(counts.get(state, 0) for state in TERMINAL) >= total:
                 return counts
             time.sleep(0.2)
-        tail = "\n".join(p.read_text()[-3000:] for p in self.logs[1:])
+        tail = "\n".join(p.read_text()[-3000:] for p in self.logs)
         raise AssertionError(f"batch {batch} not finished in {timeout_s} s: {counts}\n{tail}")
 
     def stop(self) -> None:
@@ -107,10 +105,8 @@ def make_cluster(
             }
         )
         env.update(env_overrides)
-        settings = settings_from_env(env)
-        dispatch = CeleryDispatcher(make_celery(settings, redis_url))
-        rt = build_runtime(settings, redis_url=redis_url, dispatch=dispatch)
-        cluster = Cluster(env=env, rt=rt, sim=sim, processes=[], logs=[tmp_path / "anchor"])
+        rt = celery_runtime(settings_from_env(env))
+        cluster = Cluster(env=env, rt=rt, sim=sim, processes=[], log_dir=tmp_path)
         made.append(cluster)
         return cluster
 
@@ -118,9 +114,3 @@ def make_cluster(
     for cluster in made:
         cluster.stop()
         cluster.rt.close()
-
-
-def settings_from_env(env: dict[str, str]) -> Settings:
-    """Exactly what the worker processes will read from the same environment."""
-    with mock.patch.dict(os.environ, env, clear=True):
-        return load_settings()

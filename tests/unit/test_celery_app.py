@@ -30,7 +30,7 @@ def job(prompt: str) -> Job:
     )  # fmt: skip
 
 
-def test_each_task_is_routed_to_its_own_queue_once_even_with_every_queue_declared(
+def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared(
     redis_url: str, redis_client: redis.Redis[str]
 ) -> None:
     # Given a broker where every fluxq queue has been declared (as running workers do)

@@ -198,32 +198,30 @@ def test_expired_leases_still_count_until_they_are_released(
     assert len(limiter.admit(now_s=later_s)) == 24
 
 
-def test_a_renewal_extends_a_lease_and_fails_for_a_job_without_one(
+def test_holding_a_leased_job_extends_its_lease_in_both_slot_sets(
     store: JobStore, limiter: SlotLimiter, redis_client: redis.Redis[str]
 ) -> None:
     # Given two admitted kontext-max jobs
     fill(store, 2, group=KONTEXT, prefix="k")
     limiter.admit(now_s=NOW_S)
 
-    # When one is renewed 50 s later
-    assert limiter.renew("k0", KONTEXT, now_s=NOW_S + 50)
+    # When one is held (a poll) 50 s later
+    limiter.hold("k0", KONTEXT, now_s=NOW_S + 50)
 
-    # Then only the other expires at the first expiry, in both slot sets
+    # Then only the other expires at the first expiry, in both slot sets, and nothing was added
     assert limiter.expired(now_s=NOW_S + 61) == [("k1", KONTEXT)]
     assert redis_client.zscore(keys.group_slots(LABEL, KONTEXT), "k0") == NOW_S + 110
-    assert limiter.renew("nobody", KONTEXT, now_s=NOW_S) is False
-    assert redis_client.zscore(keys.slots(LABEL), "nobody") is None
+    assert redis_client.zscore(keys.slots(LABEL), "k0") == NOW_S + 110
+    assert limiter.held() == 2
 
 
-def test_acquire_existing_leases_a_slot_without_a_cap_check(
-    store: JobStore, limiter: SlotLimiter
-) -> None:
+def test_hold_leases_a_slot_without_a_cap_check(store: JobStore, limiter: SlotLimiter) -> None:
     # Given the key cap full
     fill(store, 24)
     limiter.admit(now_s=NOW_S)
 
     # When the sweep re-leases a submitted job whose lease was lost
-    limiter.acquire_existing("lost", DEFAULT, now_s=NOW_S)
+    limiter.hold("lost", DEFAULT, now_s=NOW_S)
 
     # Then it counts, even above the cap: its BFL task is running
     assert limiter.held() == 25
@@ -304,7 +302,7 @@ def test_the_python_and_lua_effective_caps_agree(
     fill(store, 60)
     holders = [f"x{i}" for i in range(24)]
     for job_id in holders:
-        limiter.acquire_existing(job_id, DEFAULT, now_s=NOW_S)
+        limiter.hold(job_id, DEFAULT, now_s=NOW_S)
     assert limiter.rate_limited(now_s=NOW_S) == 12
     for job_id in holders:
         limiter.release(job_id, DEFAULT)
