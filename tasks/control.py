@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 import redis
-from celery import signals
+from celery import Task, signals
 
 from config.errors import FluxqError
 from tasks.admission import admit_and_dispatch
@@ -27,10 +27,15 @@ log = logging.getLogger("fluxq.sweep")
 CREDITS_PAUSE_PREFIX = "out of credits"
 
 
-@app.task(name="fluxq.enqueue", acks_late=True)
-def enqueue(request: dict[str, Any], endpoint: str, **options: Any) -> str:
+@app.task(name="fluxq.enqueue", bind=True, acks_late=True)
+def enqueue(self: Task, request: dict[str, Any], endpoint: str, **options: Any) -> str:
     """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
-    ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``."""
+    ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.
+
+    Without a job_id the message's task id is used: a redelivered message (a worker died
+    before acking) then finds its job already there instead of creating and billing another.
+    """
+    options.setdefault("job_id", self.request.id)
     return enqueue_job(get_runtime(), endpoint, request, **options)
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,3 +146,22 @@ def test_the_api_key_never_reaches_redis_messages_logs_or_files(
     cluster.stop()
     for path in [*tmp_path.rglob("*.log"), *tmp_path.rglob("*.json*")]:
         assert KEY not in path.read_text(errors="replace"), path
+
+
+def test_a_redelivered_enqueue_message_without_a_job_id_creates_one_job(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a service that sends fluxq.enqueue without a job_id, and Celery delivering that
+    # message twice (as it does when a worker dies before acking: same task id)
+    cluster = make_cluster()
+    cluster.start_worker(threads=4, save_threads=2)
+    other = Celery("other-service", broker=cluster.env["FLUXQ_REDIS_URL"])
+    kwargs = {"endpoint": "flux-dev", "request": {"prompt": "only once", "seed": 9}, "batch": "dup"}
+    for _ in range(2):
+        other.send_task("fluxq.enqueue", kwargs=kwargs, queue="fluxq.control", task_id="msg-1")
+    counts = cluster.wait_terminal("dup", 1, timeout_s=60)
+    time.sleep(1.0)  # let the second delivery be handled too
+    other.close()
+    # Then there is one job, submitted to BFL once
+    assert cluster.rt.store.batch_counts("dup")["total"] == 1, counts
+    assert cluster.sim.stats(KEY)["submits"] == 1
