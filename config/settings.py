@@ -6,8 +6,6 @@ Built once at an entry point (CLI, worker start-up) and passed down; nothing dee
 from __future__ import annotations
 
 import fnmatch
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -183,6 +181,10 @@ class Settings(BaseSettings):
                 return True
         return False
 
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some fields replaced and validated again (the environment is not re-read)."""
+        return type(self).model_validate({**self.model_dump(), **overrides})
+
     def masked(self) -> dict[str, str]:
         """The effective settings as text, secrets masked: what ``fluxq config`` prints."""
         shown: dict[str, str] = {}
@@ -216,18 +218,3 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = [f"  {_env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
-
-
-def settings_from_env(env: Mapping[str, str]) -> Settings:
-    """The Settings a process started with exactly ``env`` would load (for the processes we spawn).
-
-    Swaps os.environ for the call: use it from one thread only, before spawning.
-    """
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return load_settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)

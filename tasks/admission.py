@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from tasks.callbacks import notify_terminal
 from workers.runtime import Runtime
-from workers.store import Job, State
 
 log = logging.getLogger("fluxq.admission")
 
@@ -26,23 +24,3 @@ def admit_and_dispatch(rt: Runtime) -> int:
     if admitted:
         log.debug("admitted count=%d label=%s", len(admitted), rt.label)
     return len(admitted)
-
-
-def finish(rt: Runtime, job: Job, to: State, *, reason: str | None = None) -> bool:
-    """End a job that holds a slot: move it to ``to``, release the slot, admit the next job."""
-    moved = rt.store.transition(
-        job.job_id, (State.ADMITTED, State.SUBMITTED), to, now_s=rt.clock(), reason=reason
-    )
-    rt.limiter.release(job.job_id, job.group)
-    admit_and_dispatch(rt)
-    if moved and to is State.FAILED:
-        log.warning(
-            "job failed job=%s batch=%s endpoint=%s reason=%s",
-            job.job_id,
-            job.batch,
-            job.endpoint,
-            reason,
-        )
-    if moved and to.terminal:
-        notify_terminal(rt, job)
-    return moved

@@ -12,11 +12,11 @@ import logging
 from typing import Any
 
 import httpx
-from celery import Task
+from celery import Task, shared_task
 
-from workers.celery_app import app
-from workers.runtime import Runtime, flower_options, get_runtime
-from workers.store import Job
+from workers.dispatch import runtime_of
+from workers.runtime import Runtime, flower_options
+from workers.state.jobs import Job, JobField
 from workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.callbacks")
@@ -90,20 +90,20 @@ def deliver_webhook(rt: Runtime, job_id: str, *, attempt: int) -> float | None:
     except httpx.HTTPError as exc:
         ok, detail = False, f"{type(exc).__name__}"
     if ok:
-        rt.store.update(job_id, {"webhook_delivered": 1})
+        rt.store.update(job_id, {JobField.WEBHOOK_DELIVERED: 1})
         return None
     if attempt >= rt.settings.webhook_max_attempts:
         log.error("webhook gave up job=%s attempts=%d last=%s", job_id, attempt, detail)
-        rt.store.update(job_id, {"webhook_failed": detail})
+        rt.store.update(job_id, {JobField.WEBHOOK_FAILED: detail})
         return None
     return backoff_s(
         attempt, base_s=2 * rt.settings.retry_backoff_base_s, cap_s=WEBHOOK_BACKOFF_CAP_S
     )
 
 
-@app.task(name="fluxq.webhook", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.webhook", bind=True, max_retries=None, acks_late=True)
 def webhook(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: deliver the job's webhook, retried with backoff."""
-    countdown = deliver_webhook(get_runtime(), job_id, attempt=self.request.retries + 1)
+    countdown = deliver_webhook(runtime_of(self.app), job_id, attempt=self.request.retries + 1)
     if countdown is not None:
         raise self.retry(countdown=countdown, **flower_options(self))

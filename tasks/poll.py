@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task
+from celery import Task, shared_task
 
 from config.errors import JobFailed, RetryLater, StopAndAlert
-from tasks.admission import admit_and_dispatch, finish
-from tasks.save import watch_save
-from workers import keys
-from workers.celery_app import app
-from workers.results import Result, Status
-from workers.runtime import Runtime, flower_options, get_runtime
-from workers.store import Job, State
+from tasks import lifecycle
+from workers.bfl.responses import Result, Status
+from workers.dispatch import runtime_of
+from workers.runtime import Runtime, flower_options
+from workers.state import keys
+from workers.state.jobs import Job, JobField, State
 from workers.timing import backoff_s, next_poll_delay_s, update_median_s
 
 log = logging.getLogger("fluxq.poll")
@@ -65,17 +64,10 @@ def failure_reason(result: Result) -> str:
 def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
     fields: dict[str, str | int | float] = {}
     if result.sample_url:
-        fields["sample_url"] = result.sample_url
+        fields[JobField.SAMPLE_URL] = result.sample_url
     if result.seed is not None:
-        fields["seed"] = result.seed
-    # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
-    watch_save(rt, job.job_id, now_s=rt.clock())
-    moved = rt.store.transition(
-        job.job_id, (State.SUBMITTED,), State.READY, now_s=rt.clock(), fields=fields
-    )
-    rt.limiter.release(job.job_id, job.group)
-    admit_and_dispatch(rt)
-    if moved:
+        fields[JobField.SEED] = result.seed
+    if lifecycle.ready(rt, job, fields):
         record_latency(rt, job.endpoint, elapsed_s)
         rt.dispatch.save(job)
 
@@ -90,9 +82,9 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     elapsed_s = now - job.times.get("submitted", now)
     if elapsed_s > rt.settings.poll_deadline_s:
         reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"
-        finish(rt, job, State.FAILED, reason=reason)
+        lifecycle.fail(rt, job, reason)
         return None
-    attempt = rt.store.incr(job_id, "poll_attempts")
+    attempt = rt.store.incr(job_id, JobField.POLL_ATTEMPTS)
     try:
         result = rt.client.get_result(job.polling_url)
     except (RetryLater, StopAndAlert) as exc:
@@ -101,7 +93,7 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
             min(attempt, 6), base_s=rt.settings.retry_backoff_base_s, cap_s=POLL_BACKOFF_CAP_S
         )
     except JobFailed as exc:
-        finish(rt, job, State.FAILED, reason=f"polling failed: {exc}")
+        lifecycle.fail(rt, job, f"polling failed: {exc}")
         return None
     return _on_status(rt, job, result, elapsed_s)
 
@@ -110,23 +102,23 @@ def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float
     job_id = job.job_id
     if result.status is Status.PENDING:
         if result.progress is not None:
-            rt.store.update(job_id, {"progress": result.progress})
+            rt.store.update(job_id, {JobField.PROGRESS: result.progress})
         return poll_delay_s(rt, job.endpoint, elapsed_s=elapsed_s)
     if result.status is Status.READY:
         _on_ready(rt, job, result, elapsed_s)
         return None
     if result.status is Status.TASK_NOT_FOUND:
         # It can be transient right after submit (UNCONFIRMED): tolerate a few.
-        misses = rt.store.incr(job_id, "not_found_count")
+        misses = rt.store.incr(job_id, JobField.NOT_FOUND_COUNT)
         if misses < rt.settings.not_found_max_polls:
             return backoff_s(misses, base_s=rt.settings.poll_min_delay_s, cap_s=POLL_BACKOFF_CAP_S)
-    finish(rt, job, State.FAILED, reason=failure_reason(result))
+    lifecycle.fail(rt, job, failure_reason(result))
     return None
 
 
-@app.task(name="fluxq.poll", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.poll", bind=True, max_retries=None, acks_late=True)
 def poll(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: poll once and reschedule itself (same task id) while the job is Pending."""
-    countdown = poll_job(get_runtime(), job_id)
+    countdown = poll_job(runtime_of(self.app), job_id)
     if countdown is not None:
         raise self.retry(countdown=countdown, **flower_options(self))

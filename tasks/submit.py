@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task
+from celery import Task, shared_task
 
 from config.errors import (
     FluxqError,
@@ -17,28 +17,25 @@ from config.errors import (
     RetryLater,
     StopAndAlert,
 )
-from tasks.admission import admit_and_dispatch, finish
-from tasks.callbacks import notify_terminal
+from tasks import lifecycle
+from tasks.admission import admit_and_dispatch
 from tasks.poll import poll_delay_s
-from workers.celery_app import app
-from workers.results import Submitted
-from workers.runtime import Runtime, flower_options, get_runtime
-from workers.store import Job, State
+from workers.bfl.responses import Submitted
+from workers.dispatch import runtime_of
+from workers.runtime import Runtime, flower_options
+from workers.state.jobs import Job, JobField, State
+from workers.state.limiter import PauseKind
 from workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.submit")
 
 SUBMIT_BACKOFF_CAP_S = 60.0
-UNCERTAIN_REASON = (
-    "uncertain: the submit was sent but no answer came, so BFL may have created and billed the "
-    "task; not resubmitted (set FLUXQ_RESUBMIT_UNCERTAIN=true to allow it)"
-)
 
 
 def _give_back(rt: Runtime, job: Job, reason: str) -> None:
     """Return the job to the head of its backlog: it was not submitted."""
-    rt.store.clear_fields(job.job_id, "submitting_at")
-    rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+    lifecycle.requeue(rt, job, reason)
 
 
 def settle_uncertain(rt: Runtime, job: Job, detail: str) -> str:
@@ -47,16 +44,12 @@ def settle_uncertain(rt: Runtime, job: Job, detail: str) -> str:
     Returns ``"requeued"`` or ``"uncertain"`` (failed). A failed job keeps its slot leased until
     the lease lapses, because a task we cannot see may still run at BFL.
     """
-    rt.store.mark_uncertain(job.job_id)
-    log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
     if rt.settings.resubmit_uncertain:
+        rt.store.mark_uncertain(job.job_id)
         _give_back(rt, job, f"resubmitting after an unknown outcome: {detail}")
         admit_and_dispatch(rt)
         return "requeued"
-    if rt.store.transition(
-        job.job_id, (State.ADMITTED,), State.FAILED, now_s=rt.clock(), reason=UNCERTAIN_REASON
-    ):
-        notify_terminal(rt, job)
+    lifecycle.fail_uncertain(rt, job, detail)
     return "uncertain"
 
 
@@ -76,11 +69,11 @@ def _claim(rt: Runtime, job_id: str) -> Job | None:
 def _paused(rt: Runtime, job: Job, exc: StopAndAlert) -> None:
     """402 and 401/403: stop admission for the key; the job waits at the head of its backlog."""
     if isinstance(exc, OutOfCredits):
-        rt.limiter.pause(f"out of credits (402): {exc}")
+        rt.limiter.pause(PauseKind.OUT_OF_CREDITS, str(exc))
         log.error("out of credits: admission paused label=%s job=%s", rt.label, job.job_id)
         _give_back(rt, job, "402: out of credits; admission paused until credits return")
         return
-    rt.limiter.pause(f"not authorised (401/403): {exc}")
+    rt.limiter.pause(PauseKind.NOT_AUTHORISED, str(exc))
     log.critical("BFL refused the API key: admission paused label=%s: %s", rt.label, exc)
     _give_back(rt, job, "403: the API key was refused; admission paused")
 
@@ -96,37 +89,34 @@ def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | N
     elif isinstance(exc, OutcomeUnknown):
         settle_uncertain(rt, job, str(exc))
     elif isinstance(exc, RetryLater):  # 5xx, or never sent: the same POST is safe to repeat
-        rt.store.clear_fields(job.job_id, "submitting_at")
+        rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
         if attempt < rt.settings.submit_max_attempts:
             return backoff_s(
                 attempt, base_s=rt.settings.retry_backoff_base_s, cap_s=SUBMIT_BACKOFF_CAP_S
             )
-        finish(rt, job, State.FAILED, reason=f"submit failed {attempt} times: {exc}")
+        lifecycle.fail(rt, job, f"submit failed {attempt} times: {exc}")
     else:
-        rt.store.clear_fields(job.job_id, "submitting_at")
-        finish(rt, job, State.FAILED, reason=f"BFL rejected the request: {exc}")
+        rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+        lifecycle.fail(rt, job, f"BFL rejected the request: {exc}")
     return None
 
 
 def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
     """Record BFL's id and polling URL in one atomic step, then hand over to poll."""
     fields: dict[str, str | int | float] = {
-        "bfl_id": submitted.id,
-        "polling_url": submitted.polling_url,
+        JobField.BFL_ID: submitted.id,
+        JobField.POLLING_URL: submitted.polling_url,
     }
     if submitted.cost is not None:
-        fields["cost"] = submitted.cost
+        fields[JobField.COST] = submitted.cost
     if submitted.output_mp is not None:
-        fields["output_mp"] = submitted.output_mp
-    moved = rt.store.transition(
-        job.job_id, (State.ADMITTED,), State.SUBMITTED, now_s=rt.clock(), fields=fields
-    )
-    if not moved:
+        fields[JobField.OUTPUT_MP] = submitted.output_mp
+    if not lifecycle.submitted(rt, job, fields):
         # Cancelled while the POST was in flight: keep the id; the lease lapses on its own.
         rt.store.update(job.job_id, fields)
         log.warning("job left admitted during submit job=%s bfl_id=%s", job.job_id, submitted.id)
         return
-    rt.store.clear_fields(job.job_id, "submitting_at")
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
     rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job.endpoint, elapsed_s=0.0))
 
 
@@ -135,8 +125,8 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     job = _claim(rt, job_id)
     if job is None:
         return None
-    rt.store.update(job_id, {"submitting_at": rt.clock()})
-    attempt = rt.store.incr(job_id, "submit_attempts")
+    rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
+    attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
     try:
         submitted = rt.client.submit_json(job.endpoint, job.request)
     except FluxqError as exc:
@@ -145,9 +135,9 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     return None
 
 
-@app.task(name="fluxq.submit", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.submit", bind=True, max_retries=None, acks_late=True)
 def submit(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: submit the job; retry with backoff on 5xx and unsent requests."""
-    countdown = submit_job(get_runtime(), job_id)
+    countdown = submit_job(runtime_of(self.app), job_id)
     if countdown is not None:
         raise self.retry(countdown=countdown, **flower_options(self))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 
 import pytest
 import redis
 
-from workers.embedded_redis import EmbeddedRedis
+from config.settings import Settings, load_settings
+from workers.process.embedded_redis import EmbeddedRedis
+
+
+def settings_for(env: Mapping[str, str]) -> Settings:
+    """The Settings a process started with exactly ``env`` would load (processes tests spawn)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return load_settings()
 
 
 @pytest.fixture(scope="session")

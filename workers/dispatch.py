@@ -10,16 +10,21 @@ from typing import Any
 
 from celery import Celery, signature
 
-from workers.celery_app import app as default_app
-from workers.runtime import describe
-from workers.store import Job
+from config.errors import ConfigError
+from config.settings import Settings
+from workers.celery_app import make_celery
+from workers.runtime import Runtime, build_runtime, describe
+from workers.state.jobs import Job
+
+RUNTIME_ATTRIBUTE = "fluxq_runtime"
+"""The attribute of a worker's Celery app that holds its Runtime (set once at start-up)."""
 
 
 class CeleryDispatcher:
     """Sends fluxq.submit / poll / save / webhook and user callbacks through Celery."""
 
-    def __init__(self, app: Celery | None = None) -> None:
-        self.app = app or default_app
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
     def _send(self, name: str, job: Job, *, countdown_s: float = 0.0) -> None:
         argsrepr, kwargsrepr = describe(job)
@@ -46,3 +51,23 @@ class CeleryDispatcher:
             return
         sig = signature(json.loads(job.callback_json), app=self.app)
         sig.apply_async(kwargs={"fluxq_job": payload})
+
+
+def celery_runtime(settings: Settings, *, app: Celery | None = None) -> Runtime:
+    """A Runtime that dispatches through Celery on ``settings.redis_url``: workers and producers.
+
+    The Runtime is attached to the app, so a task finds it from ``self.app`` (``runtime_of``).
+    """
+    celery = app if app is not None else make_celery(settings)
+    assert settings.redis_url is not None  # make_celery refused an unset URL
+    rt = build_runtime(settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery))
+    setattr(celery, RUNTIME_ATTRIBUTE, rt)
+    return rt
+
+
+def runtime_of(app: Celery) -> Runtime:
+    """The Runtime a worker process attached to its Celery app at start-up."""
+    rt = getattr(app, RUNTIME_ATTRIBUTE, None)
+    if not isinstance(rt, Runtime):
+        raise ConfigError("this Celery app has no fluxq runtime: start workers with `fluxq worker`")
+    return rt

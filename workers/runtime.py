@@ -5,7 +5,6 @@ One Runtime per worker process, built from Settings at start-up; tests build the
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +13,12 @@ from typing import Any, Protocol
 import httpx
 import redis
 
-from config.errors import ConfigError
-from config.settings import Settings, load_settings
-from workers import keys
-from workers.client import BFLClient
-from workers.limiter import Caps, SlotLimiter
-from workers.store import Job, JobStore
+from config.settings import Settings
+from workers.bfl.client import BFLClient
+from workers.state import keys
+from workers.state.jobs import Job
+from workers.state.limiter import Caps, SlotLimiter
+from workers.state.store import JobStore
 
 PROMPT_PREVIEW_WORDS = 6
 PROMPT_PREVIEW_CHARS = 60
@@ -106,33 +105,3 @@ def build_runtime(
         dispatch=dispatch,
         label=label,
     )
-
-
-_process_runtime: Runtime | None = None
-_process_lock = threading.Lock()
-
-
-def celery_runtime(settings: Settings) -> Runtime:
-    """A Runtime that dispatches through Celery on ``settings.redis_url``: workers and producers."""
-    if not settings.redis_url:
-        raise ConfigError(
-            "FLUXQ_REDIS_URL is unset: set it to the Redis the workers use "
-            "(`fluxq worker` starts an embedded one and prints its URL)"
-        )
-    from workers.celery_app import app, make_celery
-    from workers.dispatch import CeleryDispatcher
-
-    # Reuse the module's app when it points at this broker; a process that imported fluxq
-    # before FLUXQ_REDIS_URL was set (or wants another broker) gets an app of its own.
-    same = app.conf.broker_url == settings.redis_url
-    celery = app if same else make_celery(settings, settings.redis_url)
-    return build_runtime(settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery))
-
-
-def get_runtime() -> Runtime:
-    """This process's Runtime, built on first use from the environment."""
-    global _process_runtime
-    with _process_lock:
-        if _process_runtime is None:
-            _process_runtime = celery_runtime(load_settings())
-        return _process_runtime

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from config.catalog import CATALOG
 from config.requests import FLUX2_SIDE_MULTIPLE_PX
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "bfl" / "openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "bfl" / "openapi.json"
 NON_GENERATION_POSTS = {"/v1/delete_finetune"}
 LEGACY_ENDPOINTS = {"flux-pro"}
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")

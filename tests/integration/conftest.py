@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import settings_from_env
 from simulator.config import SimConfig
 from simulator.server import SimulatorServer, running_simulator
-from workers.runtime import Runtime, celery_runtime
-from workers.store import State
+from tests.conftest import settings_for
+from workers.dispatch import celery_runtime
+from workers.runtime import Runtime
+from workers.state.jobs import State
 
 KEY = "integration-test-key"
 FAST_ENV = {
@@ -54,7 +55,7 @@ class Cluster:
     def start_worker(self, *, threads: int = 8, save_threads: int = 4) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"worker-{len(self.processes)}.log"
         argv = [
-            sys.executable, "-m", "workers.cli", "worker",
+            sys.executable, "-P", "-m", "fluxq", "worker",
             "--threads", str(threads), "--save-threads", str(save_threads), "--loglevel", "warning",
         ]  # fmt: skip
         with log.open("wb") as out:
@@ -105,7 +106,7 @@ def make_cluster(
             }
         )
         env.update(env_overrides)
-        rt = celery_runtime(settings_from_env(env))
+        rt = celery_runtime(settings_for(env))
         cluster = Cluster(env=env, rt=rt, sim=sim, processes=[], log_dir=tmp_path)
         made.append(cluster)
         return cluster

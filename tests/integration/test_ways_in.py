@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tasks.producer import enqueue
+from tasks.enqueue import enqueue
 from tests.integration.conftest import KEY, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -33,7 +33,7 @@ def test_the_demo_runs_end_to_end_with_simulator_and_embedded_redis_and_says_so(
 ) -> None:
     env = clean_env() | {"COLUMNS": "200"}
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "demo", "--jobs", "9"],
+        [sys.executable, "-P", "-m", "fluxq", "demo", "--jobs", "9"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     out = result.stdout + result.stderr
@@ -50,7 +50,7 @@ def test_the_demo_runs_end_to_end_with_simulator_and_embedded_redis_and_says_so(
 def test_the_demo_refuses_to_spend_real_credits_without_yes(tmp_path: Path) -> None:
     env = clean_env() | {"BFL_API_KEY": "a-real-looking-key", "COLUMNS": "200"}
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "demo", "--jobs", "3"],
+        [sys.executable, "-P", "-m", "fluxq", "demo", "--jobs", "3"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
@@ -66,7 +66,7 @@ def test_cli_enqueue_waits_for_the_image_and_a_service_can_enqueue_by_task_name(
     cluster.start_worker(threads=4, save_threads=2)
     # The command line, waiting for the file
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "enqueue", "--endpoint", "flux-pro-1.1",
+        [sys.executable, "-P", "-m", "fluxq", "enqueue", "--endpoint", "flux-pro-1.1",
          "--prompt", "a heron at dawn", "--width", "512", "--height", "512", "--seed", "5",
          "--batch", "cli", "--name", "heron", "--wait"],
         env=cluster.env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=120,
@@ -76,7 +76,7 @@ def test_cli_enqueue_waits_for_the_image_and_a_service_can_enqueue_by_task_name(
     assert "done job=" in result.stdout
     assert (Path(cluster.env["FLUXQ_OUTPUT_DIR"]) / "cli" / "heron.jpeg").exists()
     status = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "status", "--batch", "cli"],
+        [sys.executable, "-P", "-m", "fluxq", "status", "--batch", "cli"],
         env=cluster.env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
         check=False,
     )  # fmt: skip
@@ -105,7 +105,7 @@ def test_cli_enqueue_rejects_a_bad_request_naming_the_fields_before_anything_is_
 ) -> None:
     cluster = make_cluster()
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "enqueue", "--endpoint", "flux-pro-1.1",
+        [sys.executable, "-P", "-m", "fluxq", "enqueue", "--endpoint", "flux-pro-1.1",
          "--prompt", "x", "--width", "1000", "--param", "steps=3"],
         env=cluster.env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
         check=False,

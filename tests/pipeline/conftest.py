@@ -24,7 +24,7 @@ from tasks.poll import poll_job
 from tasks.save import save_job
 from tasks.submit import submit_job
 from workers.runtime import Runtime, build_runtime
-from workers.store import Job
+from workers.state.jobs import Job
 
 KEY = "pipeline-test-key"
 FAST = {

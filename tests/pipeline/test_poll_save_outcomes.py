@@ -14,14 +14,14 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from tasks.control import sweep
+from tasks.enqueue import enqueue
 from tasks.poll import poll_job
-from tasks.producer import enqueue
 from tasks.save import save_job
+from tasks.sweep import sweep
 from tests.pipeline.conftest import Pipeline
-from workers import keys
-from workers.client import BFLClient
-from workers.store import State
+from workers.bfl.client import BFLClient
+from workers.state import keys
+from workers.state.jobs import State
 
 
 def test_pending_polls_adapt_to_the_observed_latency_and_stay_few(
@@ -292,10 +292,10 @@ def test_a_save_killed_after_writing_but_before_done_loses_no_manifest_line(
     pipeline.dispatch.heap.clear()
     real_transition = pipeline.rt.store.transition
 
-    def dies_before_done(job: str, from_states: object, to: State, **kw: object) -> bool:
+    def dies_before_done(job: str, to: State, **kw: object) -> bool:
         if to is State.DONE:
             raise RuntimeError("worker killed")
-        return real_transition(job, from_states, to, **kw)  # type: ignore[arg-type]
+        return real_transition(job, to, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline.rt.store, "transition", dies_before_done)
     with pytest.raises(RuntimeError):

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from config.errors import InvalidRequest
-from tasks.control import sweep
-from tasks.producer import enqueue
+from tasks.enqueue import enqueue
 from tasks.submit import submit_job
+from tasks.sweep import sweep
 from tests.pipeline.conftest import KEY, Pipeline
-from workers import keys
-from workers.store import NewJob, State
+from workers.state import keys
+from workers.state.jobs import NewJob, State
+from workers.state.limiter import PauseKind
 
 
 def test_a_job_flows_from_enqueue_to_a_saved_image_with_a_matching_sidecar(
@@ -137,7 +138,8 @@ def test_out_of_credits_pauses_admission_keeps_jobs_queued_and_resumes_when_cred
     assert pipeline.job(second).state is State.QUEUED
     paused = pipeline.rt.limiter.paused(now_s=pipeline.rt.clock())
     assert paused is not None
-    assert paused.startswith("out of credits")
+    assert paused.kind is PauseKind.OUT_OF_CREDITS
+    assert str(paused).startswith("out of credits")
     assert pipeline.stats()["payment_required_402"] == 1  # the second was never sent
     # When the sweep checks credits while still empty, nothing changes
     sweep(pipeline.rt)
@@ -164,8 +166,8 @@ def test_a_refused_key_pauses_admission_and_fails_nothing(
     assert job.state is State.QUEUED
     paused = pipeline.rt.limiter.paused(now_s=pipeline.rt.clock())
     assert paused is not None
-    assert "not authorised" in paused
-    assert KEY not in paused
+    assert paused.kind is PauseKind.NOT_AUTHORISED
+    assert KEY not in str(paused)
     assert pipeline.stats()["submits"] == 0
 
 

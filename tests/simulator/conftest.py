@@ -18,8 +18,8 @@ import pytest
 
 from config.settings import Settings, load_settings
 from simulator import SimConfig, SimulatorServer
-from workers.client import BFLClient
-from workers.results import Result
+from workers.bfl.client import BFLClient
+from workers.bfl.responses import Result
 
 KEY = "test-key-0123456789"
 """The default x-key of the tests' client."""

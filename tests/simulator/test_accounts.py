@@ -15,7 +15,7 @@ from config.errors import NotAuthorised, OutOfCredits
 from config.requests import Flux2Inputs, FluxPro11Inputs
 from simulator import SimulatorServer, account_label
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 
 def test_a_submitted_task_becomes_ready_with_its_sample_prompt_and_seed(client: BFLClient) -> None:

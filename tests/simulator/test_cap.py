@@ -11,7 +11,7 @@ from config.errors import RateLimited
 from config.requests import FluxKontextProInputs, FluxPro11Inputs
 from simulator import SimulatorServer
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 
 def _fill(client: BFLClient, endpoint: str, count: int) -> None:

@@ -18,7 +18,7 @@ from config.requests import FluxKontextProInputs, FluxPro11Inputs
 from simulator import SimulatorServer
 from simulator.images import ImageCache, render_image
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 
 def _sample_url(

@@ -15,7 +15,7 @@ from config.errors import OutcomeUnknown, ReadFailed, ServerError
 from config.requests import FluxPro11Inputs
 from simulator import SimulatorServer
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 REQUEST = FluxPro11Inputs(prompt="x")
 

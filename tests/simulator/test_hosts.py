@@ -19,7 +19,7 @@ from config.requests import FluxPro11Inputs
 from config.settings import Settings
 from simulator import SimConfig, SimulatorServer, running_simulator, serve
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 
 def test_the_polling_url_names_another_host_and_port(

@@ -11,7 +11,7 @@ import uuid
 from config.requests import FluxPro11Inputs
 from simulator import SimulatorServer
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.client import BFLClient, Status
+from workers.bfl.client import BFLClient, Status
 
 
 def _submit(client: BFLClient, prompt: str = "a cat") -> str:

@@ -12,7 +12,7 @@ import httpx
 from config.requests import FluxPro11Inputs
 from simulator import SimulatorServer, account_label
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.client import BFLClient
+from workers.bfl.client import BFLClient
 
 
 def test_stats_show_duplicate_prompt_seed_endpoint_submits(

@@ -12,7 +12,7 @@ from config.catalog import CATALOG
 from config.errors import InvalidRequest, UnexpectedResponse
 from simulator import SimulatorServer
 from tests.simulator.conftest import KEY
-from workers.client import BFLClient
+from workers.bfl.client import BFLClient
 
 
 def test_an_invalid_body_gets_422_naming_every_bad_field(client: BFLClient) -> None:

@@ -13,7 +13,7 @@ import httpx
 
 from simulator import SimulatorServer, webhook_signature
 from tests.simulator.conftest import KEY, WebhookReceiver
-from workers.client import BFLClient
+from workers.bfl.client import BFLClient
 
 SECRET = "whsec-test"
 

@@ -6,14 +6,15 @@ import json
 
 import redis
 
+from config.celery import ALL_QUEUES
 from config.settings import Settings
-from workers.celery_app import ALL_QUEUES, make_celery
+from workers.celery_app import make_celery
 from workers.dispatch import CeleryDispatcher
-from workers.store import Job, State
+from workers.state.jobs import Job, State
 
 
 def declare_all_queues(app_url: str) -> None:
-    app = make_celery(Settings(), app_url)
+    app = make_celery(Settings(redis_url=app_url))
     with app.connection_for_write() as conn:
         for queue in app.amqp.queues.values():
             queue.bind(conn).declare()
@@ -23,10 +24,11 @@ def job(prompt: str) -> Job:
     return Job(
         job_id="job-1", endpoint="flux-dev", request={"prompt": prompt}, batch="night-7",
         name="job-1", priority=5, group="default", key_label="abc", state=State.ADMITTED,
-        reason=None, bfl_id=None, polling_url=None, cost=None, seed=None, sample_url=None,
-        path=None, sha256=None, submitting_at=None, submit_attempts=0, poll_attempts=0,
-        not_found_count=0, uncertain=False, callback_json=None, webhook_url=None,
-        created_at=0.0, times={}, extra={},
+        reason=None, bfl_id=None, polling_url=None, cost=None, output_mp=None, seed=None,
+        sample_url=None, progress=None, path=None, sha256=None, submitting_at=None,
+        submit_attempts=0, poll_attempts=0, not_found_count=0, download_attempts=0,
+        refetched=False, manifest_appended=False, uncertain=False, callback_json=None,
+        webhook_url=None, webhook_delivered=False, webhook_failed=None, created_at=0.0, times={},
     )  # fmt: skip
 
 
@@ -35,7 +37,7 @@ def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared
 ) -> None:
     # Given a broker where every fluxq queue has been declared (as running workers do)
     declare_all_queues(redis_url)
-    dispatcher = CeleryDispatcher(make_celery(Settings(), redis_url))
+    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)))
     # When one task of each kind is sent
     dispatcher.submit(job("p"))
     dispatcher.poll(job("p"), countdown_s=0)
@@ -49,7 +51,7 @@ def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared
 def test_messages_carry_only_the_job_id_and_batch_and_a_readable_flower_text(
     redis_url: str, redis_client: redis.Redis[str]
 ) -> None:
-    dispatcher = CeleryDispatcher(make_celery(Settings(), redis_url))
+    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)))
     long_prompt = "a very long prompt about a lighthouse on a cliff at dusk in oil paint"
     dispatcher.submit(job(long_prompt))
     message = json.loads(redis_client.lpop("fluxq.submit") or "{}")

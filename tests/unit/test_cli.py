@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 from typer.testing import CliRunner
 
-from workers.cli import app
+from config.settings import Settings
+from fluxq.cli import app
+from workers.state import keys
+from workers.state.limiter import Caps, PauseKind, SlotLimiter
 
 runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    import os
-
     for name in list(os.environ):
         if name.startswith("FLUXQ_") or name == "BFL_API_KEY":
             monkeypatch.delenv(name)
@@ -71,15 +74,11 @@ def test_the_simulator_refuses_bad_options_naming_them(args: list[str], named: s
 
 
 def test_resume_clears_a_credit_pause(redis_url: str) -> None:
-    from config.settings import Settings
-    from workers import keys
-    from workers.limiter import Caps, SlotLimiter
-
     # Given admission paused for credits on the key of BFL_API_KEY=k
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     label = keys.key_label(Settings(bfl_api_key="k").bfl_api_key)
     limiter = SlotLimiter(client, label=label, caps=Caps(key_cap=24, group_caps={}))
-    limiter.pause("out of credits (402): test")
+    limiter.pause(PauseKind.OUT_OF_CREDITS, "test")
     # When the user runs fluxq resume
     result = runner.invoke(
         app, ["resume"], env={"FLUXQ_REDIS_URL": redis_url, "BFL_API_KEY": "k", "COLUMNS": "200"}

@@ -27,8 +27,8 @@ from config.errors import (
     UnexpectedResponse,
 )
 from config.settings import Settings
-from workers.client import BFLClient, retry_after_s
-from workers.results import Status
+from workers.bfl.client import BFLClient, retry_after_s
+from workers.bfl.responses import Status
 
 KEY = "test-key-do-not-log"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from workers import keys
-from workers.limiter import RETRY_AFTER_REASON, Caps, SlotLimiter
-from workers.store import DEFAULT_PRIORITY, JobStore, NewJob, State
+from workers.state import keys
+from workers.state.jobs import DEFAULT_PRIORITY, NewJob, State
+from workers.state.limiter import Caps, PauseKind, SlotLimiter
+from workers.state.store import JobStore
 
 NOW_S = 1_700_000_000.125
 LABEL = "abc123abc123"
@@ -144,7 +145,7 @@ def test_a_cancelled_job_in_the_backlog_is_skipped_without_taking_a_slot(
     # stale (its record says cancelled, as if moved by an older writer), one queued
     for job_id in ("cancelled", "stale", "ok"):
         store.enqueue(new_job(job_id), now_s=NOW_S)
-    assert store.transition("cancelled", [State.QUEUED], State.CANCELLED, now_s=NOW_S)
+    assert store.transition("cancelled", State.CANCELLED, from_states=[State.QUEUED], now_s=NOW_S)
     redis_client.hset(keys.job("stale"), "state", State.CANCELLED.value)
 
     # When admission runs
@@ -319,10 +320,14 @@ def test_the_python_and_lua_effective_caps_agree(
 def test_a_pause_stops_admission_until_resumed(store: JobStore, limiter: SlotLimiter) -> None:
     # Given waiting jobs and a pause with no end (out of credits)
     fill(store, 3)
-    limiter.pause("out of credits")
+    limiter.pause(PauseKind.OUT_OF_CREDITS, "402 from BFL")
 
     # Then nothing is admitted, whatever the time, until resume
-    assert limiter.paused(now_s=NOW_S + 10**6) == "out of credits"
+    pause = limiter.paused(now_s=NOW_S + 10**6)
+    assert pause is not None
+    assert (pause.kind, pause.detail) == (PauseKind.OUT_OF_CREDITS, "402 from BFL")
+    assert pause.until_s is None
+    assert str(pause) == "out of credits (402): 402 from BFL"
     assert limiter.admit(now_s=NOW_S + 10**6) == []
     limiter.resume()
     assert limiter.paused(now_s=NOW_S) is None
@@ -331,11 +336,18 @@ def test_a_pause_stops_admission_until_resumed(store: JobStore, limiter: SlotLim
 
 def test_a_pause_with_an_end_lifts_by_itself(store: JobStore, limiter: SlotLimiter) -> None:
     fill(store, 1)
-    limiter.pause("maintenance", until_s=NOW_S + 30)
-    assert limiter.paused(now_s=NOW_S + 29) == "maintenance"
+    limiter.pause(PauseKind.RETRY_AFTER, until_s=NOW_S + 30)
+    pause = limiter.paused(now_s=NOW_S + 29)
+    assert pause is not None
+    assert pause.until_s == NOW_S + 30
     assert limiter.admit(now_s=NOW_S + 29) == []
     assert limiter.paused(now_s=NOW_S + 31) is None
     assert limiter.admit(now_s=NOW_S + 31) == ["j0"]
+
+
+def kind_at(limiter: SlotLimiter, now_s: float) -> PauseKind | None:
+    pause = limiter.paused(now_s=now_s)
+    return None if pause is None else pause.kind
 
 
 def test_a_retry_after_pauses_admission_until_then(store: JobStore, limiter: SlotLimiter) -> None:
@@ -346,7 +358,7 @@ def test_a_retry_after_pauses_admission_until_then(store: JobStore, limiter: Slo
     limiter.rate_limited(now_s=NOW_S, retry_after_s=30)
 
     # Then nothing is admitted before then, and admission resumes after it
-    assert limiter.paused(now_s=NOW_S + 29.9) == RETRY_AFTER_REASON
+    assert kind_at(limiter, NOW_S + 29.9) is PauseKind.RETRY_AFTER
     assert limiter.admit(now_s=NOW_S + 29.9) == []
     assert limiter.paused(now_s=NOW_S + 30.1) is None
     # (the cap, cut to 1 as nothing was held, has climbed back to 1 + 6 by then)
@@ -354,13 +366,15 @@ def test_a_retry_after_pauses_admission_until_then(store: JobStore, limiter: Slo
     # And a shorter Retry-After does not shorten a longer pause
     limiter.rate_limited(now_s=NOW_S + 40, retry_after_s=60)
     limiter.rate_limited(now_s=NOW_S + 41, retry_after_s=5)
-    assert limiter.paused(now_s=NOW_S + 99) == RETRY_AFTER_REASON
+    assert kind_at(limiter, NOW_S + 99) is PauseKind.RETRY_AFTER
 
 
 def test_a_retry_after_never_ends_an_open_ended_pause(limiter: SlotLimiter) -> None:
-    limiter.pause("out of credits")
+    limiter.pause(PauseKind.OUT_OF_CREDITS)
     limiter.rate_limited(now_s=NOW_S, retry_after_s=5)
-    assert limiter.paused(now_s=NOW_S + 10**6) == "out of credits"
+    pause = limiter.paused(now_s=NOW_S + 10**6)
+    assert pause is not None
+    assert pause.kind is PauseKind.OUT_OF_CREDITS
 
 
 def test_scripts_may_build_keys_by_appending_the_name_to_the_empty_name_key() -> None:
@@ -428,7 +442,9 @@ def worker_loop(
             time.sleep(rng.uniform(0, 0.004))
             for job_id in got:
                 group = job_id.split("/")[0]
-                assert store.transition(job_id, [State.ADMITTED], State.DONE, now_s=time.time())
+                assert store.transition(
+                    job_id, State.CANCELLED, from_states=[State.ADMITTED], now_s=time.time()
+                )
                 assert limiter.release(job_id, group)
                 new_id = f"{group}/w{n}/{count}"
                 count += 1

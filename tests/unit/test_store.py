@@ -10,16 +10,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers import keys
-from workers.store import (
-    DEFAULT_PRIORITY,
-    MAX_PRIORITY,
-    MAX_SEQ,
-    JobStore,
-    NewJob,
-    State,
-    backlog_score,
-)
+from workers.state import keys
+from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, TRANSITIONS, NewJob, State
+from workers.state.store import MAX_SEQ, JobStore, backlog_score
 
 NOW_S = 1_700_000_000.25
 LABEL = "abc123abc123"
@@ -78,7 +71,6 @@ def test_enqueue_creates_a_queued_record_with_counters_a_backlog_entry_and_an_ev
         assert (job.priority, job.group, job.key_label, job.name) == (7, "default", LABEL, "img-j1")
         assert job.created_at == NOW_S
         assert job.times == {"queued": NOW_S}
-        assert job.extra == {}
         assert store.batch_counts("b1")["queued"] == 1
         assert store.batch_counts("b1")["total"] == 1
         assert redis_client.zrange(keys.backlog(LABEL, "default"), 0, -1) == ["j1"]
@@ -95,7 +87,7 @@ def test_enqueue_with_an_existing_job_id_changes_nothing_and_returns_false(
 ) -> None:
     # Given an enqueued job that has moved on
     assert store.enqueue(new_job("j1"), now_s=NOW_S)
-    assert store.transition("j1", [State.QUEUED], State.ADMITTED, now_s=NOW_S + 1)
+    assert store.transition("j1", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S + 1)
     before = redis_client.hgetall(keys.job("j1"))
 
     # When the same job id is enqueued again, even with other details
@@ -116,7 +108,7 @@ def test_a_transition_from_an_allowed_state_moves_the_job_its_counters_and_publi
 ) -> None:
     # Given an admitted job and a subscriber
     store.enqueue(new_job("j1"), now_s=NOW_S)
-    store.transition("j1", [State.QUEUED], State.ADMITTED, now_s=NOW_S + 1)
+    store.transition("j1", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S + 1)
     pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.EVENTS_CHANNEL)
     assert pubsub.get_message(timeout=2.0) is not None
@@ -124,8 +116,8 @@ def test_a_transition_from_an_allowed_state_moves_the_job_its_counters_and_publi
         # When it moves admitted → submitted with fields
         moved = store.transition(
             "j1",
-            [State.ADMITTED, State.QUEUED],
             State.SUBMITTED,
+            from_states=[State.ADMITTED],
             now_s=NOW_S + 2,
             fields={"bfl_id": "t-1", "polling_url": "https://api.bfl.ai/v1/get_result?id=t-1"},
         )
@@ -160,14 +152,19 @@ def test_a_transition_from_any_other_state_changes_nothing(
 
     # When a transition expects another state
     moved = store.transition(
-        "j1", [State.SUBMITTED], State.DONE, now_s=NOW_S + 1, fields={"path": "x.png"}, reason="r"
+        "j1",
+        State.READY,
+        from_states=[State.SUBMITTED],
+        now_s=NOW_S + 1,
+        fields={"path": "x.png"},
+        reason="r",
     )
 
     # Then it fails and nothing changed
     assert moved is False
     assert redis_client.hgetall(keys.job("j1")) == before
     assert store.batch_counts("b1")["queued"] == 1
-    assert store.transition("missing", [State.QUEUED], State.DONE, now_s=NOW_S) is False
+    assert store.transition("missing", State.CANCELLED, now_s=NOW_S) is False
 
 
 def test_a_terminal_transition_sets_a_ttl_and_takes_a_queued_job_out_of_its_backlog(
@@ -179,7 +176,7 @@ def test_a_terminal_transition_sets_a_ttl_and_takes_a_queued_job_out_of_its_back
 
     # When one is cancelled with a reason
     assert store.transition(
-        "j1", [State.QUEUED], State.CANCELLED, now_s=NOW_S + 1, reason="cancelled by user"
+        "j1", State.CANCELLED, from_states=[State.QUEUED], now_s=NOW_S + 1, reason="cancelled"
     )
 
     # Then it expires in terminal_ttl_s, has left the backlog, and keeps its reason
@@ -190,7 +187,7 @@ def test_a_terminal_transition_sets_a_ttl_and_takes_a_queued_job_out_of_its_back
     job = store.get("j1")
     assert job is not None
     assert job.state.terminal
-    assert job.reason == "cancelled by user"
+    assert job.reason == "cancelled"
     assert store.batch_counts("b1")["cancelled"] == 1
 
 
@@ -200,11 +197,11 @@ def test_a_move_back_to_queued_puts_the_job_at_its_arrival_place_in_its_backlog(
     # Given j1 admitted (out of the backlog) and j2, j3 queued after it
     for job_id in ("j1", "j2", "j3"):
         store.enqueue(new_job(job_id), now_s=NOW_S)
-    store.transition("j1", [State.QUEUED], State.ADMITTED, now_s=NOW_S)
+    store.transition("j1", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S)
     assert redis_client.zrange(keys.backlog(LABEL, "default"), 0, -1) == ["j2", "j3"]
 
     # When j1 moves back to queued
-    assert store.transition("j1", [State.ADMITTED], State.QUEUED, now_s=NOW_S + 1)
+    assert store.transition("j1", State.QUEUED, from_states=[State.ADMITTED], now_s=NOW_S + 1)
 
     # Then it waits again, ahead of the jobs that arrived after it
     assert redis_client.zrange(keys.backlog(LABEL, "default"), 0, -1) == ["j1", "j2", "j3"]
@@ -237,7 +234,12 @@ def test_counters_always_sum_to_total_and_match_the_records_across_any_transitio
 
     for n, (i, from_states, to) in enumerate(steps):
         # When any compare-and-set transition is tried
-        store.transition(f"j{i}", from_states, to, now_s=NOW_S + n)
+        allowed = {state for state in from_states if to in TRANSITIONS[state]}
+        if allowed:
+            store.transition(f"j{i}", to, from_states=allowed, now_s=NOW_S + n)
+        else:  # a move the table forbids is refused before Redis is touched
+            with pytest.raises(ValueError, match="transition table"):
+                store.transition(f"j{i}", to, from_states=from_states, now_s=NOW_S + n)
 
         # Then the counters sum to the total and equal the records' states
         counts = store.batch_counts("b1")
@@ -256,7 +258,7 @@ def test_batch_counts_of_a_thousand_pipelined_jobs_come_from_the_counters(
     # Given 1000 jobs enqueued through pipelined script calls, and 10 of them cancelled
     created = store.enqueue_many((new_job(f"j{i}", batch="big") for i in range(1000)), now_s=NOW_S)
     for i in range(10):
-        store.transition(f"j{i}", [State.QUEUED], State.CANCELLED, now_s=NOW_S)
+        store.transition(f"j{i}", State.CANCELLED, from_states=[State.QUEUED], now_s=NOW_S)
 
     # When the batch is counted
     counts = store.batch_counts("big")
@@ -347,7 +349,7 @@ def job_field(client: redis.Redis[str], job_id: str, field: str) -> str:
 def test_mark_uncertain_flags_and_counts_a_job_once(store: JobStore) -> None:
     # Given a submitted job
     store.enqueue(new_job("j1"), now_s=NOW_S)
-    store.transition("j1", [State.QUEUED], State.ADMITTED, now_s=NOW_S)
+    store.transition("j1", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S)
 
     # When it is marked uncertain three times (and a missing job once)
     for _ in range(3):
@@ -368,18 +370,21 @@ def test_update_incr_and_clear_fields_touch_only_existing_jobs(
     store.enqueue(new_job("j1"), now_s=NOW_S)
 
     # When fields are set, counted and cleared
-    store.update("j1", {"cost": 2.5, "seed": 42, "submitting_at": NOW_S, "note": "hi"})
+    store.update("j1", {"cost": 2.5, "seed": 42, "submitting_at": NOW_S, "refetched": 1})
     assert store.incr("j1", "submit_attempts") == 1
     assert store.incr("j1", "submit_attempts", 2) == 3
     store.update("j1", {"bfl_id": "t-1"})
     store.clear_fields("j1", "bfl_id")
 
-    # Then the record reads back typed, unknown fields raw in extra
+    # Then the record reads back typed
     job = store.get("j1")
     assert job is not None
     assert (job.cost, job.seed, job.submitting_at, job.submit_attempts) == (2.5, 42, NOW_S, 3)
     assert (job.bfl_id, job.poll_attempts, job.not_found_count, job.sha256) == (None, 0, 0, None)
-    assert job.extra == {"note": "hi"}
+    assert job.refetched
+    # And a field the record does not declare is refused
+    with pytest.raises(ValueError, match="not a job field"):
+        store.update("j1", {"note": "hi"})
 
     # And a missing job stays missing
     store.update("ghost", {"cost": 1})
@@ -394,7 +399,9 @@ def test_fields_that_carry_counters_or_keys_cannot_be_written_directly(store: Jo
     with pytest.raises(ValueError, match="state"):
         store.update("j1", {"state": "done"})
     with pytest.raises(ValueError, match="batch"):
-        store.transition("j1", [State.QUEUED], State.ADMITTED, now_s=NOW_S, fields={"batch": "x"})
+        store.transition(
+            "j1", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S, fields={"batch": "x"}
+        )
     with pytest.raises(ValueError, match="uncertain"):
         store.incr("j1", "uncertain")
     with pytest.raises(ValueError, match="priority"):
@@ -407,7 +414,7 @@ def test_jobs_in_state_scans_for_a_batchs_jobs_in_one_state(store: JobStore) -> 
         store.enqueue(new_job(f"a{i}", batch="a"), now_s=NOW_S)
         store.enqueue(new_job(f"b{i}", batch="b"), now_s=NOW_S)
     for i in range(0, 30, 3):
-        store.transition(f"a{i}", [State.QUEUED], State.ADMITTED, now_s=NOW_S)
+        store.transition(f"a{i}", State.ADMITTED, from_states=[State.QUEUED], now_s=NOW_S)
 
     # Then the scan finds exactly those, up to the limit
     assert sorted(store.jobs_in_state("a", State.ADMITTED, 100)) == sorted(

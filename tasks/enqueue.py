@@ -1,6 +1,7 @@
-"""The producer API: validate a request before any credit is spent, record the job, admit it.
+"""Enqueue: validate a request before any credit is spent, record the job, admit it.
 
-``enqueue(...)`` for Python callers; the ``fluxq.enqueue`` task for services that send by name.
+``enqueue(rt, ...)`` for Python callers (``fluxq.enqueue`` wraps it); the ``fluxq.enqueue`` Celery
+task below for services that send by name.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from celery import Task, shared_task
+
 from config.catalog import get_endpoint, request_to_json, validate_request
 from config.errors import FieldError, InvalidRequest
 from tasks.admission import admit_and_dispatch
-from workers import keys
+from workers.dispatch import runtime_of
 from workers.runtime import Runtime
-from workers.store import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
+from workers.state import keys
+from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
 
 DEFAULT_BATCH = "default"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -110,3 +114,15 @@ def enqueue(
     rt.store.enqueue(job, now_s=rt.clock())
     admit_and_dispatch(rt)
     return job.job_id
+
+
+@shared_task(name="fluxq.enqueue", bind=True, acks_late=True)
+def enqueue_task(self: Task, request: dict[str, Any], endpoint: str, **options: Any) -> str:
+    """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
+    ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.
+
+    Without a job_id the message's task id is used: a redelivered message (a worker died
+    before acking) then finds its job already there instead of creating and billing another.
+    """
+    options.setdefault("job_id", self.request.id)
+    return enqueue(runtime_of(self.app), endpoint, request, **options)

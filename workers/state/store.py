@@ -5,22 +5,24 @@ Counters move in the same script as the state, so ``batch_counts`` never scans j
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis
 
-from workers import keys
-from workers.scripts import Scripts
-
-MAX_PRIORITY = 9
-"""The highest priority; priorities run 0..MAX_PRIORITY and a higher one is admitted sooner."""
-
-DEFAULT_PRIORITY = 5
-"""The priority of a job that names none."""
+from workers.state import keys
+from workers.state.jobs import (
+    MAX_PRIORITY,
+    PROTECTED_FIELDS,
+    WRITABLE_FIELDS,
+    Job,
+    NewJob,
+    State,
+    check_moves,
+    parse_job,
+    sources,
+)
+from workers.state.scripts import Scripts
 
 PRIORITY_BAND = 2**42
 """Width of one priority band of backlog scores: fronted jobs in its first half, new ones after."""
@@ -28,30 +30,9 @@ PRIORITY_BAND = 2**42
 MAX_SEQ = 2**41 - 1
 """The largest arrival number a backlog score can hold (scores stay exact in a double: < 2**46)."""
 
+
 ENQUEUE_CHUNK = 500
 """Jobs per pipeline round trip in ``enqueue_many``."""
-
-PROTECTED_FIELDS = frozenset(
-    {"state", "job_id", "batch", "key_label", "group", "seq", "created_at", "uncertain"}
-)
-"""Fields only the store's scripts write: they carry counters, keys or ordering."""
-
-
-class State(StrEnum):
-    """A job's place in its life; a job reaches exactly one terminal state."""
-
-    QUEUED = "queued"
-    ADMITTED = "admitted"
-    SUBMITTED = "submitted"
-    READY = "ready"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        """True for done, failed and cancelled: the states a job's life ends in."""
-        return self in (State.DONE, State.FAILED, State.CANCELLED)
 
 
 def backlog_score(priority: int, seq: int, *, front: bool = False) -> float:
@@ -68,113 +49,6 @@ def backlog_score(priority: int, seq: int, *, front: bool = False) -> float:
     return float(band + seq if front else band + PRIORITY_BAND // 2 + seq)
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """A validated job as a producer hands it to the store."""
-
-    job_id: str
-    endpoint: str
-    request_json: str
-    batch: str
-    name: str
-    priority: int
-    group: str
-    key_label: str
-    callback_json: str | None = None
-    webhook_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job record as read from Redis; ``times`` maps a state to when the job entered it."""
-
-    job_id: str
-    endpoint: str
-    request: dict[str, Any]
-    batch: str
-    name: str
-    priority: int
-    group: str
-    key_label: str
-    state: State
-    reason: str | None
-    bfl_id: str | None
-    polling_url: str | None
-    cost: float | None
-    seed: int | None
-    sample_url: str | None
-    path: str | None
-    sha256: str | None
-    submitting_at: float | None
-    submit_attempts: int
-    poll_attempts: int
-    not_found_count: int
-    uncertain: bool
-    callback_json: str | None
-    webhook_url: str | None
-    created_at: float
-    times: dict[str, float]
-    extra: dict[str, str]
-
-
-_KNOWN = frozenset(
-    {"job_id", "endpoint", "request", "batch", "name", "priority", "group", "key_label", "state"}
-    | {"reason", "bfl_id", "polling_url", "cost", "seed", "sample_url", "path", "sha256"}
-    | {"submitting_at", "submit_attempts", "poll_attempts", "not_found_count", "uncertain"}
-    | {"callback_json", "webhook_url", "created_at", "seq"}
-)
-_TIME_FIELDS = {f"t_{state.value}": state.value for state in State}
-
-
-def _opt_float(value: str | None) -> float | None:
-    return None if value is None or value == "" else float(value)
-
-
-def _opt_int(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return int(float(value))
-
-
-def _parse_job(job_id: str, raw: Mapping[str, str]) -> Job:
-    """The one place a job hash becomes a ``Job``: missing numbers are None (or 0 for counts)."""
-    request = json.loads(raw.get("request") or "{}")
-    if not isinstance(request, dict):
-        raise ValueError(f"job {job_id}: request is not a JSON object")
-    return Job(
-        job_id=job_id,
-        endpoint=raw.get("endpoint", ""),
-        request=request,
-        batch=raw.get("batch", ""),
-        name=raw.get("name", ""),
-        priority=_opt_int(raw.get("priority")) or 0,
-        group=raw.get("group", keys.DEFAULT_GROUP),
-        key_label=raw.get("key_label", ""),
-        state=State(raw["state"]),
-        reason=raw.get("reason"),
-        bfl_id=raw.get("bfl_id"),
-        polling_url=raw.get("polling_url"),
-        cost=_opt_float(raw.get("cost")),
-        seed=_opt_int(raw.get("seed")),
-        sample_url=raw.get("sample_url"),
-        path=raw.get("path"),
-        sha256=raw.get("sha256"),
-        submitting_at=_opt_float(raw.get("submitting_at")),
-        submit_attempts=_opt_int(raw.get("submit_attempts")) or 0,
-        poll_attempts=_opt_int(raw.get("poll_attempts")) or 0,
-        not_found_count=_opt_int(raw.get("not_found_count")) or 0,
-        uncertain=raw.get("uncertain") == "1",
-        callback_json=raw.get("callback_json"),
-        webhook_url=raw.get("webhook_url"),
-        created_at=_opt_float(raw.get("created_at")) or 0.0,
-        times={_TIME_FIELDS[k]: float(v) for k, v in raw.items() if k in _TIME_FIELDS},
-        extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _TIME_FIELDS},
-    )
-
-
 def _encode(value: str | int | float) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -184,9 +58,12 @@ def _encode(value: str | int | float) -> str:
 
 
 def _check_writable(names: Iterable[str]) -> None:
-    bad = sorted(PROTECTED_FIELDS.intersection(names))
-    if bad:
-        raise ValueError(f"fields written only by the store: {', '.join(bad)}")
+    protected = sorted(PROTECTED_FIELDS.intersection(names))
+    if protected:
+        raise ValueError(f"fields written only by the store: {', '.join(protected)}")
+    unknown = sorted(set(names) - WRITABLE_FIELDS - PROTECTED_FIELDS)
+    if unknown:
+        raise ValueError(f"not a job field (see workers/state/jobs.py): {', '.join(unknown)}")
 
 
 def _pairs(fields: Mapping[str, str | int | float]) -> list[str]:
@@ -266,34 +143,38 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))
-        return _parse_job(job_id, raw) if raw else None
+        return parse_job(job_id, raw) if raw else None
 
     def transition(
         self,
         job_id: str,
-        from_states: Collection[State],
         to: State,
         *,
+        from_states: Collection[State] | None = None,
         now_s: float,
         fields: Mapping[str, str | int | float] | None = None,
         reason: str | None = None,
     ) -> bool:
         """Move the job to ``to`` if it is in one of ``from_states`` (compare-and-set).
 
+        ``from_states`` defaults to every state the transition table allows a move to ``to`` from;
+        a move the table does not allow raises ValueError.
+
         Sets ``t_<to>``, the fields and the reason, moves the batch counters and publishes an
         event. A terminal move sets the record's TTL. A job is in its backlog exactly while it is
         queued (a cancel takes it out; a move to queued puts it back at its arrival place). Slots
         belong to the limiter: release one there (or use ``SlotLimiter.requeue_front``).
         """
+        froms = sources(to) if from_states is None else tuple(State(s) for s in from_states)
+        check_moves(froms, to)
         pairs = _pairs(fields or {})
         record_keys = self._record_keys(job_id)
         if record_keys is None:
             return False
         ttl_ms = self._terminal_ttl_ms if to.terminal else 0
-        froms = [State(s).value for s in from_states]
         args: list[str | int | float] = [job_id, now_s, to.value, ttl_ms]
         args += ["1" if reason is not None else "0", reason or "", keys.EVENTS_CHANNEL]
-        args += [len(froms), *froms, *pairs]
+        args += [len(froms), *(state.value for state in froms), *pairs]
         return bool(self._scripts.transition(keys=record_keys, args=args))
 
     def update(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
@@ -326,6 +207,20 @@ class JobStore:
         record_keys = self._record_keys(job_id)
         if record_keys is not None:
             self._scripts.mark_uncertain(keys=record_keys[:2], args=[])
+
+    def watch_save(self, job_id: str, label: str, *, until_s: float) -> None:
+        """Ask the sweep to re-send this job's save unless it ends before ``until_s``."""
+        self._redis.zadd(keys.saves(label), {job_id: until_s})
+
+    def unwatch_save(self, job_id: str, label: str) -> None:
+        self._redis.zrem(keys.saves(label), job_id)
+
+    def saves_due(self, label: str, *, now_s: float, limit: int = 1000) -> list[str]:
+        """Ready jobs whose save did not end in time (its worker died, most likely)."""
+        due: list[str] = self._redis.zrangebyscore(
+            keys.saves(label), "-inf", now_s, start=0, num=limit
+        )
+        return due
 
     def batches(self) -> list[str]:
         """Every batch name, oldest first."""

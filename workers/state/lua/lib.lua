@@ -38,7 +38,7 @@ end
 -- Paused: until a time still ahead, or with a reason and no time (until resumed). Same rule as
 -- SlotLimiter.paused().
 local function fluxq_paused(cap_key, now)
-  local state = redis.call('HMGET', cap_key, 'paused_until', 'pause_reason')
+  local state = redis.call('HMGET', cap_key, 'paused_until', 'pause_kind')
   if state[1] then
     return tonumber(state[1]) > now
   end

@@ -1,4 +1,4 @@
-"""``fluxq worker``: start Celery workers as child processes and stop them by their own pids.
+"""``fluxq worker``'s supervisor: start worker processes, keep them running, stop them by pid.
 
 Two workers by default: one for submit, poll and control, and one of its own for save, so a
 download (its signed URL lives 10 minutes) never waits behind other work.
@@ -6,18 +6,20 @@ download (its signed URL lives 10 minutes) never waits behind other work.
 
 from __future__ import annotations
 
-import os
+import logging
 import signal
-import socket
 import subprocess
-import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from workers.celery_app import CONTROL_QUEUE, POLL_QUEUE, SAVE_QUEUE, SUBMIT_QUEUE
+from config.celery import CONTROL_QUEUE, POLL_QUEUE, SAVE_QUEUE, SUBMIT_QUEUE
+from workers.process.children import start_child, stop_child
 
-STOP_TIMEOUT_S = 20.0
+log = logging.getLogger("fluxq.supervisor")
+
+POLL_INTERVAL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -39,32 +41,25 @@ def default_specs(*, threads: int, save_threads: int) -> list[WorkerSpec]:
     ]
 
 
-def celery_argv(spec: WorkerSpec, *, loglevel: str) -> list[str]:
-    node = f"{spec.name}-{os.getpid()}@{socket.gethostname()}"
-    return [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "--pool", "threads", "--concurrency", str(spec.threads),
-        "--queues", ",".join(spec.queues), "--hostname", node,
-        "--loglevel", loglevel, "--events",
-        # Gossip and mingle talk to every other worker at start-up; fluxq needs neither.
-        "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
-
-
 class Supervisor:
-    """Starts the worker processes, forwards SIGINT/SIGTERM, and stops all when one exits."""
+    """Starts one process per spec, forwards SIGINT/SIGTERM, and stops all when one exits."""
 
-    def __init__(self, specs: list[WorkerSpec], *, env: dict[str, str], loglevel: str) -> None:
-        self.specs = specs
-        self.env = env
-        self.loglevel = loglevel
+    def __init__(
+        self,
+        specs: Sequence[WorkerSpec],
+        *,
+        argv_for: Callable[[WorkerSpec], list[str]],
+        env: Mapping[str, str],
+    ) -> None:
+        self.specs = list(specs)
+        self.argv_for = argv_for
+        self.env = dict(env)
         self.children: list[subprocess.Popen[bytes]] = []
         self._stopping = False
 
     def start(self) -> None:
         for spec in self.specs:
-            argv = celery_argv(spec, loglevel=self.loglevel)
-            self.children.append(subprocess.Popen(argv, env=self.env))  # noqa: S603
+            self.children.append(start_child(self.argv_for(spec), env=self.env))
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -80,7 +75,7 @@ class Supervisor:
                 if child.poll() is not None:
                     code = child.returncode or 0
                     self._stopping = True
-            time.sleep(0.2)
+            time.sleep(POLL_INTERVAL_S)
         self.stop()
         return code
 
@@ -88,10 +83,5 @@ class Supervisor:
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)  # Celery's warm shutdown: finish current tasks
-        deadline = time.monotonic() + STOP_TIMEOUT_S
         for child in self.children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=5)
+            stop_child(child)

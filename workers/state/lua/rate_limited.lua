@@ -2,7 +2,7 @@
 -- KEYS[1] cap state hash    fluxq:cap:{k}
 -- KEYS[2] key slots zset    fluxq:slots:{k}
 -- ARGV[1] now (s)   ARGV[2] key cap   ARGV[3] AIMD increase interval (s)   ARGV[4] decrease factor
--- ARGV[5] Retry-After (s), "" when none   ARGV[6] the pause reason to record with it
+-- ARGV[5] Retry-After (s), "" when none   ARGV[6] the pause kind to record with it
 -- Returns the new effective cap.
 local now = tonumber(ARGV[1])
 local effective = fluxq_effective(KEYS[1], tonumber(ARGV[2]), now, tonumber(ARGV[3]))
@@ -16,12 +16,12 @@ if last_at == nil or now - last_at >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'reduced_to', reduced, 'reduced_at', ARGV[1])
 end
 if ARGV[5] ~= '' then
-  local state = redis.call('HMGET', KEYS[1], 'paused_until', 'pause_reason')
+  local state = redis.call('HMGET', KEYS[1], 'paused_until', 'pause_kind')
   local indefinite = state[1] == false and state[2] ~= false
   local until_s = now + tonumber(ARGV[5])
   -- An open-ended pause (out of credits, the user's) outlasts any Retry-After: leave it alone.
   if not indefinite and (state[1] == false or until_s > tonumber(state[1])) then
-    redis.call('HSET', KEYS[1], 'paused_until', until_s, 'pause_reason', ARGV[6])
+    redis.call('HSET', KEYS[1], 'paused_until', until_s, 'pause_kind', ARGV[6], 'pause_detail', '')
   end
 end
 return math.min(tonumber(ARGV[2]), reduced)

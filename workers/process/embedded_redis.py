@@ -16,6 +16,7 @@ from types import TracebackType
 import redis
 
 from config.errors import ConfigError
+from workers.process.children import start_child
 
 START_TIMEOUT_S = 10.0
 """How long to wait for a new redis-server to answer PING."""
@@ -67,9 +68,7 @@ class EmbeddedRedis:
             "--dir", self._dir.name,
             "--protected-mode", "yes",
         ]  # fmt: skip
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self._process = start_child(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_ready()
         return self
 

@@ -9,17 +9,46 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import redis
 
-from workers import keys
-from workers.scripts import Scripts
+from workers.state import keys
+from workers.state.scripts import Scripts
 
 MAX_STALE_PER_ADMIT = 1000
 """Backlog entries of expired or cancelled jobs one admit step may drop before it returns."""
 
-RETRY_AFTER_REASON = "rate limited (Retry-After)"
-"""The pause reason recorded when a 429 carries a Retry-After."""
+
+class PauseKind(StrEnum):
+    """Why admission for a key is paused; stored as ``pause_kind`` in ``fluxq:cap:{k}``."""
+
+    OUT_OF_CREDITS = "out_of_credits"
+    """402: resumes by itself once ``GET /v1/credits`` shows credit, or on ``fluxq resume``."""
+    NOT_AUTHORISED = "not_authorised"
+    """401/403: the key was refused; a person must fix it and run ``fluxq resume``."""
+    RETRY_AFTER = "retry_after"
+    """A 429 carried Retry-After: paused until then, then admission goes on by itself."""
+
+
+PAUSE_TEXT = {
+    PauseKind.OUT_OF_CREDITS: "out of credits (402)",
+    PauseKind.NOT_AUTHORISED: "the API key was refused (401/403)",
+    PauseKind.RETRY_AFTER: "rate limited (Retry-After)",
+}
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A pause in force: its kind, what BFL said (redacted), until when (None: until resumed)."""
+
+    kind: PauseKind
+    detail: str
+    until_s: float | None
+
+    def __str__(self) -> str:
+        text = PAUSE_TEXT[self.kind]
+        return f"{text}: {self.detail}" if self.detail else text
 
 
 @dataclass(frozen=True)
@@ -47,11 +76,16 @@ def aimd_effective_cap(
     return min(key_cap, reduced_to + math.floor(elapsed_s / interval_s))
 
 
-def pause_reason(paused_until: str | None, reason: str | None, now_s: float) -> str | None:
-    """The rule of ``lib.lua``: paused until a time still ahead, or with a reason and no time."""
-    if paused_until is not None:
-        return (reason or "paused") if float(paused_until) > now_s else None
-    return reason
+def pause_in_force(
+    paused_until: str | None, kind: str | None, detail: str | None, now_s: float
+) -> Pause | None:
+    """The rule of ``lib.lua``: paused until a time still ahead, or with a kind and no time."""
+    if kind is None:
+        return None
+    until = None if paused_until is None else float(paused_until)
+    if until is not None and until <= now_s:
+        return None
+    return Pause(PauseKind(kind), detail or "", until)
 
 
 class SlotLimiter:
@@ -151,7 +185,7 @@ class SlotLimiter:
                 self.increase_interval_s,
                 self.decrease_factor,
                 "" if retry_after_s is None else retry_after_s,
-                RETRY_AFTER_REASON,
+                PauseKind.RETRY_AFTER.value,
             ],
         )
         return int(cap)
@@ -166,10 +200,10 @@ class SlotLimiter:
             self.increase_interval_s,
         )
 
-    def pause(self, reason: str, *, until_s: float | None = None) -> None:
+    def pause(self, kind: PauseKind, detail: str = "", *, until_s: float | None = None) -> None:
         """Stop admission until ``until_s``, or until ``resume()`` when None."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._cap_state, "pause_reason", reason)
+        pipe.hset(self._cap_state, mapping={"pause_kind": kind.value, "pause_detail": detail})
         if until_s is None:
             pipe.hdel(self._cap_state, "paused_until")
         else:
@@ -177,12 +211,14 @@ class SlotLimiter:
         pipe.execute()
 
     def resume(self) -> None:
-        self._redis.hdel(self._cap_state, "paused_until", "pause_reason")
+        self._redis.hdel(self._cap_state, "paused_until", "pause_kind", "pause_detail")
 
-    def paused(self, *, now_s: float) -> str | None:
-        """Why admission is paused at ``now_s``, or None when it is not."""
-        until, reason = self._redis.hmget(self._cap_state, "paused_until", "pause_reason")
-        return pause_reason(until, reason, now_s)
+    def paused(self, *, now_s: float) -> Pause | None:
+        """The pause in force at ``now_s``, or None when admission is open."""
+        until, kind, detail = self._redis.hmget(
+            self._cap_state, "paused_until", "pause_kind", "pause_detail"
+        )
+        return pause_in_force(until, kind, detail, now_s)
 
     def held(self) -> int:
         return int(self._redis.zcard(self._slots))

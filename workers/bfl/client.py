@@ -35,7 +35,7 @@ from config.errors import (
     UnexpectedResponse,
 )
 from config.settings import Settings
-from workers.results import (
+from workers.bfl.responses import (
     Downloaded,
     Result,
     Status,

@@ -1,42 +1,24 @@
-"""Control work: the ``fluxq.enqueue`` task for other services, and the sweep that recovers crashes.
+"""The sweep: recovers what crashes left behind, resumes after credits return, and admits.
 
-The sweep runs in every worker on a timer, guarded by a Redis lock so one runs per interval.
+Every worker runs it on a timer, guarded by a Redis lock so one sweep runs per interval.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import redis
-from celery import Task, signals
 
 from config.errors import FluxqError
 from tasks.admission import admit_and_dispatch
-from tasks.producer import enqueue as enqueue_job
-from tasks.save import resend_lost_saves
 from tasks.submit import settle_uncertain
-from workers import keys
-from workers.celery_app import app
-from workers.runtime import Runtime, get_runtime
-from workers.store import State
+from workers.runtime import Runtime
+from workers.state import keys
+from workers.state.jobs import State
+from workers.state.limiter import PauseKind
 
 log = logging.getLogger("fluxq.sweep")
-
-CREDITS_PAUSE_PREFIX = "out of credits"
-
-
-@app.task(name="fluxq.enqueue", bind=True, acks_late=True)
-def enqueue(self: Task, request: dict[str, Any], endpoint: str, **options: Any) -> str:
-    """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
-    ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.
-
-    Without a job_id the message's task id is used: a redelivered message (a worker died
-    before acking) then finds its job already there instead of creating and billing another.
-    """
-    options.setdefault("job_id", self.request.id)
-    return enqueue_job(get_runtime(), endpoint, request, **options)
 
 
 def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
@@ -61,9 +43,23 @@ def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
     return "requeued"
 
 
+def resend_lost_saves(rt: Runtime, now_s: float) -> int:
+    """Re-send the save of ready jobs whose save did not end in time (its worker died)."""
+    resent = 0
+    for job_id in rt.store.saves_due(rt.label, now_s=now_s):
+        job = rt.store.get(job_id)
+        if job is None or job.state is not State.READY:
+            rt.store.unwatch_save(job_id, rt.label)
+            continue
+        rt.store.watch_save(job_id, rt.label, until_s=now_s + rt.settings.lease_ttl_s)
+        rt.dispatch.save(job)
+        resent += 1
+    return resent
+
+
 def _check_credits(rt: Runtime, now_s: float) -> None:
-    reason = rt.limiter.paused(now_s=now_s)
-    if not reason or not reason.startswith(CREDITS_PAUSE_PREFIX):
+    pause = rt.limiter.paused(now_s=now_s)
+    if pause is None or pause.kind is not PauseKind.OUT_OF_CREDITS:
         return
     interval_ms = int(rt.settings.credits_check_interval_s * 1000)
     if not rt.redis.set(keys.lock("credits-check"), "1", nx=True, px=interval_ms):
@@ -96,8 +92,9 @@ def sweep(rt: Runtime) -> dict[str, int]:
 class SweepTimer:
     """Runs the sweep every interval in a daemon thread; one sweep per interval across workers."""
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.interval_s = rt.settings.sweep_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fluxq-sweep", daemon=True)
 
@@ -106,30 +103,14 @@ class SweepTimer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval_s + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                rt = get_runtime()
                 lock_ms = max(1, int(self.interval_s * 900))
-                if rt.redis.set(keys.lock("sweep"), "1", nx=True, px=lock_ms):
-                    sweep(rt)
+                if self.rt.redis.set(keys.lock("sweep"), "1", nx=True, px=lock_ms):
+                    sweep(self.rt)
             except (FluxqError, redis.RedisError):
                 log.exception("sweep failed; will try again")
-
-
-_timer: SweepTimer | None = None
-
-
-@signals.worker_ready.connect
-def _start_sweep(**_: Any) -> None:
-    global _timer
-    _timer = SweepTimer(get_runtime().settings.sweep_interval_s)
-    _timer.start()
-
-
-@signals.worker_shutdown.connect
-def _stop_sweep(**_: Any) -> None:
-    if _timer is not None:
-        _timer.stop()

@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,9 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings, settings_from_env
-from workers.embedded_redis import EmbeddedRedis
-from workers.runtime import Runtime, celery_runtime
+from pydantic import SecretStr
+
+from config.settings import Settings
+from simulator import SimConfig, running_simulator
+from tasks.enqueue import enqueue
+from workers.dispatch import celery_runtime
+from workers.process.children import python_argv, start_child, stop_child
+from workers.process.embedded_redis import EmbeddedRedis
+from workers.runtime import Runtime
 
 DEMO_KEY = "fluxq-demo-simulator-key"
 DEMO_ENDPOINTS = ("flux-pro-1.1", "flux-dev", "flux-kontext-pro")
@@ -52,22 +56,14 @@ def demo_request(endpoint: str, i: int) -> dict[str, Any]:
 
 @contextmanager
 def _worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    argv = [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "warning"]
+    argv = python_argv("fluxq", "worker", "--loglevel", "warning")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = start_child(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_child(process, timeout_s=WORKER_STOP_TIMEOUT_S)
 
 
 def verify_outputs(batch_dir: Path) -> int:
@@ -93,15 +89,15 @@ def run_demo(
     timeout_s: float = 600.0,
 ) -> DemoResult:
     """Start what is missing, enqueue ``jobs`` jobs, wait for all, verify files, stop everything."""
-    from simulator import SimConfig, running_simulator
-
     env = dict(os.environ)
+    overrides: dict[str, Any] = {}
     with ExitStack() as stack:
         sim = None
         if settings.bfl_api_key is None:
             sim = stack.enter_context(running_simulator(SimConfig(time_scale=time_scale)))
             env.update(sim.env())
             env["BFL_API_KEY"] = DEMO_KEY
+            overrides.update(sim.settings_overrides(), bfl_api_key=SecretStr(DEMO_KEY))
             say(
                 f"no BFL_API_KEY: using the local BFL simulator at {sim.base_url} "
                 f"(time scale {time_scale}: a 4 s model takes {4 * time_scale:.2f} s)"
@@ -109,16 +105,16 @@ def run_demo(
         if not settings.redis_url:
             redis_server = stack.enter_context(EmbeddedRedis())
             env["FLUXQ_REDIS_URL"] = redis_server.url
+            overrides["redis_url"] = redis_server.url
             say(f"no FLUXQ_REDIS_URL: using an embedded Redis at {redis_server.url}")
         env.setdefault("FLUXQ_OUTPUT_DIR", str(settings.output_dir))
-        effective = settings_from_env(env)
+        effective = settings.with_overrides(**overrides)
         rt = celery_runtime(effective)
         stack.callback(rt.close)
         log_path = effective.output_dir / "demo-worker.log"
         stack.enter_context(_worker(env, log_path))
         say(f"started a worker (Celery, thread pools); its log: {log_path}")
         batch = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-        from tasks.producer import enqueue
 
         started = time.monotonic()
         for i in range(jobs):

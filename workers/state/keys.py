@@ -13,7 +13,7 @@
                                           every group; only nested caps are enforced)
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
-                                          paused_until, pause_reason
+                                          paused_until, pause_kind, pause_detail
     fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain"
     fluxq:batches                 zset    batch names, score = creation time
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep

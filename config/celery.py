@@ -1,0 +1,74 @@
+"""The pure Celery configuration of fluxq: queue names, routes and every setting chosen on purpose.
+
+No Celery app lives here: ``workers.celery_app.make_celery(settings)`` builds one from this dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SUBMIT_QUEUE = "fluxq.submit"
+POLL_QUEUE = "fluxq.poll"
+SAVE_QUEUE = "fluxq.save"
+CONTROL_QUEUE = "fluxq.control"
+ALL_QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, SAVE_QUEUE, CONTROL_QUEUE)
+
+VISIBILITY_TIMEOUT_S = 3600
+"""Redis redelivers an unacked message after this long. It must exceed every countdown we use
+(poll steps ≤ a few minutes, backoffs ≤ 60 s), or a waiting ETA message is delivered twice."""
+
+TASK_MODULES = (
+    "tasks.submit",
+    "tasks.poll",
+    "tasks.save",
+    "tasks.callbacks",
+    "tasks.enqueue",
+)
+"""The modules that define fluxq's tasks; a worker imports them before it consumes."""
+
+TASK_ROUTES = {
+    "fluxq.submit": {"queue": SUBMIT_QUEUE},
+    "fluxq.poll": {"queue": POLL_QUEUE},
+    "fluxq.save": {"queue": SAVE_QUEUE},
+    "fluxq.*": {"queue": CONTROL_QUEUE},
+}
+
+
+def celery_config(broker_url: str) -> dict[str, Any]:
+    """The Celery configuration for a broker URL; each choice says why.
+
+    Queues are given by name (``QUEUE_NAMES``) and built into kombu ``Queue`` objects by the app
+    factory, so this module needs nothing but plain data.
+    """
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Keep retrying a lost broker connection (a Redis restart) instead of giving up.
+        "broker_connection_max_retries": None,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # Fair round-robin across the queues a worker consumes.
+            "queue_order_strategy": "round_robin",
+        },
+        # fluxq keeps its own job state in Redis; Celery results would only cost memory.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Every task is safe to redeliver: submit checks a CAS state and a "submitting" marker,
+        # poll is a GET, save writes atomically: ack after the work, requeue if a worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per thread: a worker must not hoard admitted submits.
+        "worker_prefetch_multiplier": 1,
+        # Flower needs events: task-sent from producers, the rest from workers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_routes": TASK_ROUTES,
+        # The threads pool cannot enforce time limits; every call is bounded by httpx timeouts.
+        "worker_pool": "threads",
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "include": list(TASK_MODULES),
+    }

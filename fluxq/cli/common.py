@@ -1,0 +1,100 @@
+"""What every command shares: the consoles, settings built once, and failures as one clear line.
+
+A failure a user can cause (a bad setting, Redis unreachable, a port in use) becomes one line on
+stderr and exit code 2; ``fluxq --debug …`` (or ``FLUXQ_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import typer
+from rich.console import Console
+
+from config.errors import ConfigError, FluxqError
+from config.settings import Settings, load_settings
+from workers.dispatch import celery_runtime
+from workers.runtime import Runtime
+
+console = Console()
+err_console = Console(stderr=True, highlight=False)
+
+USER_ERROR_EXIT = 2
+"""Exit code of a failure the user can fix (bad input, unreachable service, port in use)."""
+
+
+class Options:
+    """Process-wide CLI options set by the root callback."""
+
+    debug: bool = os.environ.get("FLUXQ_DEBUG", "") not in ("", "0")
+    redis_url: str | None = None
+
+
+def fail(message: str) -> NoReturn:
+    """Print one line naming the problem and the fix, and exit 2."""
+    err_console.print(f"fluxq: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code=USER_ERROR_EXIT)
+
+
+def settings_or_exit() -> Settings:
+    """Load settings once for this command, or name every bad variable and exit 2."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        fail(str(exc))
+    Options.redis_url = settings.redis_url
+    return settings
+
+
+def runtime_or_exit(settings: Settings) -> Runtime:
+    """A producer-side Runtime on the workers' Redis; exits 2 when there is none to reach."""
+    if not settings.redis_url:
+        fail(
+            "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
+            "your workers use (`fluxq worker` prints it), or run `fluxq demo`."
+        )
+    rt = celery_runtime(settings)
+    try:
+        rt.redis.ping()
+    except redis.RedisError as exc:
+        rt.close()
+        fail(redis_failure(settings.redis_url, exc))
+    return rt
+
+
+def shown_url(url: str | None) -> str:
+    """A Redis URL fit to print: any password replaced by ***."""
+    if not url:
+        return "(unset)"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redis_failure(url: str | None, exc: BaseException) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (
+        f"cannot reach Redis at {shown_url(url)} ({reason}). Start it, or fix FLUXQ_REDIS_URL "
+        "(unset, `fluxq worker` and `fluxq demo` start an embedded one)."
+    )
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line for a failure a user can cause, or None for a bug (shown with a hint)."""
+    if isinstance(exc, redis.RedisError):
+        return redis_failure(Options.redis_url, exc)
+    if isinstance(exc, FluxqError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"address already in use ({exc.strerror}): pick another port with --port."
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot bind that address ({exc.strerror}): use a loopback address."
+    return None

@@ -1,0 +1,116 @@
+"""``fluxq enqueue``, ``fluxq status`` and ``fluxq resume``: jobs and admission from a terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from config.errors import InvalidRequest
+from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
+from tasks.admission import admit_and_dispatch
+from tasks.enqueue import enqueue
+from workers.runtime import Runtime
+from workers.state.jobs import State
+
+WAIT_STEP_S = 0.2
+
+
+def _parse_params(params: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--param {item!r} is not key=value")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def enqueue_command(
+    endpoint: str = typer.Option(..., help="BFL endpoint, e.g. flux-pro-1.1"),
+    prompt: str = typer.Option(..., help="The prompt."),
+    width: int | None = typer.Option(None),
+    height: int | None = typer.Option(None),
+    aspect_ratio: str | None = typer.Option(None, help="W:H for Ultra and Kontext."),
+    seed: int | None = typer.Option(None),
+    output_format: str | None = typer.Option(None, help="jpeg, png or webp."),
+    param: list[str] = typer.Option([], help="Any other request field, key=value (repeatable)."),
+    batch: str = typer.Option("default"),
+    name: str | None = typer.Option(None, help="File name (default: the job id)."),
+    priority: int = typer.Option(5, help="0..9, higher runs sooner."),
+    job_id: str | None = typer.Option(None, help="Your own id; enqueueing it again is a no-op."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the job ends; print its file."),
+    timeout_s: float = typer.Option(1200.0, help="With --wait: give up after this long."),
+) -> None:
+    """Validate and enqueue one generation job (workers must be running)."""
+    settings = settings_or_exit()
+    request: dict[str, Any] = {"prompt": prompt, **_parse_params(param)}
+    optional = {"width": width, "height": height, "aspect_ratio": aspect_ratio, "seed": seed}
+    request.update({k: v for k, v in optional.items() if v is not None})
+    if output_format is not None:
+        request["output_format"] = output_format
+    rt = runtime_or_exit(settings)
+    try:
+        job = enqueue(
+            rt, endpoint, request, job_id=job_id, batch=batch, name=name, priority=priority
+        )
+    except InvalidRequest as exc:
+        fail(str(exc))
+    console.print(f"enqueued job={job} batch={batch} endpoint={endpoint}")
+    if wait:
+        raise typer.Exit(code=_wait_for(rt, job, timeout_s))
+
+
+def _wait_for(rt: Runtime, job_id: str, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = rt.store.get(job_id)
+        if job is not None and job.state.terminal:
+            if job.state is State.DONE:
+                console.print(f"done job={job_id} file={job.path} sha256={job.sha256}")
+                return 0
+            console.print(f"{job.state.value} job={job_id} reason={job.reason}")
+            return 1
+        time.sleep(WAIT_STEP_S)
+    err_console.print(f"fluxq: job {job_id} did not finish within {timeout_s:.0f} s")
+    return 3
+
+
+def status(batch: str = typer.Option("default", help="The batch to show.")) -> None:
+    """Show a batch's counts by state and the key's admission state."""
+    settings = settings_or_exit()
+    rt = runtime_or_exit(settings)
+    counts = rt.store.batch_counts(batch)
+    table = Table("state", "jobs", title=f"batch {batch}")
+    for state, count in counts.items():
+        table.add_row(state, str(count))
+    console.print(table)
+    now = time.time()
+    pause = rt.limiter.paused(now_s=now)
+    console.print(
+        f"in flight={rt.limiter.held()} effective cap={rt.limiter.effective_cap(now_s=now)} "
+        f"waiting={sum(rt.limiter.backlog_sizes().values())} "
+        f"paused={'no' if pause is None else pause}",
+        markup=False,
+    )
+
+
+def resume() -> None:
+    """Resume admission after a 402/403 pause (it also resumes by itself when credits return)."""
+    settings = settings_or_exit()
+    rt = runtime_or_exit(settings)
+    rt.limiter.resume()
+    console.print(f"resumed; admitted {admit_and_dispatch(rt)} job(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enqueue")(enqueue_command)
+    app.command("status")(status)
+    app.command("resume")(resume)

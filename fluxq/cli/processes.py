@@ -1,0 +1,139 @@
+"""``fluxq worker``, ``fluxq flower`` and ``fluxq demo``: the commands that run processes."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from config.catalog import estimate_credits, validate_request
+from config.settings import Settings
+from fluxq.cli.common import console, err_console, fail, settings_or_exit
+from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo
+from workers.celery_app import make_celery
+from workers.process.children import python_argv
+from workers.process.embedded_redis import EmbeddedRedis
+from workers.process.supervisor import Supervisor, WorkerSpec, default_specs
+
+
+def _require_bfl_target(settings: Settings) -> None:
+    """Refuse to start against the real API without a key (nothing would succeed)."""
+    if settings.bfl_api_key is None and "bfl." in settings.bfl_base_url:
+        fail(
+            "BFL_API_KEY is unset. Set it, or point FLUXQ_BFL_BASE_URL at a simulator "
+            "(`fluxq simulator`), or try `fluxq demo`."
+        )
+
+
+def worker_process_argv(spec: WorkerSpec, loglevel: str) -> list[str]:
+    """How the supervisor starts one worker process (``fluxq.worker_process``)."""
+    return python_argv(
+        "fluxq.worker_process",
+        "--name", spec.name, "--queues", ",".join(spec.queues),
+        "--threads", str(spec.threads), "--loglevel", loglevel,
+    )  # fmt: skip
+
+
+def worker(
+    threads: int = typer.Option(16, help="Threads for submit, poll and control work."),
+    save_threads: int = typer.Option(
+        4, help="Threads of the separate save worker; 0 runs save in the main worker."
+    ),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
+    settings = settings_or_exit()
+    _require_bfl_target(settings)
+    env = dict(os.environ)
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis().start()
+        env["FLUXQ_REDIS_URL"] = embedded.url
+        err_console.print(
+            f"fluxq: FLUXQ_REDIS_URL is unset: started an embedded Redis at {embedded.url} "
+            "(this machine only; set FLUXQ_REDIS_URL to share work across machines)",
+            markup=False,
+        )
+    specs = default_specs(threads=threads, save_threads=save_threads)
+    supervisor = Supervisor(
+        specs, argv_for=lambda spec: worker_process_argv(spec, loglevel), env=env
+    )
+    try:
+        code = supervisor.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    raise typer.Exit(code=code)
+
+
+def flower(
+    port: int = typer.Option(5555, help="Flower's port on 127.0.0.1."),
+    address: str = typer.Option("127.0.0.1", help="Flower's address."),
+) -> None:
+    """Run Flower on fluxq's broker (FLUXQ_REDIS_URL) to watch tasks by job and batch."""
+    settings = settings_or_exit()
+    if not settings.redis_url:
+        fail("set FLUXQ_REDIS_URL to the Redis your workers use")
+    # In this process, not a child: SIGTERM to `fluxq flower` stops Flower itself.
+    code = make_celery(settings).start(["flower", f"--address={address}", f"--port={port}"])
+    raise typer.Exit(code=code or 0)
+
+
+def demo(
+    jobs: int = typer.Option(24, min=1, max=1000, help="How many images to generate."),
+    time_scale: float = typer.Option(
+        0.1, min=0.001, max=1.0, help="Simulator speed-up (only without BFL_API_KEY)."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="With a real BFL_API_KEY: spend the credits."),
+) -> None:
+    """Run fluxq end to end on this machine: simulator and embedded Redis when none are set."""
+    settings = settings_or_exit()
+    if settings.bfl_api_key is not None and not yes:
+        credits = sum(
+            estimate_credits(e, validate_request(e, demo_request(e, i)))
+            for i, e in ((i, DEMO_ENDPOINTS[i % len(DEMO_ENDPOINTS)]) for i in range(jobs))
+        )
+        fail(
+            f"demo: BFL_API_KEY is set, so the demo would call {settings.bfl_base_url} "
+            f"and spend about {credits:.1f} credits. Add --yes to go ahead, or unset "
+            "BFL_API_KEY to use the simulator."
+        )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("generating", total=jobs)
+
+        def show(counts: dict[str, int], total: int) -> None:
+            finished = counts["done"] + counts["failed"] + counts["cancelled"]
+            waiting = counts["queued"] + counts["admitted"]
+            text = f"done {counts['done']} failed {counts['failed']} in flight " + str(
+                counts["submitted"] + counts["ready"]
+            )
+            bar.update(task, completed=finished, description=f"{text} waiting {waiting}")
+
+        result = run_demo(
+            settings, jobs=jobs, time_scale=time_scale, say=console.print, progress=show
+        )
+    console.print(
+        f"batch {result.batch}: {result.counts['done']} done, {result.counts['failed']} failed "
+        f"of {jobs} in {result.elapsed_s:.1f} s"
+    )
+    console.print(
+        f"images: {result.output_dir} ({result.verified_files} verified against their sha256; "
+        f"manifest.jsonl lists them)"
+    )
+    if result.simulator_stats is not None:
+        stats = result.simulator_stats
+        console.print(
+            f"simulator saw: {stats['submits']} submits, {stats['duplicate_submits']} duplicates, "
+            f"at most {stats['max_active']} active at once (cap 24), "
+            f"{stats['rate_limited_429']} 429s, {stats['credits_spent']} credits"
+        )
+    ok = result.counts["done"] == jobs and result.verified_files == jobs
+    raise typer.Exit(code=0 if ok else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("flower")(flower)
+    app.command("demo")(demo)

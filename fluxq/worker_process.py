@@ -1,0 +1,68 @@
+"""One Celery worker process of ``fluxq worker``: settings, app and Runtime built here, once.
+
+Started by the supervisor as ``python -P -m fluxq.worker_process --name … --queues … --threads …``
+(``-P``: the user's working directory never shadows fluxq's packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from celery import signals
+
+import tasks.callbacks
+import tasks.enqueue
+import tasks.poll
+import tasks.save
+import tasks.submit
+from config.settings import load_settings
+from tasks.sweep import SweepTimer
+from workers.celery_app import make_celery
+from workers.dispatch import celery_runtime
+
+TASK_MODULES = (tasks.callbacks, tasks.enqueue, tasks.poll, tasks.save, tasks.submit)
+"""Imported above, before Celery's loader imports them by name with the working directory on
+``sys.path``: they are then already loaded from fluxq, never from the user's directory."""
+
+
+def worker_argv(name: str, queues: str, threads: int, loglevel: str) -> list[str]:
+    """The ``celery worker`` arguments for one fluxq worker process."""
+    node = f"{name}-{os.getppid()}@{socket.gethostname()}"
+    return [
+        "worker", "--pool", "threads", "--concurrency", str(threads),
+        "--queues", queues, "--hostname", node, "--loglevel", loglevel, "--events",
+        # Gossip and mingle talk to every other worker at start-up; fluxq needs neither.
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fluxq.worker_process")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--queues", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--loglevel", default="info")
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    app = make_celery(settings)
+    rt = celery_runtime(settings, app=app)
+    timer = SweepTimer(rt)
+
+    def start_sweep(**_: Any) -> None:
+        timer.start()
+
+    def stop_sweep(**_: Any) -> None:
+        timer.stop()
+
+    signals.worker_ready.connect(start_sweep, weak=False)
+    signals.worker_shutdown.connect(stop_sweep, weak=False)
+
+    app.worker_main(worker_argv(args.name, args.queues, args.threads, args.loglevel))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Every state change of a job after enqueue, and the one path by which a job ends.
+
+The store refuses moves outside ``workers.state.jobs.TRANSITIONS``; this module is the only caller
+of ``JobStore.transition``, so release-slot, admit-next, the save watchdog and notify happen here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from tasks.admission import admit_and_dispatch
+from tasks.callbacks import notify_terminal
+from workers.runtime import Runtime
+from workers.state.jobs import Job, State
+
+log = logging.getLogger("fluxq.lifecycle")
+
+Fields = Mapping[str, str | int | float]
+
+UNCERTAIN_REASON = (
+    "uncertain: the submit was sent but no answer came, so BFL may have created and billed the "
+    "task; not resubmitted (set FLUXQ_RESUBMIT_UNCERTAIN=true to allow it)"
+)
+
+
+def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
+    """BFL answered the POST: record its id and polling URL in the same step as the move."""
+    return rt.store.transition(
+        job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(), fields=fields
+    )
+
+
+def requeue(rt: Runtime, job: Job, reason: str) -> bool:
+    """Put an admitted job (never sent, or safe to send again) back at the head of its backlog."""
+    return rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
+
+
+def ready(rt: Runtime, job: Job, fields: Fields) -> bool:
+    """BFL says Ready: the task no longer counts against the cap, so free its slot at once."""
+    # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
+    rt.store.watch_save(job.job_id, job.key_label, until_s=rt.clock() + rt.settings.lease_ttl_s)
+    moved = rt.store.transition(
+        job.job_id, State.READY, from_states=(State.SUBMITTED,), now_s=rt.clock(), fields=fields
+    )
+    _release(rt, job)
+    return moved
+
+
+def end(
+    rt: Runtime,
+    job: Job,
+    to: State,
+    *,
+    reason: str | None = None,
+    fields: Fields | None = None,
+    keep_slot: bool = False,
+) -> bool:
+    """End a job in ``to`` (done, failed or cancelled): the one way a job's life ends.
+
+    Frees its slot (unless ``keep_slot``: a task we cannot see may still run at BFL) and admits
+    the next job, stops watching its save, and fires its callbacks once. False when another path
+    ended it first (nothing is done twice).
+    """
+    if not to.terminal:
+        raise ValueError(f"{to.value} is not a terminal state")
+    moved = rt.store.transition(job.job_id, to, now_s=rt.clock(), reason=reason, fields=fields)
+    rt.store.unwatch_save(job.job_id, job.key_label)
+    if not keep_slot:
+        _release(rt, job)
+    if moved and to is State.FAILED:
+        log.warning(
+            "job failed job=%s batch=%s endpoint=%s reason=%s",
+            job.job_id,
+            job.batch,
+            job.endpoint,
+            reason,
+        )
+    if moved:
+        notify_terminal(rt, job)
+    return moved
+
+
+def fail(rt: Runtime, job: Job, reason: str) -> bool:
+    """End the job as failed with a reason a person can read."""
+    return end(rt, job, State.FAILED, reason=reason)
+
+
+def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
+    """The POST may have created a task we cannot see: flag and count it, fail it, keep its slot."""
+    rt.store.mark_uncertain(job.job_id)
+    log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
+    return end(rt, job, State.FAILED, reason=UNCERTAIN_REASON, keep_slot=True)
+
+
+def _release(rt: Runtime, job: Job) -> None:
+    if rt.limiter.release(job.job_id, job.group):
+        admit_and_dispatch(rt)
