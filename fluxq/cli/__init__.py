@@ -48,7 +48,8 @@ def main() -> None:
         message = common.explain(exc)
         code = common.USER_ERROR_EXIT
         if message is None:  # a bug, not the user's doing
-            message = f"unexpected error: {type(exc).__name__}: {exc} (`fluxq --debug …` shows why)"
+            reason = common.one_line(f"{type(exc).__name__}: {exc}")
+            message = f"unexpected error: {reason} (`fluxq --debug …` shows why)"
             code = 1
         common.err_console.print(f"fluxq: {message}", markup=False, soft_wrap=True)
         sys.exit(code)

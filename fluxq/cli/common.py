@@ -34,9 +34,26 @@ class Options:
     redis_url: str | None = None
 
 
-def fail(message: str) -> NoReturn:
-    """Print one line naming the problem and the fix, and exit 2."""
-    err_console.print(f"fluxq: {message}", markup=False, soft_wrap=True)
+def one_line(message: str) -> str:
+    """``message`` on one line: a ``head:`` line over indented entries becomes ``head: a; b``.
+
+    A ConfigError names each bad variable on a line of its own; the CLI prints one line.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    lines = [line.replace("Value error, ", "", 1) for line in lines]  # pydantic's prefix
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {'; '.join(lines[1:])}"
+    return "; ".join(lines)
+
+
+def fail(message: str, *, cause: BaseException | None = None) -> NoReturn:
+    """Print one line naming the problem and the fix, and exit 2.
+
+    With ``--debug`` (or FLUXQ_DEBUG=1) ``cause``, when given, is raised instead: the traceback.
+    """
+    if cause is not None and Options.debug:
+        raise cause
+    err_console.print(f"fluxq: {one_line(message)}", markup=False, soft_wrap=True)
     raise typer.Exit(code=USER_ERROR_EXIT)
 
 
@@ -45,7 +62,7 @@ def settings_or_exit() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), cause=exc)
     Options.redis_url = settings.redis_url
     return settings
 
@@ -62,7 +79,7 @@ def runtime_or_exit(settings: Settings) -> Runtime:
         rt.redis.ping()
     except redis.RedisError as exc:
         rt.close()
-        fail(redis_failure(settings.redis_url, exc))
+        fail(redis_failure(settings.redis_url, exc), cause=exc)
     return rt
 
 
@@ -92,7 +109,7 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, redis.RedisError):
         return redis_failure(Options.redis_url, exc)
     if isinstance(exc, FluxqError):
-        return str(exc)
+        return one_line(str(exc))
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return f"address already in use ({exc.strerror}): pick another port with --port."
     if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:

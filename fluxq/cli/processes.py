@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import typer
@@ -9,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from config.catalog import estimate_credits, validate_request
 from config.settings import Settings
-from fluxq.cli.common import console, err_console, fail, settings_or_exit
+from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
 from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo
 from workers.celery_app import make_celery
 from workers.process.children import python_argv
@@ -45,9 +46,12 @@ def worker(
     """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
     settings = settings_or_exit()
     _require_bfl_target(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     env = dict(os.environ)
     embedded = None
-    if not settings.redis_url:
+    if settings.redis_url:
+        runtime_or_exit(settings).close()  # Redis unreachable: one line now, not retries forever
+    else:
         embedded = EmbeddedRedis().start()
         env["FLUXQ_REDIS_URL"] = embedded.url
         err_console.print(
@@ -76,7 +80,9 @@ def flower(
     if not settings.redis_url:
         fail("set FLUXQ_REDIS_URL to the Redis your workers use")
     # In this process, not a child: SIGTERM to `fluxq flower` stops Flower itself.
-    code = make_celery(settings).start(["flower", f"--address={address}", f"--port={port}"])
+    # --conf: never run a flowerconfig.py that happens to sit in the working directory.
+    argv = ["flower", f"--address={address}", f"--port={port}", f"--conf={os.devnull}"]
+    code = make_celery(settings).start(argv)
     raise typer.Exit(code=code or 0)
 
 

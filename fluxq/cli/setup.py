@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import typer
 from pydantic import ValidationError
 from rich.table import Table
@@ -43,11 +45,22 @@ def simulator_command(
             **parse_faults(faults),
         )
     except (ValueError, ValidationError) as exc:
-        fail(f"simulator: {exc}")
+        fail(f"simulator: {exc}", cause=exc)
     try:
         serve(config, host=host, port=port)
     except ValueError as exc:  # a host that is not loopback
-        fail(f"simulator: {exc}")
+        fail(f"simulator: {exc}", cause=exc)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(
+                f"simulator: port {port} (or {port + 1}, {port + 2}: polling and delivery) is "
+                "already in use on loopback: stop what holds it, or pick another --port "
+                "(--port 0 takes free ports)",
+                cause=exc,
+            )
+        if exc.errno == errno.EADDRNOTAVAIL:
+            fail(f"simulator: cannot listen on {host} ({exc.strerror}): use 127.0.0.1", cause=exc)
+        raise
 
 
 def register(app: typer.Typer) -> None:
