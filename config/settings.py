@@ -6,11 +6,20 @@ Built once at an entry point (CLI, worker start-up) and passed down; nothing dee
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -24,6 +33,45 @@ names, so subdomains are globbed; ``bfl.ml`` is the 2024 legacy host that older 
 
 DEFAULT_ENDPOINT_CAPS = {"flux-kontext-max": 6}
 """Nested caps inside the per-key cap: BFL allows 6 active flux-kontext-max tasks (help centre)."""
+
+
+REDIS_URL_SHAPE = (
+    "use redis://HOST:PORT/DB such as redis://127.0.0.1:6379/0 "
+    "(or rediss://HOST:PORT/DB, unix:///path/to/redis.sock)"
+)
+"""What a valid FLUXQ_REDIS_URL looks like: the end of every message about a bad one."""
+
+
+HTTP_TIMEOUT_FIELDS = (
+    "http_connect_timeout_s",
+    "http_write_timeout_s",
+    "http_read_timeout_s",
+    "http_pool_timeout_s",
+)
+"""The timeouts one request can spend in turn: their sum bounds a single POST."""
+
+
+MAX_URL_CHARS = 4096
+"""Polling and delivery URLs longer than this are refused (BFL's signed URLs are far shorter)."""
+
+_URL_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_NETLOC = re.compile(
+    r"(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.IGNORECASE
+)
+"""A URL's authority as fluxq accepts it: a DNS name or [IPv6], an optional port, no user info."""
+
+
+def _header_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as an HTTP header value, without ever repeating it."""
+    for index, char in enumerate(value, start=1):
+        where = f"character {index} of {len(value)}"
+        if char.isspace():
+            return f"contains a newline or space ({where}): check how it was exported"
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return f"contains a control character ({where}): check how it was exported"
+        if ord(char) > 0x7E:
+            return f"contains a non-ASCII character ({where}): check how it was copied"
+    return None
 
 
 def _split_csv(value: Any) -> Any:
@@ -93,9 +141,21 @@ class Settings(BaseSettings):
         default=3, ge=1, le=50, description="'Task not found' answers tolerated before failing."
     )
     download_max_attempts: int = Field(default=3, ge=1, le=20)
+    download_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="A delivery larger than this is refused (a 4 MP PNG is well under 32 MB).",
+    )
+    download_deadline_s: float = Field(
+        default=60.0, gt=0, le=3600, description="One download attempt must finish within this."
+    )
     resubmit_uncertain: bool = Field(
         default=False,
         description="Resubmit a job whose submit got no answer (it may be billed twice).",
+    )
+    submit_retry_5xx: bool = Field(
+        default=False,
+        description="Resend a POST that BFL answered with a 5xx (BFL may have billed it already).",
     )
     job_ttl_s: float = Field(
         default=7 * 86_400, gt=0, description="Terminal jobs expire after this."
@@ -104,6 +164,11 @@ class Settings(BaseSettings):
         default=None, description="HMAC key for X-Fluxq-Signature on fluxq's own webhooks."
     )
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let fluxq's webhooks go to loopback, private, link-local and other "
+        "non-public addresses (refused by default: server-side request forgery).",
+    )
 
     allowed_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_URLS),
@@ -117,6 +182,34 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL such as https://api.bfl.ai")
         return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        # The messages never repeat the URL: it may hold a password.
+        url = (value or "").strip()
+        if not url:
+            return None  # unset: `fluxq worker` and `fluxq demo` start an embedded Redis
+        parts = urlsplit(url)
+        problem = None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            problem = "is not a Redis URL"
+        elif parts.scheme == "unix":
+            problem = None if parts.path else "names no socket path"
+        else:
+            try:
+                parts.port  # noqa: B018 - parsing the port is the check
+            except ValueError:
+                problem = "has a port that is not a number from 0 to 65535"
+            else:
+                db = parts.path.strip("/")
+                if not parts.hostname:
+                    problem = "names no host"
+                elif db and not db.isdigit():
+                    problem = "has a database (the part after the last /) that is not a number"
+        if problem:
+            raise ValueError(f"{problem}; {REDIS_URL_SHAPE}")
+        return url
 
     @field_validator("endpoint_caps", mode="before")
     @classmethod
@@ -153,6 +246,32 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not 'scheme://host-glob[:port-glob]'")
         return value
 
+    @field_validator("bfl_api_key", "webhook_secret")
+    @classmethod
+    def _check_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        # Sent as a header (x-key) or used as an HMAC key: refuse rather than strip, and never
+        # repeat the value in the message.
+        if value is not None:
+            problem = _header_problem(value.get_secret_value())
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("lease_ttl_s")
+    @classmethod
+    def _check_lease_covers_one_call(cls, value: float, info: ValidationInfo) -> float:
+        timeouts = [info.data.get(name) for name in HTTP_TIMEOUT_FIELDS]
+        if any(t is None for t in timeouts):
+            return value  # a bad timeout is reported on its own
+        longest = sum(float(t) for t in timeouts if t is not None)
+        if value <= longest:
+            raise ValueError(
+                f"FLUXQ_LEASE_TTL_S ({value:g} s) must be greater than {longest:g} s, the longest "
+                "one POST can take (FLUXQ_HTTP_CONNECT_/WRITE_/READ_/POOL_TIMEOUT_S summed): "
+                "raise the lease or lower the timeouts"
+            )
+        return value
+
     def cap_for(self, endpoint: str) -> int | None:
         """The nested cap of an endpoint, or None when only the key's cap applies."""
         return self.endpoint_caps.get(endpoint)
@@ -161,14 +280,25 @@ class Settings(BaseSettings):
         """True when ``url``'s scheme and host (and port) match an allowed pattern.
 
         The configured base URL's own scheme, host and port are always allowed: the user chose it.
+        Never raises: anything but a plain ``scheme://host[:port]/...`` string (a non-string, an
+        unparseable or over-long URL, user info, odd characters in the host) is False.
         """
+        try:
+            return self._url_allowed(url)
+        except Exception:  # fail closed: a URL guard must answer, whatever it is given
+            return False
+
+    def _url_allowed(self, url: str) -> bool:
+        if not isinstance(url, str) or len(url) > MAX_URL_CHARS or _URL_BAD_CHARS.search(url):
+            return False
         parts = urlsplit(url)
         if not parts.hostname or parts.scheme not in ("http", "https"):
             return False
-        try:
-            port = parts.port
-        except ValueError:
+        if not _NETLOC.fullmatch(parts.netloc):
             return False
+        if parts.netloc.startswith("["):
+            ipaddress.IPv6Address(parts.hostname)  # raises ValueError when it is not one
+        port = parts.port
         base = urlsplit(self.bfl_base_url)
         if (parts.scheme, parts.hostname, port) == (base.scheme, base.hostname, base.port):
             return True
@@ -206,8 +336,10 @@ class Settings(BaseSettings):
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
-    if field == "bfl_api_key":
+    if field in ("bfl_api_key", "BFL_API_KEY"):
         return "BFL_API_KEY"
+    if field.startswith("FLUXQ_"):
+        return field  # pydantic reports a validation alias, already the variable's name
     return f"FLUXQ_{field.upper()}"
 
 

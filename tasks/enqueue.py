@@ -1,7 +1,13 @@
 """Enqueue: validate a request before any credit is spent, record the job, admit it.
 
 ``enqueue(rt, ...)`` for Python callers (``fluxq.enqueue`` wraps it); the ``fluxq.enqueue`` Celery
-task below for services that send by name.
+task below for services that send by name (its body is ``enqueue_message``). Both take input from
+outside: any value of any type either makes a job or raises one InvalidRequest naming every bad
+field, never another exception.
+
+A job's file is ``<output_dir>/<batch>/<name>.<ext>`` (``tasks/save.py``): the job id and batch
+must be their own ``safe_name``; a name is stored as its ``safe_name`` (the file stem), and a
+second job of the batch with the same stem is refused (the store checks it in its enqueue step).
 """
 
 from __future__ import annotations
@@ -13,41 +19,193 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Task, shared_task
+from pydantic import BaseModel
 
-from config.catalog import get_endpoint, request_to_json, validate_request
+from config.catalog import EndpointSpec, get_endpoint, request_to_json, validate_request
 from config.errors import FieldError, InvalidRequest
 from tasks.admission import admit_and_dispatch
+from tasks.callbacks import webhook_url_problem
 from workers.dispatch import runtime_of
+from workers.files import MAX_NAME_CHARS, safe_name
 from workers.runtime import Runtime
 from workers.state import keys
 from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
 
 DEFAULT_BATCH = "default"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_PATTERN = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 2}}}[A-Za-z0-9-])?")
+"""A job id or batch (used with fullmatch): exactly what ``safe_name`` keeps as it is, since the
+id names the file of a job without a name and the batch its directory."""
+ID_HINT = (
+    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ -, starting with a letter or digit "
+    "and ending with a letter, digit or -"
+)
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}")
+"""A job's name (used with fullmatch); stored as its ``safe_name`` (a trailing . or _ dropped)."""
+NAME_HINT = (
+    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+)
+TASK_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:[.:][A-Za-z_][A-Za-z0-9_-]*)*")
+"""A Celery task name such as ``myapp.tasks.on_image`` (used with fullmatch)."""
+MAX_TASK_NAME_CHARS = 255
 SECRET_FIELDS = ("webhook_secret",)
+OPTIONS = ("job_id", "batch", "name", "priority", "callback", "webhook_url")
+"""The keyword options of ``enqueue`` and of a ``fluxq.enqueue`` message, besides request and
+endpoint."""
 
 
-def _check_id(kind: str, value: str, errors: list[FieldError]) -> None:
-    if not ID_PATTERN.match(value):
-        errors.append(
-            FieldError(
-                loc=(kind,),
-                msg="use 1-128 characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)",
-            )
-        )
+def _type_error(value: object, expected: str) -> str:
+    return f"must be {expected}, not {type(value).__name__}"
 
 
-def _callback_json(callback: object) -> str | None:
+def _text(
+    kind: str, value: object, pattern: re.Pattern[str], hint: str, errors: list[FieldError]
+) -> str:
+    """``value`` when it is a string matching ``pattern`` whole; else record why and give ""."""
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return value
+    msg = hint if isinstance(value, str) else f"{_type_error(value, 'a string')}; {hint}"
+    errors.append(FieldError(loc=(kind,), msg=msg))
+    return ""
+
+
+def _priority(value: object, errors: list[FieldError]) -> int:
+    """A whole number 0..MAX_PRIORITY (a bool is not one here)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        expected = f"a whole number 0..{MAX_PRIORITY}"
+        errors.append(FieldError(loc=("priority",), msg=_type_error(value, expected)))
+        return DEFAULT_PRIORITY
+    if not 0 <= value <= MAX_PRIORITY:
+        errors.append(FieldError(loc=("priority",), msg=f"must be 0..{MAX_PRIORITY}"))
+    return value
+
+
+def _callback_problem(callback: Mapping[Any, Any]) -> str | None:
+    task = callback.get("task")
+    if not isinstance(task, str) or not task:
+        return "its task must be a non-empty Celery task name"
+    if len(task) > MAX_TASK_NAME_CHARS or not TASK_NAME_PATTERN.fullmatch(task):
+        return "its task is not a Celery task name (such as myapp.tasks.on_image)"
+    if not isinstance(callback.get("args", ()), list | tuple):
+        return "its args must be a list"
+    kwargs = callback.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        return "its kwargs must be a dict with string keys"
+    if not isinstance(callback.get("options", {}), Mapping):
+        return "its options must be a dict"
+    return None
+
+
+def _refuse_callback(msg: str, errors: list[FieldError]) -> str | None:
+    """Record why the callback is refused; None, its JSON, for the caller to return."""
+    errors.append(FieldError(loc=("callback",), msg=msg))
+    return None
+
+
+def _callback_json(callback: object, errors: list[FieldError]) -> str | None:
     """A Celery signature (or its dict form) as JSON; it must carry no secrets of its own."""
     if callback is None:
         return None
-    as_dict = dict(callback) if isinstance(callback, Mapping) else None
-    if as_dict is None or "task" not in as_dict:
-        raise InvalidRequest(
-            "invalid callback",
-            errors=[FieldError(loc=("callback",), msg="must be a Celery signature or its dict")],
-        )
-    return json.dumps(as_dict, default=str)
+    if not isinstance(callback, Mapping):
+        msg = "must be a Celery signature or its dict (task, args, kwargs, options)"
+        return _refuse_callback(msg, errors)
+    problem = _callback_problem(callback)
+    if problem is not None:
+        return _refuse_callback(problem, errors)
+    try:
+        return json.dumps(dict(callback), default=str)
+    except (TypeError, ValueError):  # a key JSON cannot hold, a cycle
+        msg = "must be JSON: a dict of lists, dicts, strings, numbers and null"
+        return _refuse_callback(msg, errors)
+
+
+def _webhook_url(url: object, errors: list[FieldError]) -> str | None:
+    if url is None:
+        return None
+    problem = webhook_url_problem(url)
+    if problem is not None:
+        errors.append(FieldError(loc=("webhook_url",), msg=problem))
+        return None
+    assert isinstance(url, str)
+    return url
+
+
+def _unknown_options(options: Mapping[str, object], errors: list[FieldError]) -> None:
+    known = ", ".join(("endpoint", "request", *OPTIONS))
+    for option in options:
+        if option not in OPTIONS:
+            errors.append(FieldError(loc=(str(option),), msg=f"unknown option; known: {known}"))
+
+
+def _endpoint(endpoint: object, errors: list[FieldError]) -> EndpointSpec | None:
+    if not isinstance(endpoint, str):
+        msg = _type_error(endpoint, "a string naming an endpoint")
+        errors.append(FieldError(loc=("endpoint",), msg=msg))
+        return None
+    try:
+        return get_endpoint(endpoint)
+    except InvalidRequest as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def _request(
+    spec: EndpointSpec | None, endpoint: object, request: object, errors: list[FieldError]
+) -> BaseModel | None:
+    """The validated request body; secrets in it are refused (fluxq signs its own webhooks)."""
+    if not isinstance(request, Mapping):
+        msg = _type_error(request, "a JSON object (a dict of request fields)")
+        errors.append(FieldError(loc=("request",), msg=msg))
+        return None
+    for field in SECRET_FIELDS:
+        if request.get(field) is not None:
+            errors.append(
+                FieldError(
+                    loc=("body", field),
+                    msg="secrets are never stored in jobs; fluxq signs its own webhooks "
+                    "(FLUXQ_WEBHOOK_SECRET)",
+                )
+            )
+    if spec is None or not isinstance(endpoint, str):
+        return None
+    try:
+        return validate_request(endpoint, request)
+    except InvalidRequest as exc:
+        errors[:0] = exc.errors  # the body's errors first, as before
+        return None
+
+
+def _prepare(rt: Runtime, endpoint: object, request: object, options: Mapping[str, Any]) -> NewJob:
+    """Validate one job from untrusted values; InvalidRequest names every bad field at once."""
+    errors: list[FieldError] = []
+    _unknown_options(options, errors)
+    spec = _endpoint(endpoint, errors)
+    model = _request(spec, endpoint, request, errors)
+    given_id = options.get("job_id")
+    job_id = _text(
+        "job_id", uuid.uuid4().hex if given_id is None else given_id, ID_PATTERN, ID_HINT, errors
+    )
+    batch = _text("batch", options.get("batch", DEFAULT_BATCH), ID_PATTERN, ID_HINT, errors)
+    name = options.get("name")
+    if name is not None:
+        name = _text("name", name, NAME_PATTERN, NAME_HINT, errors)
+    priority = _priority(options.get("priority", DEFAULT_PRIORITY), errors)
+    webhook_url = _webhook_url(options.get("webhook_url"), errors)
+    callback_json = _callback_json(options.get("callback"), errors)
+    if errors or spec is None or model is None or not isinstance(endpoint, str):
+        where = f" for {endpoint}" if spec is not None else ""
+        raise InvalidRequest(f"invalid job{where}", errors=errors)
+    return NewJob(
+        job_id=job_id,
+        endpoint=endpoint,
+        request_json=json.dumps(request_to_json(model)),
+        batch=batch,
+        name=safe_name(name or job_id),
+        priority=priority,
+        group=spec.cap_group or keys.DEFAULT_GROUP,
+        key_label=rt.label,
+        callback_json=callback_json,
+        webhook_url=webhook_url,
+    )
 
 
 def prepare_job(
@@ -61,46 +219,31 @@ def prepare_job(
     priority: int = DEFAULT_PRIORITY,
     callback: object = None,
     webhook_url: str | None = None,
+    **unknown: object,
 ) -> NewJob:
-    """Validate everything about one job and build its record; InvalidRequest names the fields."""
-    spec = get_endpoint(endpoint)
-    errors: list[FieldError] = []
-    for field in SECRET_FIELDS:
-        if request.get(field) is not None:
-            errors.append(
-                FieldError(
-                    loc=("body", field),
-                    msg="secrets are never stored in jobs; fluxq signs its own webhooks "
-                    "(FLUXQ_WEBHOOK_SECRET)",
-                )
-            )
-    job_id = job_id or uuid.uuid4().hex
-    _check_id("job_id", job_id, errors)
-    _check_id("batch", batch, errors)
-    if name is not None:
-        _check_id("name", name, errors)
-    if not 0 <= priority <= MAX_PRIORITY:
-        errors.append(FieldError(loc=("priority",), msg=f"must be 0..{MAX_PRIORITY}"))
-    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
-        errors.append(FieldError(loc=("webhook_url",), msg="must be an http(s) URL"))
-    try:
-        model = validate_request(endpoint, request)
-    except InvalidRequest as exc:
-        errors = list(exc.errors) + errors
-    if errors:
-        raise InvalidRequest(f"invalid job for {endpoint}", errors=errors)
-    return NewJob(
-        job_id=job_id,
-        endpoint=endpoint,
-        request_json=json.dumps(request_to_json(model)),
-        batch=batch,
-        name=name or job_id,
-        priority=priority,
-        group=spec.cap_group or keys.DEFAULT_GROUP,
-        key_label=rt.label,
-        callback_json=_callback_json(callback),
-        webhook_url=webhook_url,
-    )
+    """Validate everything about one job and build its record; InvalidRequest names the fields.
+
+    Values are checked whatever their type (they may come from JSON); an unknown keyword is
+    refused by name. The job's ``name`` is its file stem: ``safe_name(name or job_id)``.
+    """
+    options = {
+        "job_id": job_id,
+        "batch": batch,
+        "name": name,
+        "priority": priority,
+        "callback": callback,
+        "webhook_url": webhook_url,
+        **unknown,
+    }
+    return _prepare(rt, endpoint, request, options)
+
+
+def _enqueue(rt: Runtime, endpoint: object, request: object, options: Mapping[str, Any]) -> str:
+    job = _prepare(rt, endpoint, request, options)
+    # NameTaken (an InvalidRequest naming "name") when another job of the batch holds the name.
+    rt.store.enqueue(job, now_s=rt.clock())
+    admit_and_dispatch(rt)
+    return job.job_id
 
 
 def enqueue(
@@ -109,20 +252,36 @@ def enqueue(
     request: Mapping[str, Any],
     **options: Any,
 ) -> str:
-    """Validate, record and admit one job; returns its id. Enqueueing an existing id is a no-op."""
-    job = prepare_job(rt, endpoint, request, **options)
-    rt.store.enqueue(job, now_s=rt.clock())
-    admit_and_dispatch(rt)
-    return job.job_id
+    """Validate, record and admit one job; returns its id. Enqueueing an existing id is a no-op.
+
+    InvalidRequest names every bad field, an unknown option, or a name (file stem) another job
+    of the batch already holds.
+    """
+    return _enqueue(rt, endpoint, request, options)
+
+
+def enqueue_message(rt: Runtime, kwargs: Mapping[str, Any], *, message_id: str | None) -> str:
+    """The body of ``fluxq.enqueue``: a message's kwargs, as another service sent them.
+
+    Without a job_id (or with a null one) the message's task id is used: a redelivered message
+    (a worker died before acking) then finds its job already there instead of creating and
+    billing another.
+    """
+    options = dict(kwargs)
+    endpoint = options.pop("endpoint", None)
+    request = options.pop("request", None)
+    if options.get("job_id") is None and message_id is not None:
+        options["job_id"] = message_id
+    return _enqueue(rt, endpoint, request, options)
 
 
 @shared_task(name="fluxq.enqueue", bind=True, acks_late=True)
-def enqueue_task(self: Task, request: dict[str, Any], endpoint: str, **options: Any) -> str:
+def enqueue_task(self: Task, request: Any = None, endpoint: Any = None, **options: Any) -> str:
     """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
     ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.
 
-    Without a job_id the message's task id is used: a redelivered message (a worker died
-    before acking) then finds its job already there instead of creating and billing another.
+    A missing or bad one is refused with InvalidRequest naming it; without a job_id the message's
+    task id is the job id (see ``enqueue_message``).
     """
-    options.setdefault("job_id", self.request.id)
-    return enqueue(runtime_of(self.app), endpoint, request, **options)
+    message = {"request": request, "endpoint": endpoint, **options}
+    return enqueue_message(runtime_of(self.app), message, message_id=self.request.id)

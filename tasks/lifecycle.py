@@ -20,9 +20,10 @@ log = logging.getLogger("fluxq.lifecycle")
 Fields = Mapping[str, str | int | float]
 
 UNCERTAIN_REASON = (
-    "uncertain: the submit was sent but no answer came, so BFL may have created and billed the "
-    "task; not resubmitted (set FLUXQ_RESUBMIT_UNCERTAIN=true to allow it)"
+    "uncertain: BFL may have created and billed the task ({detail}); not resubmitted "
+    "(FLUXQ_RESUBMIT_UNCERTAIN=true allows it)"
 )
+"""The reason of a job failed as uncertain; ``{detail}`` says what happened to its POST."""
 
 
 def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
@@ -88,10 +89,41 @@ def fail(rt: Runtime, job: Job, reason: str) -> bool:
 
 
 def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
-    """The POST may have created a task we cannot see: flag and count it, fail it, keep its slot."""
+    """The POST may have created a task we cannot see: flag and count it, and fail it.
+
+    Its slot stays held until the poll deadline after the POST (``uncertain_hold_until_s``): a
+    task BFL may have started counts against the cap, and after that deadline fluxq would have
+    given up on it anyway. A late answer recovers the job (``recover_uncertain``).
+    """
     rt.store.mark_uncertain(job.job_id)
+    rt.limiter.hold_until(job.job_id, job.group, until_s=uncertain_hold_until_s(rt, job))
     log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
-    return end(rt, job, State.FAILED, reason=UNCERTAIN_REASON, keep_slot=True)
+    reason = UNCERTAIN_REASON.format(detail=detail)
+    return end(rt, job, State.FAILED, reason=reason, keep_slot=True)
+
+
+def uncertain_hold_until_s(rt: Runtime, job: Job) -> float:
+    """Until when an uncertain job's slot stays held: the poll deadline after its POST began."""
+    sent_at_s = job.submitting_at if job.submitting_at is not None else rt.clock()
+    return sent_at_s + rt.settings.poll_deadline_s
+
+
+def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
+    """A job failed as uncertain got its POST's answer after all: it goes on to be polled.
+
+    Its slot is held again at once (BFL runs the task). False when the job was not failed as
+    uncertain (then nothing changes).
+    """
+    current = rt.store.get(job.job_id)
+    if current is None or current.state is not State.FAILED or not current.uncertain:
+        return False
+    rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
+    moved = rt.store.transition(
+        job.job_id, State.SUBMITTED, from_states=(State.FAILED,), now_s=rt.clock(), fields=fields
+    )
+    if moved:
+        log.warning("late submit answer recovered job=%s batch=%s", job.job_id, job.batch)
+    return moved
 
 
 def _release(rt: Runtime, job: Job) -> None:

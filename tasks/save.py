@@ -5,6 +5,7 @@ and its metadata atomically, mark the job done, append the manifest line, then r
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from workers.dispatch import runtime_of
 from workers.files import (
     append_manifest,
     commit_file,
+    remove_stale_parts,
     safe_name,
     temp_path_for,
     url_suffix,
@@ -33,12 +35,18 @@ SAVE_BACKOFF_CAP_S = 20.0  # the URL lives 10 minutes: retries must stay well in
 
 
 def final_path(rt: Runtime, job: Job) -> Path:
-    """``<output_dir>/<batch>/<name>.<ext>``."""
+    """``<output_dir>/<batch>/<name>.<ext>``, ``name`` being the file stem stored at enqueue.
+
+    Enqueue stores ``safe_name(name)`` (else the job id) and refuses a second job of the batch
+    with that stem, so no two jobs share a file. ``safe_name`` is idempotent: applied again here
+    it keeps a stored stem as it is and still confines a record written before that rule.
+    """
     # The URL's suffix tells the real format; only without one is the request consulted.
     suffix = url_suffix(job.sample_url) or output_format(
         validate_request(job.endpoint, job.request)
     )
-    return rt.settings.output_dir / safe_name(job.batch) / f"{safe_name(job.name)}.{suffix}"
+    stem = safe_name(job.name or job.job_id)
+    return rt.settings.output_dir / safe_name(job.batch) / f"{stem}.{suffix}"
 
 
 def metadata(job: Job, image: Path, got: Downloaded, done_at_s: float) -> dict[str, Any]:
@@ -101,6 +109,8 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
         lifecycle.fail(rt, job, "BFL said Ready without a sample URL")
         return None
     image = final_path(rt, job)
+    # A save that died (SIGKILL mid-download) left its .part file: clear it before this attempt.
+    remove_stale_parts(image, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
     temp = temp_path_for(image)
     attempt = rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS)
     try:

@@ -15,6 +15,7 @@ from config.errors import (
     OutOfCredits,
     RateLimited,
     RetryLater,
+    ServerError,
     StopAndAlert,
 )
 from tasks import lifecycle
@@ -86,7 +87,12 @@ def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | N
         _give_back(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
     elif isinstance(exc, StopAndAlert):
         _paused(rt, job, exc)
-    elif isinstance(exc, OutcomeUnknown):
+    elif isinstance(exc, OutcomeUnknown) or (
+        isinstance(exc, ServerError) and not rt.settings.submit_retry_5xx
+    ):
+        # A 5xx to a POST does not say whether BFL created (and billed) the task, and BFL has
+        # no idempotency key: like a lost answer, it is settled as uncertain, never resent by
+        # surprise (BFL's own SDK does the same). FLUXQ_SUBMIT_RETRY_5XX=true resends instead.
         settle_uncertain(rt, job, str(exc))
     elif isinstance(exc, RetryLater):  # 5xx, or never sent: the same POST is safe to repeat
         rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
@@ -111,10 +117,13 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         fields[JobField.COST] = submitted.cost
     if submitted.output_mp is not None:
         fields[JobField.OUTPUT_MP] = submitted.output_mp
-    if not lifecycle.submitted(rt, job, fields):
-        # Cancelled while the POST was in flight: keep the id; the lease lapses on its own.
-        rt.store.update(job.job_id, fields)
-        log.warning("job left admitted during submit job=%s bfl_id=%s", job.job_id, submitted.id)
+    if not lifecycle.submitted(rt, job, fields) and not lifecycle.recover_uncertain(
+        rt, job, fields
+    ):
+        # Another delivery of this submit recorded it first: the task is that one's to poll.
+        log.warning(
+            "submit answer for a job already moved on job=%s bfl_id=%s", job.job_id, submitted.id
+        )
         return
     rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
     rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job.endpoint, elapsed_s=0.0))
@@ -128,7 +137,8 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
     try:
-        submitted = rt.client.submit_json(job.endpoint, job.request)
+        with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
+            submitted = rt.client.submit_json(job.endpoint, job.request)
     except FluxqError as exc:
         return _on_error(rt, job, exc, attempt)
     _record(rt, job, submitted)

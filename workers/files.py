@@ -14,13 +14,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME_CHARS = 120
+MAX_NAME_CHARS = 128
+"""The longest file stem; job ids and batch names (``tasks/enqueue.py``) are no longer."""
 FORMAT_SUFFIXES = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
 
 
 def safe_name(text: str) -> str:
-    """A file-system-safe name: no separators, no leading dots, bounded length."""
-    cleaned = SAFE_NAME.sub("_", text).strip("._")[:MAX_NAME_CHARS]
+    """A file-system-safe name: no separators, no leading dots, bounded length.
+
+    Idempotent (``safe_name(safe_name(x)) == safe_name(x)``): enqueue stores a job's name as its
+    safe_name and refuses a second job of the batch with the same one, so that must be the file's.
+    """
+    cleaned = SAFE_NAME.sub("_", text).strip("._")[:MAX_NAME_CHARS].rstrip("._")
     return cleaned or "unnamed"
 
 
@@ -75,3 +80,29 @@ def append_manifest(manifest: Path, entry: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+STALE_PART_AGE_S = 600.0
+"""A temporary ``.part`` file untouched this long belongs to a save that died (the signed URL it
+was reading lived 10 minutes): it is removed before the next save of the same file."""
+
+
+def remove_stale_parts(final: Path, *, now_s: float, older_than_s: float = STALE_PART_AGE_S) -> int:
+    """Remove the temporary files of earlier, dead attempts at ``final`` and its sidecar."""
+    removed = 0
+    if not final.parent.is_dir():
+        return 0
+    for name in (final.name, final.with_suffix(".json").name):
+        for part in final.parent.glob(f".{glob_escape(name)}.*.part"):
+            try:
+                if now_s - part.stat().st_mtime >= older_than_s:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another attempt finished or removed it meanwhile
+                continue
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters made literal."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

@@ -17,6 +17,7 @@ from config.settings import Settings
 from workers.bfl.client import BFLClient
 from workers.state import keys
 from workers.state.jobs import Job
+from workers.state.lease_keeper import LeaseKeeper
 from workers.state.limiter import Caps, SlotLimiter
 from workers.state.store import JobStore
 
@@ -71,9 +72,11 @@ class Runtime:
     client: BFLClient
     dispatch: Dispatcher
     label: str
+    leases: LeaseKeeper
     clock: Callable[[], float] = field(default=time.time)
 
     def close(self) -> None:
+        self.leases.close()
         self.client.close()
         self.redis.close()
 
@@ -104,4 +107,5 @@ def build_runtime(
         client=BFLClient(settings, transport=transport),
         dispatch=dispatch,
         label=label,
+        leases=LeaseKeeper(limiter, clock=time.time),
     )

@@ -31,6 +31,12 @@ FAST_ENV = {
     "FLUXQ_RETRY_BACKOFF_BASE_S": "0.05",
     "FLUXQ_SWEEP_INTERVAL_S": "1",
     "FLUXQ_LEASE_TTL_S": "10",
+    # The lease must outlast one POST (connect + write + read + pool timeouts): 4.5 s is below
+    # both this lease and the 5 s one test_celery_pipeline sets.
+    "FLUXQ_HTTP_CONNECT_TIMEOUT_S": "1",
+    "FLUXQ_HTTP_READ_TIMEOUT_S": "2",
+    "FLUXQ_HTTP_WRITE_TIMEOUT_S": "1",
+    "FLUXQ_HTTP_POOL_TIMEOUT_S": "0.5",
 }
 TERMINAL = (State.DONE.value, State.FAILED.value, State.CANCELLED.value)
 
@@ -52,14 +58,18 @@ class Cluster:
     log_dir: Path
     logs: list[Path] = field(default_factory=list)
 
-    def start_worker(self, *, threads: int = 8, save_threads: int = 4) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, threads: int = 8, save_threads: int = 4, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"worker-{len(self.processes)}.log"
         argv = [
             sys.executable, "-P", "-m", "fluxq", "worker",
             "--threads", str(threads), "--save-threads", str(save_threads), "--loglevel", "warning",
         ]  # fmt: skip
         with log.open("wb") as out:
-            process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            )
         self.processes.append(process)
         self.logs.append(log)
         return process

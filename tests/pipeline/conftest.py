@@ -33,6 +33,11 @@ FAST = {
     "poll_max_delay_s": 0.05,
     "retry_backoff_base_s": 0.01,
     "lease_ttl_s": 5.0,
+    # The lease must outlast one POST (connect + write + read + pool timeouts): 4.5 s < 5 s.
+    "http_connect_timeout_s": 1.0,
+    "http_read_timeout_s": 2.0,
+    "http_write_timeout_s": 1.0,
+    "http_pool_timeout_s": 0.5,
 }
 
 

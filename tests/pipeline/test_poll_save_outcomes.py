@@ -228,7 +228,7 @@ def receiver() -> Iterator[str]:
 def test_callbacks_fire_signature_webhook_with_hmac_retried_and_events_on_every_change(
     make_pipeline: Callable[..., Pipeline], receiver: str
 ) -> None:
-    pipeline = make_pipeline(webhook_secret="hook-secret")
+    pipeline = make_pipeline(webhook_secret="hook-secret", webhook_allow_private=True)
     events = pipeline.rt.redis.pubsub()
     events.subscribe(keys.EVENTS_CHANNEL)
     callback = {"task": "myapp.on_image", "args": [], "kwargs": {}, "options": {}}

@@ -194,7 +194,28 @@ def test_a_422_from_bfl_fails_the_job_naming_the_field(pipeline: Pipeline) -> No
     assert pipeline.stats()["invalid_422"] == 1
 
 
-def test_server_errors_on_submit_are_retried_with_backoff_then_succeed(pipeline: Pipeline) -> None:
+def test_a_server_error_on_submit_is_settled_as_uncertain_and_never_resent_by_default(
+    pipeline: Pipeline,
+) -> None:
+    # Given BFL answers the POST with a 503 (it may or may not have created the task)
+    pipeline.sim.configure(submit_503_rate=1.0)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "maybe billed"}, batch="5xx")
+    pipeline.drain()
+    # Then the job fails as uncertain after one POST, naming the 503, and keeps its slot
+    job = pipeline.job(job_id)
+    assert job.state is State.FAILED
+    assert job.uncertain
+    assert job.reason is not None
+    assert "503" in job.reason
+    assert job.submit_attempts == 1
+    assert pipeline.rt.store.batch_counts("5xx")["uncertain"] == 1
+    assert pipeline.rt.limiter.held() == 1
+
+
+def test_server_errors_on_submit_are_retried_with_backoff_when_the_user_allows_it(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    pipeline = make_pipeline(submit_retry_5xx=True)
     pipeline.sim.configure(submit_503_rate=1.0)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "flaky"})
     for _ in range(2):
@@ -209,7 +230,7 @@ def test_server_errors_on_submit_are_retried_with_backoff_then_succeed(pipeline:
 def test_a_submit_that_keeps_failing_fails_after_the_attempt_limit(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    pipeline = make_pipeline(submit_max_attempts=3)
+    pipeline = make_pipeline(submit_max_attempts=3, submit_retry_5xx=True)
     pipeline.sim.configure(submit_500_rate=1.0)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "doomed"})
     pipeline.drain()
@@ -270,3 +291,5 @@ def test_a_crash_between_post_and_recording_is_never_resubmitted(pipeline: Pipel
     assert job.state is State.FAILED
     assert job.uncertain
     assert pipeline.stats()["submits"] == 0
+    # And its slot stays held: BFL may be running a task for it
+    assert pipeline.rt.limiter.held() == 1

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from config.errors import (
     DisallowedURL,
@@ -325,3 +328,343 @@ def test_submit_to_an_unknown_endpoint_is_refused_before_any_request() -> None:
     request = validate_request("flux-dev", {"prompt": "p"})
     with pytest.raises(InvalidRequest, match="endpoint"):
         make_client(answer(200, {})).submit("flux-nope", request)
+
+
+# --- requests refused before they leave -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.LocalProtocolError(f"Illegal header value b'{KEY}\\n'"),
+        httpx.UnsupportedProtocol(f"Request URL is missing a protocol: {KEY}"),
+        httpx.InvalidURL(f"Invalid non-printable ASCII character in URL {KEY}"),
+        httpx.ProxyError("proxy refused the tunnel"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_request_refused_before_it_left_is_not_sent_and_never_shows_the_key(
+    exc: Exception,
+) -> None:
+    with pytest.raises(NotSent) as caught:
+        make_client(raising(exc)).submit_json("flux-dev", {"prompt": "p"})
+    assert not isinstance(caught.value, OutcomeUnknown)
+    assert KEY not in str(caught.value)
+    with pytest.raises(NotSent):
+        make_client(raising(exc)).get_result("https://api.bfl.ai/v1/get_result?id=1")
+
+
+def test_a_key_with_a_trailing_newline_is_refused_locally_as_not_sent_without_showing_it() -> None:
+    # Given a listening loopback socket that never answers and a key that slipped past validation
+    import socket
+
+    from pydantic import SecretStr
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        base = f"http://127.0.0.1:{server.getsockname()[1]}"
+        valid = Settings(bfl_base_url=base, http_connect_timeout_s=1, http_read_timeout_s=1)
+        settings = Settings.model_construct(**{**dict(valid), "bfl_api_key": SecretStr(KEY + "\n")})
+        # When the real httpx transport refuses the header before sending
+        with BFLClient(settings) as client, pytest.raises(NotSent) as caught:
+            client.submit_json("flux-dev", {"prompt": "p"})
+    # Then it is safe to resend and the message does not carry the key
+    assert KEY not in str(caught.value)
+    assert "LocalProtocolError" in str(caught.value)
+
+
+# --- server text is redacted ------------------------------------------------------------------
+
+HOOK = "hook-secret-abcdef"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (403, {"detail": f"key {KEY} is not valid"}, NotAuthorised),
+        (401, f"<html>bad key {KEY}</html>", NotAuthorised),
+        (
+            422,
+            {"detail": [{"loc": ["header", "x-key"], "msg": f"bad key {KEY}", "type": "v"}]},
+            InvalidRequest,
+        ),
+        (400, {"detail": {"x-key": KEY, "hook": HOOK}}, InvalidRequest),
+        (402, {"detail": f"no credits for {KEY}"}, OutOfCredits),
+        (429, {"detail": f"cap reached for {KEY}"}, RateLimited),
+        (500, {"detail": f"crashed while handling {KEY} and {HOOK}"}, ServerError),
+        (503, f"upstream said {KEY}", ServerError),
+        (404, {"detail": f"no such key {KEY}"}, UnexpectedResponse),
+    ],
+)
+def test_server_text_echoing_a_secret_is_redacted_in_the_exception(
+    status: int, body: object, error: type[Exception]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    client = make_client(handler, webhook_secret=HOOK)
+    with pytest.raises(error) as caught:
+        client.submit_json("flux-dev", {"prompt": "p"})
+    text = str(caught.value)
+    assert KEY not in text
+    assert HOOK not in text
+    assert "[redacted]" in text
+    assert str(status) in text
+    if isinstance(caught.value, InvalidRequest):
+        assert all(KEY not in e.msg for e in caught.value.errors)
+
+
+def test_a_key_echoed_url_quoted_or_in_a_huge_body_is_redacted_and_bounded() -> None:
+    from urllib.parse import quote
+
+    odd_key = "key/with+chars=1234"
+    settings = Settings(bfl_api_key=odd_key)  # type: ignore[arg-type]
+    body = f"{quote(odd_key, safe='')} " * 3 + "x" * 100_000
+    client = BFLClient(
+        settings, transport=httpx.MockTransport(lambda r: httpx.Response(500, text=body))
+    )
+    with pytest.raises(ServerError) as caught:
+        client.credits()
+    text = str(caught.value)
+    assert quote(odd_key, safe="") not in text
+    assert "[redacted]" in text
+    assert len(text) < 1000
+
+
+@pytest.mark.parametrize(
+    ("call", "body"),
+    [
+        ("submit", f"not json {KEY}"),
+        ("submit", {"no_id": KEY}),
+        ("poll", [KEY]),
+        ("credits", {"credits": KEY}),
+    ],
+)
+def test_unreadable_answers_echoing_the_key_are_redacted(call: str, body: object) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(200, text=body)
+        return httpx.Response(200, json=body)
+
+    client = make_client(handler)
+    calls: dict[str, Callable[[], object]] = {
+        "submit": lambda: client.submit_json("flux-dev", {"prompt": "p"}),
+        "poll": lambda: client.get_result("https://api.bfl.ai/v1/get_result?id=1"),
+        "credits": client.credits,
+    }
+    with pytest.raises(UnexpectedResponse) as caught:
+        calls[call]()
+    assert KEY not in str(caught.value)
+    assert "[redacted]" in str(caught.value)
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_an_httpx_error_quoting_the_key_is_redacted(read_only: bool) -> None:
+    client = make_client(raising(httpx.ReadError(f"reset while sending x-key: {KEY}")))
+    call: Callable[[], object] = (
+        client.credits if read_only else lambda: client.submit_json("flux-dev", {"prompt": "p"})
+    )
+    with pytest.raises(ReadFailed if read_only else OutcomeUnknown) as caught:
+        call()
+    assert KEY not in str(caught.value)
+    assert "[redacted]" in str(caught.value)
+
+
+def test_a_failed_results_details_and_reasons_are_redacted() -> None:
+    body = {
+        "id": "t",
+        "status": "Error",
+        "details": {"error": f"bad key {KEY}", "nested": [{"why": KEY}]},
+    }
+    result = make_client(answer(200, body)).get_result("https://api.bfl.ai/v1/get_result?id=t")
+    assert KEY not in str(result.details)
+    assert "[redacted]" in str(result.details)
+
+
+# --- download limits --------------------------------------------------------------------------
+
+DELIVERY = "https://delivery-eu1.bfl.ai/a.png?sig=x"
+
+
+class Endless(httpx.SyncByteStream):
+    """A body that keeps coming (bounded only so a broken client cannot hang the test run)."""
+
+    def __init__(self, chunk: int = 64 * 1024, limit: int = 8 * 1024 * 1024) -> None:
+        self.chunk = chunk
+        self.limit = limit
+        self.sent = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        while self.sent < self.limit:
+            self.sent += self.chunk
+            yield b"\0" * self.chunk
+
+
+def test_a_content_length_over_the_cap_is_refused_before_reading(tmp_path: Path) -> None:
+    stream = Endless()
+    headers = {"content-length": str(2 * 1024**3), "content-type": "image/png"}
+    client = make_client(lambda r: httpx.Response(200, headers=headers, stream=stream))
+    target = tmp_path / "big.png"
+    with pytest.raises(DownloadFailed, match="larger than FLUXQ_DOWNLOAD_MAX_BYTES") as caught:
+        client.download(DELIVERY, target)
+    assert caught.value.status_code == 200
+    assert not caught.value.expired
+    assert stream.sent == 0
+    assert not target.exists()
+
+
+def test_an_endless_body_stops_at_the_cap_and_leaves_no_file(tmp_path: Path) -> None:
+    stream = Endless()
+    client = make_client(
+        lambda r: httpx.Response(200, stream=stream), download_max_bytes=1024 * 1024
+    )
+    target = tmp_path / "endless.png"
+    with pytest.raises(DownloadFailed, match="larger than FLUXQ_DOWNLOAD_MAX_BYTES") as caught:
+        client.download(DELIVERY, target)
+    assert isinstance(caught.value, JobFailed)
+    assert stream.sent <= 1024 * 1024 + 2 * stream.chunk
+    assert not target.exists()
+
+
+def test_a_body_of_exactly_the_cap_is_accepted(tmp_path: Path) -> None:
+    payload = b"\x89PNG" + b"\0" * 1020
+    client = make_client(lambda r: httpx.Response(200, content=payload), download_max_bytes=1024)
+    done = client.download(DELIVERY, tmp_path / "ok.png")
+    assert done.size_bytes == 1024
+
+
+def test_a_trickling_delivery_host_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    # Given a fake clock that advances 5 s per chunk, as a host sending one byte every 5 s would
+    now = [1000.0]
+
+    class Trickle(httpx.SyncByteStream):
+        sent = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            while self.sent < 1000:
+                self.sent += 1
+                now[0] += 5.0
+                yield b"x"
+
+    stream = Trickle()
+    settings = Settings(bfl_api_key=KEY, download_deadline_s=60)  # type: ignore[arg-type]
+    client = BFLClient(
+        settings,
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, stream=stream)),
+        clock=lambda: now[0],
+    )
+    target = tmp_path / "slow.png"
+    # When it downloads, Then it gives up after 60 s as a retryable read failure, leaving no file
+    with pytest.raises(ReadFailed, match="FLUXQ_DOWNLOAD_DEADLINE_S"):
+        client.download(DELIVERY, target)
+    assert stream.sent <= 13
+    assert not target.exists()
+
+
+def test_a_real_slow_body_is_cut_off_at_a_tiny_deadline(tmp_path: Path) -> None:
+    import time
+
+    def slow() -> object:
+        for _ in range(10):
+            time.sleep(0.05)
+            yield b"x"
+
+    class Slow(httpx.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from slow()  # type: ignore[misc]
+
+    client = make_client(lambda r: httpx.Response(200, stream=Slow()), download_deadline_s=0.12)
+    target = tmp_path / "slow.png"
+    started = time.monotonic()
+    with pytest.raises(ReadFailed):
+        client.download(DELIVERY, target)
+    assert time.monotonic() - started < 0.4
+    assert not target.exists()
+
+
+# --- unparseable polling URLs -----------------------------------------------------------------
+
+NASTY_POLLING_URLS: list[object] = [
+    "http://[::1",
+    "https://[::1",
+    "https://host:99999/x",
+    "https://api.bfl.ai:99999/x",
+    "http://exa mple.com",
+    "https://exa mple.bfl.ai/x",
+    "https://api.bfl.ai\x00.evil.example/",
+    "https://api.bfl.ai\t/",
+    "https://evil.example\\@api.bfl.ai/",
+    "https://evil.example#@api.bfl.ai/",
+    "https://api.bfl.ai@evil.example/",
+    "https://%61pi.bfl.ai/",
+    "https://é.bfl.ai/",
+    "https://api.bfl.ai/" + "a" * 5000,
+    "y" * 5000,
+    "",
+    None,
+    42,
+    b"https://api.bfl.ai/v1/get_result?id=1",
+]
+
+
+@pytest.mark.parametrize("url", NASTY_POLLING_URLS, ids=lambda u: repr(u)[:40])
+def test_an_unparseable_polling_url_is_refused_as_disallowed(url: object) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "t", "status": "Pending"})
+
+    with pytest.raises(DisallowedURL):
+        make_client(handler).get_result(url)  # type: ignore[arg-type]
+    assert seen == []
+
+
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+ALLOWED_HOSTS = st.sampled_from(["api.bfl.ai", "api.eu2.bfl.ai", "delivery-eu1.bfl.ai", "bfl.ai"])
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.sampled_from([u for u in NASTY_POLLING_URLS if isinstance(u, str)]),
+        st.builds(lambda s: "https://" + s, st.text()),
+        st.builds(lambda h, s: f"https://{h}{s}", ALLOWED_HOSTS, st.text()),
+        st.builds(lambda s, h: f"https://{s}{h}/v1", st.text(), ALLOWED_HOSTS),
+        st.builds(lambda h, s: f"https://{h}/{s}", ALLOWED_HOSTS, st.text(alphabet=PRINTABLE)),
+        st.builds(lambda s, h: f"https://{s}{h}/", st.text(alphabet=PRINTABLE), ALLOWED_HOSTS),
+    )
+)
+def test_get_result_only_ever_requests_allowed_hosts(url: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "t", "status": "Pending"})
+
+    client = make_client(handler)
+    try:
+        client.get_result(url)
+    except (DisallowedURL, UnexpectedResponse):
+        assert seen == []
+    else:
+        assert len(seen) == 1
+        sent = seen[0].url
+        assert sent.scheme == "https"
+        assert sent.host == "bfl.ai" or sent.host.endswith((".bfl.ai", ".bfl.ml"))
+        assert client._settings.url_allowed(str(sent))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "polling_url", [123, ["https://api.bfl.ai/x"], {"u": 1}, "http://[::1", "not a url", "https://"]
+)
+def test_a_submit_answer_with_an_unusable_polling_url_is_unexpected(polling_url: object) -> None:
+    client = make_client(answer(200, {"id": "t", "polling_url": polling_url}))
+    with pytest.raises(UnexpectedResponse, match="polling_url"):
+        client.submit_json("flux-dev", {"prompt": "p"})

@@ -443,7 +443,7 @@ def worker_loop(
             for job_id in got:
                 group = job_id.split("/")[0]
                 assert store.transition(
-                    job_id, State.CANCELLED, from_states=[State.ADMITTED], now_s=time.time()
+                    job_id, State.FAILED, from_states=[State.ADMITTED], now_s=time.time()
                 )
                 assert limiter.release(job_id, group)
                 new_id = f"{group}/w{n}/{count}"

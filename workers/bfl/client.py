@@ -1,6 +1,8 @@
 """The BFL HTTP client: submit, get_result, download and credits over an injectable httpx transport.
 
-HTTP status codes and httpx errors become fluxq's exceptions in exactly one place each.
+HTTP status codes and httpx errors become fluxq's exceptions in exactly one place each. Any text
+from the server or from httpx is redacted with the settings' secrets before it goes into a message:
+a 403 or 422 may echo the key, and httpx may quote a header it refused.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ import email.utils
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel
@@ -34,6 +37,7 @@ from config.errors import (
     ServerError,
     UnexpectedResponse,
 )
+from config.redact import Secrets, mentions_secret, redact, secrets_of
 from config.settings import Settings
 from workers.bfl.responses import (
     Downloaded,
@@ -45,19 +49,35 @@ from workers.bfl.responses import (
 )
 
 USER_AGENT = "fluxq/0.1"
-DOWNLOAD_CHUNK_BYTES = 64 * 1024
+
+NOT_SENT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,  # the proxy refused the tunnel: nothing reached BFL
+    httpx.LocalProtocolError,  # httpx refused our own request (an illegal header value)
+    httpx.UnsupportedProtocol,
+    httpx.InvalidURL,
+)
+"""httpx errors raised before a request left this machine: resending is safe."""
 
 
-def _detail_text(response: httpx.Response) -> str:
+def _detail_text(response: httpx.Response, secrets: Secrets = ()) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200]
+        return redact(response.text, secrets, max_chars=200)
     detail = body.get("detail") if isinstance(body, dict) else body
-    return str(detail)[:300]
+    return redact(str(detail), secrets, max_chars=300)
 
 
-def _field_errors(response: httpx.Response) -> list[FieldError]:
+def _loc_part(part: object, secrets: Secrets) -> str | int:
+    if isinstance(part, int) and not isinstance(part, bool):
+        return part
+    return redact(str(part), secrets, max_chars=100)
+
+
+def _field_errors(response: httpx.Response, secrets: Secrets = ()) -> list[FieldError]:
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
@@ -68,9 +88,18 @@ def _field_errors(response: httpx.Response) -> list[FieldError]:
     for item in detail:
         if isinstance(item, dict):
             loc = item.get("loc")
-            loc_tuple = tuple(loc) if isinstance(loc, list) else ("body",)
-            errors.append(FieldError(loc=loc_tuple, msg=str(item.get("msg", "invalid"))))
+            loc_tuple = (
+                tuple(_loc_part(p, secrets) for p in loc) if isinstance(loc, list) else ("body",)
+            )
+            msg = redact(str(item.get("msg", "invalid")), secrets, max_chars=300)
+            errors.append(FieldError(loc=loc_tuple, msg=msg))
     return errors
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The declared body size, or None when absent or unreadable (the stream is counted anyway)."""
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def retry_after_s(value: str | None, *, now_s: float | None = None) -> float | None:
@@ -88,45 +117,64 @@ def retry_after_s(value: str | None, *, now_s: float | None = None) -> float | N
     return max(0.0, when.timestamp() - now)
 
 
-def raise_for_status(response: httpx.Response) -> None:
-    """Translate a BFL HTTP status into fluxq's exception tree (the only place that does)."""
+def raise_for_status(response: httpx.Response, *, secrets: Secrets = ()) -> None:
+    """Translate a BFL HTTP status into fluxq's exception tree (the only place that does).
+
+    The server's text is redacted with ``secrets`` before it goes into the message.
+    """
     code = response.status_code
     if 200 <= code < 300:
         return
+    secrets = tuple(secrets)
     what = f"BFL answered {code} to {response.request.method} {response.request.url.path}"
+    detail = _detail_text(response, secrets)
     if code in (400, 422):
         raise InvalidRequest(
             what,
-            errors=_field_errors(response)
-            or [FieldError(loc=("body",), msg=_detail_text(response))],
+            errors=_field_errors(response, secrets) or [FieldError(loc=("body",), msg=detail)],
         )
     if code in (401, 403):
-        raise NotAuthorised(f"{what}: {_detail_text(response)} (check BFL_API_KEY)")
+        raise NotAuthorised(f"{what}: {detail} (check BFL_API_KEY)")
     if code == 402:
-        raise OutOfCredits(f"{what}: out of credits: {_detail_text(response)}")
+        raise OutOfCredits(f"{what}: out of credits: {detail}")
     if code == 429:
         raise RateLimited(
-            f"{what}: active-task cap reached: {_detail_text(response)}",
+            f"{what}: active-task cap reached: {detail}",
             retry_after_s=retry_after_s(response.headers.get("retry-after")),
         )
     if code >= 500:
-        raise ServerError(f"{what}: {_detail_text(response)}", status_code=code)
-    raise UnexpectedResponse(f"{what}: {_detail_text(response)}")
+        raise ServerError(f"{what}: {detail}", status_code=code)
+    raise UnexpectedResponse(f"{what}: {detail}")
 
 
 @contextmanager
-def translate_transport_errors(what: str, *, read_only: bool) -> Iterator[None]:
-    """Turn httpx transport errors into NotSent, ReadFailed or OutcomeUnknown (the only place)."""
+def translate_transport_errors(
+    what: str, *, read_only: bool, secrets: Secrets = ()
+) -> Iterator[None]:
+    """Turn httpx transport errors into NotSent, ReadFailed or OutcomeUnknown (the only place).
+
+    The httpx error's text is redacted with ``secrets``; when it did quote one, the httpx error is
+    not chained either, so no traceback repeats it.
+    """
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise NotSent(f"{what}: not sent: {type(exc).__name__}: {exc}") from exc
+    except NOT_SENT_ERRORS as exc:
+        shown, cause = _shown(exc, secrets)
+        raise NotSent(f"{what}: not sent: {type(exc).__name__}: {shown}") from cause
     except httpx.TransportError as exc:
         # The request may have reached BFL: a submit may have created (and billed) a task.
-        text = f"{what}: no answer after sending: {type(exc).__name__}: {exc}"
+        shown, cause = _shown(exc, secrets)
+        text = f"{what}: no answer after sending: {type(exc).__name__}: {shown}"
         if read_only:
-            raise ReadFailed(text) from exc
-        raise OutcomeUnknown(text) from exc
+            raise ReadFailed(text) from cause
+        raise OutcomeUnknown(text) from cause
+
+
+def _shown(exc: Exception, secrets: Secrets) -> tuple[str, Exception | None]:
+    """An httpx error's redacted text, and the error itself unless it quotes a secret."""
+    secrets = tuple(secrets)
+    text = str(exc)
+    return redact(text, secrets), None if mentions_secret(text, secrets) else exc
 
 
 class BFLClient:
@@ -137,8 +185,11 @@ class BFLClient:
         settings: Settings,
         *,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._secrets = secrets_of(settings)
+        self._clock = clock  # monotonic seconds: the download deadline is measured on it
         headers = {"user-agent": USER_AGENT, "accept": "application/json"}
         timeout = httpx.Timeout(
             connect=settings.http_connect_timeout_s,
@@ -173,20 +224,45 @@ class BFLClient:
         key = self._settings.bfl_api_key
         return {"x-key": key.get_secret_value()} if key else {}
 
-    def _check_allowed(self, url: str, what: str) -> None:
-        if not self._settings.url_allowed(url):
-            host = httpx.URL(url).host if url.startswith(("http://", "https://")) else url[:80]
-            raise DisallowedURL(
-                f"{what} {host!r} is not allowed (FLUXQ_ALLOWED_URLS: "
-                f"{','.join(self._settings.allowed_urls)})"
-            )
+    def _redact(self, text: str, *, max_chars: int = 200) -> str:
+        return redact(text, self._secrets, max_chars=max_chars)
+
+    def _allowed(self, url: object) -> bool:
+        """The settings allow ``url``, and httpx would send the request to that same host."""
+        if not isinstance(url, str) or not self._settings.url_allowed(url):
+            return False
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return False
+        return parsed.host == urlsplit(url).hostname and self._settings.url_allowed(str(parsed))
+
+    def _check_allowed(self, url: object, what: str) -> None:
+        """Raise DisallowedURL unless ``url`` may be fetched; never raises anything else."""
+        if self._allowed(url):
+            return
+        raise DisallowedURL(
+            f"{what} {self._describe(url)} is not allowed (FLUXQ_ALLOWED_URLS: "
+            f"{','.join(self._settings.allowed_urls)})"
+        )
+
+    def _describe(self, url: object) -> str:
+        """The host of a refused URL (or its start), for a message; never raises."""
+        if not isinstance(url, str):
+            return f"(a {type(url).__name__}, not a URL string)"
+        try:
+            host = urlsplit(url).hostname or url
+        except ValueError:
+            host = url
+        return repr(self._redact(host, max_chars=80))
 
     def _json(self, response: httpx.Response) -> Any:
-        raise_for_status(response)
+        raise_for_status(response, secrets=self._secrets)
         try:
             return response.json()
         except ValueError as exc:
-            raise UnexpectedResponse(f"BFL answered non-JSON: {response.text[:200]}") from exc
+            text = self._redact(response.text)
+            raise UnexpectedResponse(f"BFL answered non-JSON: {text}") from exc
 
     def submit(self, endpoint: str, request: BaseModel) -> Submitted:
         """POST a validated request; the response carries the id and the polling URL."""
@@ -196,18 +272,20 @@ class BFLClient:
     def submit_json(self, endpoint: str, body: Mapping[str, Any]) -> Submitted:
         """POST a raw JSON body without local validation."""
         url = f"{self._settings.bfl_base_url}/v1/{endpoint}"
-        with translate_transport_errors(f"POST /v1/{endpoint}", read_only=False):
+        with translate_transport_errors(
+            f"POST /v1/{endpoint}", read_only=False, secrets=self._secrets
+        ):
             response = self._http.post(url, json=dict(body), headers=self._auth())
         data = self._json(response)
         fallback = f"{self._settings.bfl_base_url}/v1/get_result"
-        return parse_submitted(data, fallback_polling_url=fallback)
+        return parse_submitted(data, fallback_polling_url=fallback, secrets=self._secrets)
 
     def get_result(self, polling_url: str) -> Result:
         """GET the polling URL exactly as BFL gave it, if its host is allowed."""
         self._check_allowed(polling_url, "polling URL host")
-        with translate_transport_errors("GET polling_url", read_only=True):
+        with translate_transport_errors("GET polling_url", read_only=True, secrets=self._secrets):
             response = self._http.get(polling_url, headers=self._auth())
-        return parse_result(self._json(response))
+        return parse_result(self._json(response), secrets=self._secrets)
 
     def get_result_by_id(self, task_id: str) -> Result:
         """GET /v1/get_result?id= on the configured base URL.
@@ -216,23 +294,31 @@ class BFLClient:
         always follows the submit's polling_url (``get_result``), including to re-fetch a sample.
         """
         url = f"{self._settings.bfl_base_url}/v1/get_result"
-        with translate_transport_errors("GET /v1/get_result", read_only=True):
+        with translate_transport_errors(
+            "GET /v1/get_result", read_only=True, secrets=self._secrets
+        ):
             response = self._http.get(url, params={"id": task_id}, headers=self._auth())
-        return parse_result(self._json(response))
+        return parse_result(self._json(response), secrets=self._secrets)
 
     def credits(self) -> float:
         """The account's remaining credits."""
         url = f"{self._settings.bfl_base_url}/v1/credits"
-        with translate_transport_errors("GET /v1/credits", read_only=True):
+        with translate_transport_errors("GET /v1/credits", read_only=True, secrets=self._secrets):
             response = self._http.get(url, headers=self._auth())
         data = self._json(response)
         value = data.get("credits") if isinstance(data, dict) else None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UnexpectedResponse(f"credits answered without a number: {str(data)[:200]}")
+            raise UnexpectedResponse(
+                f"credits answered without a number: {self._redact(str(data))}"
+            )
         return float(value)
 
     def download(self, url: str, path: Path) -> Downloaded:
-        """Stream a signed delivery URL into ``path`` and fsync it; removes ``path`` on failure."""
+        """Stream a signed delivery URL into ``path`` and fsync it; removes ``path`` on failure.
+
+        At most FLUXQ_DOWNLOAD_MAX_BYTES are read (a larger body is a permanent DownloadFailed)
+        and one attempt may take FLUXQ_DOWNLOAD_DEADLINE_S (checked between chunks; ReadFailed).
+        """
         self._check_allowed(url, "download host")
         try:
             return self._stream_to(url, path)
@@ -240,24 +326,49 @@ class BFLClient:
             path.unlink(missing_ok=True)
             raise
 
+    def _too_large(self, what: str, status_code: int) -> DownloadFailed:
+        limit = self._settings.download_max_bytes
+        return DownloadFailed(
+            f"delivery URL {what}: larger than FLUXQ_DOWNLOAD_MAX_BYTES ({limit} bytes)",
+            status_code=status_code,
+        )
+
+    def _check_deadline(self, deadline: float, size: int) -> None:
+        if self._clock() > deadline:
+            raise ReadFailed(
+                f"download took longer than {self._settings.download_deadline_s:g} s "
+                f"(FLUXQ_DOWNLOAD_DEADLINE_S); gave up after {size} bytes"
+            )
+
     def _stream_to(self, url: str, path: Path) -> Downloaded:
         digest = hashlib.sha256()
         size = 0
+        limit = self._settings.download_max_bytes
+        deadline = self._clock() + self._settings.download_deadline_s
         with (
-            translate_transport_errors("GET delivery URL", read_only=True),
+            translate_transport_errors("GET delivery URL", read_only=True, secrets=self._secrets),
             self._http.stream("GET", url) as response,
         ):
-            if response.status_code != 200:
+            code = response.status_code
+            if code != 200:
                 raise DownloadFailed(
-                    f"delivery URL answered {response.status_code}"
-                    + (" (signature expired?)" if response.status_code in (403, 404) else ""),
-                    status_code=response.status_code,
+                    f"delivery URL answered {code}"
+                    + (" (signature expired?)" if code in (403, 404) else ""),
+                    status_code=code,
                 )
+            declared = _content_length(response)
+            if declared is not None and declared > limit:
+                raise self._too_large(f"declared {declared} bytes", code)
+            self._check_deadline(deadline, size)
             with path.open("wb") as out:
-                for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                # Chunks as they arrive (no re-chunking), so a trickling host meets the deadline.
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(f"sent more than {limit} bytes", code)
                     out.write(chunk)
                     digest.update(chunk)
-                    size += len(chunk)
+                    self._check_deadline(deadline, size)
                 out.flush()
                 os.fsync(out.fileno())
             content_type = response.headers.get("content-type")

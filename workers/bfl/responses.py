@@ -1,6 +1,8 @@
 """What the BFL API answers, as typed values: the closed status enum and the parsed responses.
 
 Every BFL status string is parsed here and only here; an unknown string is terminal, never Pending.
+Text from BFL that can end up in a message (an unreadable body, error details, moderation reasons)
+is redacted with the secrets the caller passes, since a server may echo the key it was sent.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
 
 from config.errors import UnexpectedResponse
+from config.redact import Secrets, redact
 
 
 class Status(StrEnum):
@@ -80,14 +86,32 @@ def _number_or_none(value: object) -> float | None:
     return float(value)
 
 
-def parse_submitted(body: object, *, fallback_polling_url: str) -> Submitted:
-    """Parse a submit response; a webhook-style answer without polling_url gets the fallback."""
+def _usable_url(url: str) -> bool:
+    """True when ``url`` is an http(s) URL with a host that both urllib and httpx can parse."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def parse_submitted(body: object, *, fallback_polling_url: str, secrets: Secrets = ()) -> Submitted:
+    """Parse a submit response; a webhook-style answer without polling_url gets the fallback.
+
+    A polling_url that is there but is not a usable URL string is an unexpected answer.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise UnexpectedResponse(f"submit answered without a task id: {str(body)[:200]}")
+        shown = redact(str(body), secrets, max_chars=200)
+        raise UnexpectedResponse(f"submit answered without a task id: {shown}")
     task_id: str = body["id"]
     polling_url = body.get("polling_url")
-    if not isinstance(polling_url, str) or not polling_url:
+    if polling_url is None or polling_url == "":
         polling_url = f"{fallback_polling_url}?id={task_id}"
+    elif not isinstance(polling_url, str) or not _usable_url(polling_url):
+        shown = redact(repr(polling_url), secrets, max_chars=200)
+        raise UnexpectedResponse(f"submit answered an unusable polling_url: {shown}")
     return Submitted(
         id=task_id,
         polling_url=polling_url,
@@ -106,21 +130,34 @@ def _moderation_reasons(details: dict[str, Any] | None) -> tuple[str, ...]:
     return ()
 
 
-def parse_result(body: object) -> Result:
-    """Parse a get_result response into a Result."""
+def _scrub(value: Any, secrets: Secrets) -> Any:
+    """``value`` (decoded JSON) with every string in it redacted."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    return value
+
+
+def parse_result(body: object, *, secrets: Secrets = ()) -> Result:
+    """Parse a get_result response into a Result; its details and raw status are redacted."""
     if not isinstance(body, dict):
-        raise UnexpectedResponse(f"get_result answered a non-object: {str(body)[:200]}")
+        shown = redact(str(body), secrets, max_chars=200)
+        raise UnexpectedResponse(f"get_result answered a non-object: {shown}")
+    secrets = tuple(secrets)
     raw_status = body.get("status")
     raw_result = body.get("result")
     result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
-    details = body.get("details") if isinstance(body.get("details"), dict) else None
+    details = _scrub(body["details"], secrets) if isinstance(body.get("details"), dict) else None
     sample = result.get("sample")
     seed = result.get("seed")
     prompt = result.get("prompt")
     return Result(
         id=str(body.get("id", "")),
         status=Status.parse(raw_status),
-        raw_status=str(raw_status),
+        raw_status=redact(str(raw_status), secrets),
         sample_url=sample if isinstance(sample, str) else None,
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         prompt=prompt if isinstance(prompt, str) else None,

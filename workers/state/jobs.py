@@ -49,12 +49,16 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
         # Admitted by the admit script; cancelled by the user; failed when never admissible.
         State.QUEUED: frozenset({State.ADMITTED, State.CANCELLED, State.FAILED}),
         # Back to queued after a 429/402/403 or a lapsed lease; submitted once BFL answered.
-        State.ADMITTED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED, State.CANCELLED}),
+        # Never cancelled: a POST may be in flight, and a task BFL runs is paid for: it finishes.
+        State.ADMITTED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED}),
         # Ready when BFL says so; failed on any other terminal status or a deadline.
-        State.SUBMITTED: frozenset({State.READY, State.FAILED, State.CANCELLED}),
+        State.SUBMITTED: frozenset({State.READY, State.FAILED}),
         State.READY: frozenset({State.DONE, State.FAILED}),
         State.DONE: frozenset(),
-        State.FAILED: frozenset(),
+        # The one way out of a terminal state: a job failed as "uncertain" (its POST's answer was
+        # lost) whose answer then arrives after all is recovered: BFL made the image, we fetch it.
+        # ``tasks.lifecycle.recover_uncertain`` takes it, and only for jobs flagged uncertain.
+        State.FAILED: frozenset({State.SUBMITTED}),
         State.CANCELLED: frozenset(),
     }
 )

@@ -16,6 +16,9 @@
                                           paused_until, pause_kind, pause_detail
     fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain"
     fluxq:batches                 zset    batch names, score = creation time
+    fluxq:names:{batch}           hash    lower-cased file stem -> the job id that holds it: one
+                                          job per file name in a batch (``enqueue.lua`` refuses
+                                          a second); kept like the batch counters
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
                                           re-sends it (a save lost with a worker is redone)
     fluxq:latency:{endpoint}      string  moving median of Pending→Ready seconds
@@ -73,6 +76,10 @@ def cap_state(label: str) -> str:
 
 def batch(name: str) -> str:
     return f"{PREFIX}:batch:{name}"
+
+
+def names(batch: str) -> str:
+    return f"{PREFIX}:names:{batch}"
 
 
 def saves(label: str) -> str:

@@ -151,6 +151,23 @@ class SlotLimiter:
         pipe.zadd(keys.group_slots(self.label, group), expiry)
         pipe.execute()
 
+    def hold_many(self, held: list[tuple[str, str]], *, now_s: float) -> None:
+        """``hold`` for many (job_id, group) pairs in one round trip."""
+        expiry_s = now_s + self.lease_ttl_s
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, group in held:
+            pipe.zadd(self._slots, {job_id: expiry_s})
+            pipe.zadd(keys.group_slots(self.label, group), {job_id: expiry_s})
+        pipe.execute()
+
+    def hold_until(self, job_id: str, group: str, *, until_s: float) -> None:
+        """Keep the job's slot held until ``until_s`` at least (never shortens a later expiry)."""
+        expiry: dict[str | bytes, float] = {job_id: until_s}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(self._slots, expiry, gt=True)
+        pipe.zadd(keys.group_slots(self.label, group), expiry, gt=True)
+        pipe.execute()
+
     def release(self, job_id: str, group: str) -> bool:
         """Free the job's slot; True if it held one."""
         pipe = self._redis.pipeline(transaction=True)

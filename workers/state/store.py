@@ -10,6 +10,8 @@ from typing import Any
 
 import redis
 
+from config.errors import FieldError, InvalidRequest
+from workers.files import safe_name
 from workers.state import keys
 from workers.state.jobs import (
     MAX_PRIORITY,
@@ -33,6 +35,25 @@ MAX_SEQ = 2**41 - 1
 
 ENQUEUE_CHUNK = 500
 """Jobs per pipeline round trip in ``enqueue_many``."""
+
+NAME_TAKEN = -1
+"""What ``enqueue.lua`` returns when another job of the batch holds the job's file name."""
+
+
+class NameTaken(InvalidRequest):
+    """Raised on enqueue when another job of the batch holds the job's file name (``name``)."""
+
+
+def name_key(name: str) -> str:
+    """The key of a job's file name in ``fluxq:names:{batch}``: its file stem, lower-cased, so
+    names differing only in case (one file on a case-insensitive disk) are one name too."""
+    return safe_name(name).lower()
+
+
+def _tally(jobs: list[NewJob], results: list[Any], refused: list[NewJob]) -> int:
+    """How many of a chunk's enqueue results created a job; collect those refused for a name."""
+    refused.extend(job for job, result in zip(jobs, results, strict=True) if int(result) < 0)
+    return sum(1 for result in results if int(result) == 1)
 
 
 def backlog_score(priority: int, seq: int, *, front: bool = False) -> float:
@@ -105,19 +126,49 @@ class JobStore:
         self._terminal_ttl_ms = max(1, int(terminal_ttl_s * 1000))
 
     def enqueue(self, job: NewJob, *, now_s: float) -> bool:
-        """Create a queued job in its backlog; False (and nothing changes) when the id exists."""
-        return bool(self._enqueue(job, now_s, self._redis))
+        """Create a queued job in its backlog; False (and nothing changes) when the id exists.
+
+        NameTaken (an InvalidRequest naming ``name``) when another job of the batch holds the
+        job's file name; nothing changes then either.
+        """
+        result = int(self._enqueue(job, now_s, self._redis))
+        if result == NAME_TAKEN:
+            raise self._name_taken([job])
+        return result == 1
 
     def enqueue_many(self, jobs: Iterable[NewJob], *, now_s: float) -> int:
-        """Enqueue jobs in pipelined chunks (one script call each); returns how many were new."""
+        """Enqueue jobs in pipelined chunks (one script call each); returns how many were new.
+
+        A job whose file name another job of its batch holds is left out; NameTaken names every
+        such job once the others are in (enqueueing them again is then a no-op).
+        """
         created = 0
+        refused: list[NewJob] = []
         pipe = self._redis.pipeline(transaction=False)
-        for n, job in enumerate(jobs, start=1):
+        chunk: list[NewJob] = []
+        for job in jobs:
             self._enqueue(job, now_s, pipe)
-            if n % ENQUEUE_CHUNK == 0:
-                created += sum(int(r) for r in pipe.execute())
-        created += sum(int(r) for r in pipe.execute())
+            chunk.append(job)
+            if len(chunk) == ENQUEUE_CHUNK:
+                created += _tally(chunk, pipe.execute(), refused)
+                chunk = []
+        created += _tally(chunk, pipe.execute(), refused)
+        if refused:
+            raise self._name_taken(refused)
         return created
+
+    def _name_taken(self, jobs: list[NewJob]) -> NameTaken:
+        errors = []
+        for job in jobs:
+            holder = self._redis.hget(keys.names(job.batch), name_key(job.name))
+            errors.append(
+                FieldError(
+                    loc=("name",),
+                    msg=f"job {job.job_id}: file name {safe_name(job.name)!r} of batch "
+                    f"{job.batch!r} is held by job {holder}; names are unique per batch",
+                )
+            )
+        return NameTaken("name already taken in its batch", errors=errors)
 
     def _enqueue(self, job: NewJob, now_s: float, client: Any) -> Any:
         return self._scripts.enqueue(
@@ -128,6 +179,7 @@ class JobStore:
                 keys.groups(job.key_label),
                 keys.batch(job.batch),
                 keys.BATCHES,
+                keys.names(job.batch),
             ],
             args=[
                 job.job_id,
@@ -136,6 +188,7 @@ class JobStore:
                 job.group,
                 job.batch,
                 keys.EVENTS_CHANNEL,
+                name_key(job.name),
                 *_record(job),
             ],
             client=client,

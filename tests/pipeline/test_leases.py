@@ -1,0 +1,137 @@
+"""Leases never free a slot on a guess: slow POSTs, lost workers and late answers.
+
+Invariant 1 (the cap) and invariant 2 (one POST per job) meet here: a slot is freed only when the
+task behind it is known to be over, or after the poll deadline when it cannot be known.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from tasks.enqueue import enqueue
+from tasks.submit import submit_job
+from tasks.sweep import sweep
+from tests.pipeline.conftest import Pipeline
+from workers.state.jobs import JobField, State
+from workers.state.lease_keeper import LeaseKeeper
+
+SHORT_LEASE_S = 0.3
+SLOW_POST_S = 1.2
+
+
+def shorten_lease(pipeline: Pipeline, *, keeper: bool) -> None:
+    """Make leases lapse within a test's time: far shorter than the simulator's slow POST."""
+    pipeline.rt.limiter.lease_ttl_s = SHORT_LEASE_S
+    pipeline.rt.leases = LeaseKeeper(pipeline.rt.limiter, clock=time.time)
+    if not keeper:  # what main did: nothing renewed a lease while its POST was in flight
+
+        @contextmanager
+        def nothing(job_id: str, group: str) -> Iterator[None]:
+            yield
+
+        pipeline.rt.leases.holding = nothing  # type: ignore[method-assign]
+
+
+@contextmanager
+def sweeping(pipeline: Pipeline) -> Iterator[list[dict[str, int]]]:
+    """Run the sweep every 50 ms in a thread (as another worker would) for the block."""
+    stop = threading.Event()
+    results: list[dict[str, int]] = []
+
+    def loop() -> None:
+        while not stop.wait(0.05):
+            results.append(sweep(pipeline.rt))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def test_a_post_slower_than_the_lease_keeps_its_slot_and_its_job(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given leases far shorter than a slow POST, renewed by the lease keeper
+    pipeline = make_pipeline(active_cap=1)
+    shorten_lease(pipeline, keeper=True)
+    pipeline.sim.configure(slow_rate=1.0, slow_delay_s=SLOW_POST_S)
+    first = enqueue(pipeline.rt, "flux-dev", {"prompt": "slow one"})
+    second = enqueue(pipeline.rt, "flux-dev", {"prompt": "slow two"})
+    # When the POST runs while another worker sweeps
+    with sweeping(pipeline) as sweeps:
+        assert submit_job(pipeline.rt, first) is None
+    # Then the sweep never touched it: submitted, not uncertain, and the cap of 1 held
+    assert sweeps
+    assert all(not s.get("uncertain") and not s.get("requeued") for s in sweeps)
+    job = pipeline.job(first)
+    assert job.state is State.SUBMITTED
+    assert not job.uncertain
+    assert pipeline.job(second).state is State.QUEUED
+    assert pipeline.stats()["max_active"] == 1
+
+
+def test_without_renewal_the_same_slow_post_would_free_no_slot_and_recover_its_late_answer(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given a slow POST whose lease is not renewed (a worker cut off from Redis, say)
+    pipeline = make_pipeline(active_cap=1)
+    shorten_lease(pipeline, keeper=False)
+    pipeline.sim.configure(slow_rate=1.0, slow_delay_s=SLOW_POST_S)
+    first = enqueue(pipeline.rt, "flux-dev", {"prompt": "late answer", "seed": 7}, batch="late")
+    second = enqueue(pipeline.rt, "flux-dev", {"prompt": "waits", "seed": 8}, batch="late")
+    # When the sweep finds the lapsed lease during the POST
+    with sweeping(pipeline) as sweeps:
+        assert submit_job(pipeline.rt, first) is None
+    # Then the sweep settled it as uncertain but kept its slot: the second job was not admitted
+    assert any(s.get("uncertain") for s in sweeps)
+    assert pipeline.job(second).state is State.QUEUED
+    assert pipeline.stats()["max_active"] == 1
+    # And the late answer recovered the job: it is polled and saved, and BFL billed one task
+    pipeline.sim.configure(slow_rate=0.0)
+    job = pipeline.job(first)
+    assert job.state is State.SUBMITTED
+    assert job.bfl_id
+    pipeline.drain()
+    done = pipeline.job(first)
+    assert done.state is State.DONE
+    assert done.uncertain  # counted: its outcome was unknown for a while
+    stats = pipeline.stats()
+    assert stats["duplicate_submits"] == 0
+
+
+def test_a_worker_lost_mid_post_keeps_the_slot_until_the_poll_deadline(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given a cap of 1, a job whose worker died during its POST (marker set, lease lapsed)
+    pipeline = make_pipeline(active_cap=1, poll_deadline_s=30.0)
+    lost = enqueue(pipeline.rt, "flux-dev", {"prompt": "lost worker"})
+    waiting = enqueue(pipeline.rt, "flux-dev", {"prompt": "next in line"})
+    pipeline.dispatch.heap.clear()
+    sent_at = pipeline.rt.clock()
+    pipeline.rt.store.update(lost, {JobField.SUBMITTING_AT: sent_at})
+    real_clock = pipeline.rt.clock
+    try:
+        # When the sweep runs after the lease lapsed, and again just before the deadline
+        pipeline.rt.clock = lambda: real_clock() + pipeline.rt.settings.lease_ttl_s + 1
+        sweep(pipeline.rt)
+        failed = pipeline.job(lost)
+        pipeline.rt.clock = lambda: sent_at + 29.0
+        sweep(pipeline.rt)
+        # Then the job is failed as uncertain, but its slot is held: nothing else was admitted
+        assert failed.state is State.FAILED
+        assert failed.uncertain
+        assert pipeline.job(waiting).state is State.QUEUED
+        assert pipeline.rt.limiter.held() == 1
+        # And after the poll deadline the slot is freed and the next job admitted
+        pipeline.rt.clock = lambda: sent_at + 31.0
+        sweep(pipeline.rt)
+        assert pipeline.job(waiting).state is State.ADMITTED
+    finally:
+        pipeline.rt.clock = real_clock
+    assert pipeline.stats()["submits"] == 0
