@@ -80,20 +80,31 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     now = rt.clock()
     rt.limiter.hold(job_id, job.group, now_s=now)
     elapsed_s = now - job.times.get("submitted", now)
-    if elapsed_s > rt.settings.poll_deadline_s:
-        reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"
-        lifecycle.fail(rt, job, reason)
-        return None
+    # The deadline is judged on BFL's answer, never before asking: after a long recovery (workers
+    # down longer than the deadline) a finished, paid task is still fetched.
+    overdue = elapsed_s > rt.settings.poll_deadline_s
     attempt = rt.store.incr(job_id, JobField.POLL_ATTEMPTS)
     try:
         result = rt.client.get_result(job.polling_url)
     except (RetryLater, StopAndAlert) as exc:
+        if overdue:
+            lifecycle.fail(
+                rt,
+                job,
+                f"timed out: BFL could not be asked after {elapsed_s:.0f} s "
+                f"(FLUXQ_POLL_DEADLINE_S; last error: {exc})",
+            )
+            return None
         log.info("poll will retry job=%s attempt=%d error=%s", job_id, attempt, exc)
         return backoff_s(
             min(attempt, 6), base_s=rt.settings.retry_backoff_base_s, cap_s=POLL_BACKOFF_CAP_S
         )
     except JobFailed as exc:
         lifecycle.fail(rt, job, f"polling failed: {exc}")
+        return None
+    if overdue and result.status is Status.PENDING:
+        reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"
+        lifecycle.fail(rt, job, reason)
         return None
     return _on_status(rt, job, result, elapsed_s)
 

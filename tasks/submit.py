@@ -134,8 +134,10 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     job = _claim(rt, job_id)
     if job is None:
         return None
-    rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
+    # The marker is the last write before the POST: a failure before it leaves a job that was
+    # certainly not sent (requeued by the sweep), never a false "uncertain".
+    rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
             submitted = rt.client.submit_json(job.endpoint, job.request)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tasks.enqueue import enqueue
+from tasks.poll import poll_job
 from tasks.submit import submit_job
 from tasks.sweep import sweep
 from tests.pipeline.conftest import Pipeline
@@ -135,3 +136,26 @@ def test_a_worker_lost_mid_post_keeps_the_slot_until_the_poll_deadline(
     finally:
         pipeline.rt.clock = real_clock
     assert pipeline.stats()["submits"] == 0
+
+
+def test_a_job_polled_first_after_its_deadline_is_still_fetched_when_bfl_finished_it(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given a submitted job whose poll chain stalled past the poll deadline (workers were down)
+    pipeline = make_pipeline(poll_deadline_s=30.0)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "late poll"})
+    while "poll" not in pipeline.dispatch.kinds(job_id):
+        assert pipeline.step()
+    pipeline.dispatch.heap.clear()
+    time.sleep(0.3)  # the simulator has finished it by now
+    real_clock = pipeline.rt.clock
+    pipeline.rt.clock = lambda: real_clock() + 60.0
+    try:
+        # When it is polled at last
+        assert poll_job(pipeline.rt, job_id) is None
+    finally:
+        pipeline.rt.clock = real_clock
+    # Then BFL's Ready wins over the deadline: the image is fetched, not thrown away
+    assert pipeline.job(job_id).state is State.READY
+    pipeline.drain()
+    assert pipeline.job(job_id).state is State.DONE
