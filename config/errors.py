@@ -16,6 +16,8 @@ It lives in ``config`` because ``config`` is the bottom layer that every other p
     │   ├── DisallowedURL           a polling or download URL outside the allowed hosts
     │   ├── DownloadFailed          the signed URL answered an error (expired, 403/404)
     │   └── UnexpectedResponse      BFL answered something we cannot parse
+    ├── WebhookRefused              fluxq's own webhook must not be sent (bad URL, internal
+    │                               address): recorded on the job, never retried
     └── StopAndAlert                stop submitting for this key; a person must look
         ├── OutOfCredits            402
         └── NotAuthorised           401/403
@@ -136,3 +138,7 @@ class OutOfCredits(StopAndAlert):
 
 class NotAuthorised(StopAndAlert):
     """Raised on HTTP 401/403: the key is missing, wrong or lacks permission."""
+
+
+class WebhookRefused(FluxqError):
+    """Raised when a webhook must not be sent: a bad URL or an internal destination."""

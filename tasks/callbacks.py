@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from celery import Task, shared_task
 
+from config.errors import WebhookRefused
 from workers.dispatch import runtime_of
 from workers.runtime import Runtime, flower_options
 from workers.state.jobs import Job, JobField
@@ -34,10 +35,6 @@ MAX_WEBHOOK_URL_CHARS = 2083
 ALLOW_PRIVATE_ENV = "FLUXQ_WEBHOOK_ALLOW_PRIVATE"
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 """IPv6 addresses that carry an IPv4 one in their last 32 bits (RFC 6052)."""
-
-
-class WebhookRefused(Exception):
-    """Raised when a webhook must not be sent: a bad URL or an internal destination."""
 
 
 def webhook_url_problem(url: object) -> str | None:

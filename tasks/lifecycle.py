@@ -67,8 +67,11 @@ def end(
     if not to.terminal:
         raise ValueError(f"{to.value} is not a terminal state")
     moved = rt.store.transition(job.job_id, to, now_s=rt.clock(), reason=reason, fields=fields)
-    rt.store.unwatch_save(job.job_id, job.key_label)
-    if not keep_slot:
+    # Only what the job (as the caller read it) holds is given back: a ready job's slot went at
+    # Ready, and only a ready job's save is watched, so a done job costs no extra round trips.
+    if job.state is State.READY:
+        rt.store.unwatch_save(job.job_id, job.key_label)
+    if job.state.holds_slot and not keep_slot:
         _release(rt, job)
     if moved and to is State.FAILED:
         log.warning(

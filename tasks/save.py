@@ -109,8 +109,10 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
         lifecycle.fail(rt, job, "BFL said Ready without a sample URL")
         return None
     image = final_path(rt, job)
-    # A save that died (SIGKILL mid-download) left its .part file: clear it before this attempt.
-    remove_stale_parts(image, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
+    if job.download_attempts:
+        # An earlier attempt may have died (SIGKILL mid-download) and left its .part file. Only
+        # then is the batch directory scanned: a first save, the hot path, never lists it.
+        remove_stale_parts(image, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
     temp = temp_path_for(image)
     attempt = rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS)
     try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import redis
 
 from config.settings import Settings, load_settings
+from tests.pipeline.conftest import InlineDispatcher
 from workers.process.embedded_redis import EmbeddedRedis
+from workers.runtime import Runtime, build_runtime
 
 
 def settings_for(env: Mapping[str, str]) -> Settings:
@@ -43,3 +46,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def runtime(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    """A Runtime on a flushed real Redis whose dispatcher only records (nothing talks to BFL or
+    a broker): for enqueue, validation and callback tests."""
+    settings = load_settings(bfl_api_key="offline-test-key", output_dir=tmp_path / "out")
+    rt = build_runtime(settings, redis_url=redis_url, dispatch=InlineDispatcher())
+    yield rt
+    rt.close()

@@ -30,8 +30,9 @@ from simulator.clock import ListenerURLs
 from simulator.config import SimConfig
 from simulator.listeners import bind_loopback
 from simulator.server import SimulatorServer, running_simulator
+from tasks.enqueue import enqueue
 from tests.conftest import settings_for
-from tests.integration.conftest import FAST_ENV, KEY, Cluster
+from tests.integration.conftest import FAST_ENV, KEY, Cluster, cluster_env
 from workers.dispatch import celery_runtime
 from workers.process.children import start_child
 from workers.process.embedded_redis import free_port, redis_server_binary
@@ -111,6 +112,13 @@ def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 
 
 class FaultCluster(Cluster):
     """Worker trees on one Redis and one simulator, with the helpers the fault cases share."""
+
+    def enqueue_case(self, case: str, total: int) -> list[str]:
+        """Enqueue ``total`` flux-dev jobs of batch ``case`` (``request_for``); their ids."""
+        return [
+            enqueue(self.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
+            for i in range(total)
+        ]
 
     def kill_worker(
         self, process: subprocess.Popen[bytes], targets: list[int] | None = None
@@ -276,19 +284,9 @@ def fault_cluster(
     made: list[FaultCluster] = []
 
     def factory(*, redis_url_override: str | None = None, **env_overrides: str) -> FaultCluster:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_")}
-        env.pop("BFL_API_KEY", None)
-        env.update(fault_sim.env())
-        env.update(FAULT_ENV)
-        env.update(
-            {
-                "BFL_API_KEY": KEY,
-                "FLUXQ_REDIS_URL": redis_url_override or redis_url,
-                "FLUXQ_OUTPUT_DIR": str(tmp_path / "out"),
-                "PYTHONUNBUFFERED": "1",
-            }
+        env = cluster_env(
+            fault_sim, redis_url_override or redis_url, tmp_path, {**FAULT_ENV, **env_overrides}
         )
-        env.update(env_overrides)
         rt = celery_runtime(settings_for(env))
         cluster = FaultCluster(env=env, rt=rt, sim=fault_sim, processes=[], log_dir=tmp_path)
         made.append(cluster)

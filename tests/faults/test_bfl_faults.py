@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 
 from config.catalog import estimate_credits, validate_request
-from tasks.enqueue import enqueue
 from tests.faults.conftest import (
     FaultCluster,
     assert_common,
@@ -58,10 +57,7 @@ def test_every_simulator_fault_at_once_ends_every_job_with_a_readable_reason(
     cluster.start_worker(threads=8, save_threads=2)
     case = "all-faults"
     # When 60 jobs are enqueued
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     cluster.wait_all_terminal(ids, timeout_s=90)
     jobs = [job for job in cluster.jobs(ids).values() if job is not None]
     kinds = Counter(reason_kind(job.reason or "") for job in jobs if job.state.value == "failed")
@@ -101,10 +97,7 @@ def test_running_out_of_credits_mid_batch_pauses_admission_and_a_top_up_finishes
     cluster.sim.set_credits(KEY, cost * affordable)
     cluster.start_worker(threads=8, save_threads=2)
     # When the batch runs the account dry
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     assert wait_until(lambda: cluster.sim.stats(KEY)["payment_required_402"] >= 1, timeout_s=30), (
         cluster.log_tail()
     )

@@ -36,10 +36,7 @@ def test_a_worker_killed_during_slow_submits_loses_nothing_and_resubmits_nothing
     cluster.sim.configure(slow_rate=1.0, slow_delay_s=1.5)
     first = cluster.start_worker(threads=8, save_threads=2)
     case = "kill-mid-submit"
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     # When the tree is SIGKILLed while POSTs are in flight and some jobs are done
     in_flight = wait_until(
         lambda: cluster.states(ids)["done"] >= 4 and cluster.posts_in_flight(ids) >= 2,
@@ -83,10 +80,7 @@ def test_a_worker_killed_during_polls_has_every_job_polled_again_and_done(
     cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 150.0}})
     first = cluster.start_worker(threads=8, save_threads=2)
     case = "kill-mid-poll"
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     assert wait_until(lambda: cluster.states(ids)["submitted"] == total, timeout_s=30), (
         f"{cluster.states(ids)}\n{cluster.log_tail()}"
     )
@@ -129,10 +123,7 @@ def test_a_job_whose_polls_stalled_past_the_poll_deadline_is_asked_once_more_bef
     cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 100.0}})
     first = cluster.start_worker(threads=8, save_threads=2)
     case = "stalled-polls"
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     assert wait_until(lambda: cluster.states(ids)["submitted"] == total, timeout_s=30), (
         f"{cluster.states(ids)}\n{cluster.log_tail()}"
     )

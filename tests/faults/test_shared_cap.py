@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.enqueue import enqueue
-from tests.faults.conftest import FaultCluster, assert_common, judge, request_for
+from tests.faults.conftest import FaultCluster, assert_common, judge
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 
@@ -28,10 +27,7 @@ def test_worker_trees_on_one_cap_fill_it_exactly_and_never_exceed_it(
         cluster.start_worker(threads=4, save_threads=2)
     # When 40 jobs are enqueued
     case = f"shared-cap-{trees}"
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(JOBS)
-    ]
+    ids = cluster.enqueue_case(case, JOBS)
     cluster.wait_all_terminal(ids, timeout_s=60)
     report = judge(
         cluster,

@@ -8,14 +8,12 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.enqueue import enqueue
 from tests.faults.conftest import (
     FaultCluster,
     RestartableRedis,
     alive,
     assert_common,
     judge,
-    request_for,
     sweep_actions,
     wait_until,
 )
@@ -44,10 +42,7 @@ def test_posts_slower_than_most_of_the_lease_keep_their_slots_and_none_is_uncert
     cluster.start_worker(threads=8, save_threads=2)
     case = "slow-post"
     # When 8 jobs go through a cap of 4
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     cluster.wait_all_terminal(ids, timeout_s=60)
     sweep = sweep_actions(cluster)
     report = judge(
@@ -80,10 +75,7 @@ def test_redis_restarting_three_times_under_load_leaves_the_supervisor_running_a
     cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 75.0}})
     supervisor = cluster.start_worker(threads=8, save_threads=2)
     case = "redis-restarts"
-    ids = [
-        enqueue(cluster.rt, "flux-dev", request_for(case, i), batch=case, name=f"img-{i:02d}")
-        for i in range(total)
-    ]
+    ids = cluster.enqueue_case(case, total)
     assert wait_until(lambda: cluster.states(ids)["done"] >= 2, timeout_s=30), cluster.log_tail()
     states_at_first_stop = dict(cluster.states(ids))
     # When redis-server is stopped (SIGTERM, SIGKILL, SIGTERM), down 3 s, and started again on

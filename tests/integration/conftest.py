@@ -97,6 +97,25 @@ class Cluster:
                 process.wait(timeout=5)
 
 
+def cluster_env(
+    sim: SimulatorServer, redis_url: str, tmp_path: Path, settings: dict[str, str]
+) -> dict[str, str]:
+    """The environment of worker processes on ``sim`` and ``redis_url``: this process's, less any
+    FLUXQ_* or key, plus the simulator, the test key, the output dir and ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_") and k != "BFL_API_KEY"}
+    env.update(sim.env())
+    env.update(
+        {
+            "BFL_API_KEY": KEY,
+            "FLUXQ_REDIS_URL": redis_url,
+            "FLUXQ_OUTPUT_DIR": str(tmp_path / "out"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(settings)
+    return env
+
+
 @pytest.fixture
 def make_cluster(
     sim: SimulatorServer, redis_url: str, tmp_path: Path
@@ -104,18 +123,7 @@ def make_cluster(
     made: list[Cluster] = []
 
     def factory(**env_overrides: str) -> Cluster:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_")}
-        env.update(sim.env())
-        env.update(FAST_ENV)
-        env.update(
-            {
-                "BFL_API_KEY": KEY,
-                "FLUXQ_REDIS_URL": redis_url,
-                "FLUXQ_OUTPUT_DIR": str(tmp_path / "out"),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        env.update(env_overrides)
+        env = cluster_env(sim, redis_url, tmp_path, {**FAST_ENV, **env_overrides})
         rt = celery_runtime(settings_for(env))
         cluster = Cluster(env=env, rt=rt, sim=sim, processes=[], log_dir=tmp_path)
         made.append(cluster)

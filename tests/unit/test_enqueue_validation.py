@@ -6,8 +6,6 @@ of the batch holds is refused at enqueue, naming that job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,44 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.errors import InvalidRequest
-from config.settings import load_settings
 from tasks.enqueue import enqueue, enqueue_message, prepare_job
 from workers.files import safe_name
-from workers.runtime import Runtime, build_runtime
+from workers.runtime import Runtime
 from workers.state import keys
-from workers.state.jobs import Job
 
 REQUEST = {"prompt": "a heron at dawn"}
 
 
-class Recorder:
-    """A dispatcher that only records what would be sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-
-    def submit(self, job: Job) -> None:
-        self.sent.append(("submit", job.job_id))
-
-    def poll(self, job: Job, *, countdown_s: float) -> None:
-        self.sent.append(("poll", job.job_id))
-
-    def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self.sent.append(("save", job.job_id))
-
-    def webhook(self, job: Job) -> None:
-        self.sent.append(("webhook", job.job_id))
-
-    def callback(self, job: Job, payload: dict[str, object]) -> None:
-        self.sent.append(("callback", job.job_id))
-
-
 @pytest.fixture
-def rt(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    settings = load_settings(bfl_api_key="unit-test-key", output_dir=tmp_path / "out")
-    runtime = build_runtime(settings, redis_url=redis_url, dispatch=Recorder())
-    yield runtime
-    runtime.close()
+def rt(runtime: Runtime) -> Runtime:
+    """The shared offline Runtime (tests/conftest.py): a real Redis, no broker, no BFL."""
+    return runtime
 
 
 def refused(rt: Runtime, *args: Any, **options: Any) -> InvalidRequest:

@@ -11,44 +11,22 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from config.settings import load_settings
 from tasks import callbacks
 from tasks.callbacks import deliver_webhook, refusal_reason
 from tasks.enqueue import enqueue
-from workers.runtime import Runtime, build_runtime
-from workers.state.jobs import Job
+from workers.runtime import Runtime
 
 REQUEST = {"prompt": "notify me"}
 
 
-class Recorder:
-    def submit(self, job: Job) -> None:
-        pass
-
-    def poll(self, job: Job, *, countdown_s: float) -> None:
-        pass
-
-    def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        pass
-
-    def webhook(self, job: Job) -> None:
-        pass
-
-    def callback(self, job: Job, payload: dict[str, object]) -> None:
-        pass
-
-
 @pytest.fixture
-def rt(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    settings = load_settings(bfl_api_key="unit-test-key", output_dir=tmp_path / "out")
-    runtime = build_runtime(settings, redis_url=redis_url, dispatch=Recorder())
-    yield runtime
-    runtime.close()
+def rt(runtime: Runtime) -> Runtime:
+    """The shared offline Runtime (tests/conftest.py): a real Redis, no broker, no BFL."""
+    return runtime
 
 
 def allow_private(rt: Runtime) -> None:
