@@ -165,6 +165,9 @@ class _Handlers:
     async def stats(self, request: Request) -> Response:
         return JSONResponse(self.sim.stats(request.query_params.get("account")))
 
+    async def timeline(self, request: Request) -> Response:
+        return JSONResponse(self.sim.timeline(request.query_params.get("account")))
+
     async def reset(self, request: Request) -> Response:
         self.sim.reset()
         return JSONResponse({"reset": True})
@@ -211,6 +214,7 @@ class _Handlers:
             Route("/v1/delete_finetune", self.delete_finetune, methods=["POST"]),
             Route("/v1/{endpoint}", self.generate, methods=["POST"]),
             Route("/sim/stats", self.stats, methods=["GET"]),
+            Route("/sim/timeline", self.timeline, methods=["GET"]),
             Route("/sim/reset", self.reset, methods=["POST"]),
             Route("/sim/config", self.config, methods=["GET", "POST"]),
             Route("/sim/credits", self.set_credits, methods=["POST"]),

@@ -63,6 +63,11 @@ class SimConfig(BaseModel):
         default_factory=dict,
         description="Per-endpoint latency (model seconds, scaled); key 'default' for the rest.",
     )
+    latency_seed: int | None = Field(
+        default=None,
+        description="When set, a task's duration depends only on (seed, endpoint, prompt): "
+        "benchmarks give every client the same per-job latencies. None: drawn from rng_seed.",
+    )
     not_found_after_submit_s: float = Field(
         default=0.0, ge=0, description="'Task not found' for this long after submit (scaled)."
     )

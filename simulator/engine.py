@@ -202,6 +202,8 @@ class Simulator:
                 return Reply(200, not_found_body(task_id))
             task.polls += 1
             task.account.record_poll(task.polls)
+            if task.first_terminal_poll_at is None and now >= max(task.ready_at, task.visible_at):
+                task.first_terminal_poll_at = now
             return Reply(200, self.result_body(task, now))
 
     def authorise_sample(self, ref: SampleRef) -> SampleGrant | Reply:
@@ -223,6 +225,8 @@ class Simulator:
                 self.counters["downloads_not_found"] += 1
                 return detail(404, "The specified blob does not exist")
             task.account.downloads += 1
+            if task.first_download_at is None:
+                task.first_download_at = now
             return SampleGrant(task.prompt, task.seed, task.width, task.height, task.fmt)
 
     def stats(self, label: str | None = None) -> dict[str, Any]:
@@ -238,6 +242,14 @@ class Simulator:
                 "tasks_stored": len(self.tasks),
                 "clock_offset_s": self.clock.offset_s,
             }
+
+    def timeline(self, label: str | None = None) -> dict[str, Any]:
+        """``GET /sim/timeline``: each retained task's times and poll count, optionally of one
+        account label; a benchmark's ground truth for utilisation and detection delays."""
+        with self.lock:
+            tasks = self.tasks.retained(self.clock.now(), self._config.retention_s)
+            mine = [task for task in tasks if label is None or task.account.label == label]
+            return {"tasks": [task.timeline() for task in mine]}
 
     def account_stats(self, key: str) -> dict[str, Any]:
         """One key's account counters (zeros when the key was never used)."""

@@ -5,6 +5,7 @@ Parses the CLI form ``"flux-pro-1.1=lognormal:4:9,default=fixed:1"``; values are
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Mapping
@@ -164,6 +165,23 @@ def latency_for(
         if key in table:
             return table[key]
     return DEFAULT_LATENCY[DEFAULT_KEY]
+
+
+def latency_rng(seed: int, endpoint: str, prompt: str) -> random.Random:
+    """A generator fixed by (seed, endpoint, prompt) alone: the same prompt draws the same duration
+    whichever account submits it and whenever, so clients can be compared job for job."""
+    digest = hashlib.sha256(f"{seed}\0{endpoint}\0{prompt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def seeded_duration_s(
+    seed: int,
+    endpoint: str,
+    prompt: str,
+    latency: Mapping[str, FixedLatency | UniformLatency | LogNormalLatency],
+) -> float:
+    """The model seconds (before time_scale) a task takes under ``SimConfig.latency_seed``."""
+    return latency_for(endpoint, latency).sample(latency_rng(seed, endpoint, prompt))
 
 
 def parse_latency(text: str) -> dict[str, FixedLatency | UniformLatency | LogNormalLatency]:

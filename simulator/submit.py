@@ -26,7 +26,7 @@ from config.errors import FieldError, InvalidRequest
 from simulator.accounts import Account
 from simulator.config import SimConfig
 from simulator.engine import NOT_AUTHENTICATED, Reply, Simulator, detail
-from simulator.latency import latency_for
+from simulator.latency import latency_for, seeded_duration_s
 from simulator.tasks import Task, TaskStatus
 
 MAX_SEED = 2**32 - 1
@@ -118,6 +118,10 @@ def _new_task(
     outcome = _fate(sim, prompt)
     if outcome is TaskStatus.REQUEST_MODERATED:
         duration_s = 0.0
+    elif cfg.latency_seed is not None:
+        duration_s = cfg.scaled(
+            seeded_duration_s(cfg.latency_seed, spec.endpoint, prompt, cfg.latency)
+        )
     else:
         duration_s = cfg.scaled(latency_for(spec.endpoint, cfg.latency).sample(sim.rng))
     width, height = output_size(spec.endpoint, request)
@@ -136,6 +140,7 @@ def _new_task(
         created_at=now,
         visible_at=now + cfg.scaled(cfg.not_found_after_submit_s),
         ready_at=now + duration_s,
+        duration_s=duration_s,
         outcome=outcome,
         cost=estimate_credits(spec.endpoint, request),
         webhook_url=str(webhook_url) if webhook_url else None,

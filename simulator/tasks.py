@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from simulator.accounts import Account
 
@@ -25,7 +26,9 @@ class TaskStatus(StrEnum):
 
 @dataclass(slots=True)
 class Task:
-    """One generation: its request, its fate (``outcome`` at ``ready_at``) and its poll count."""
+    """One generation: its request, its fate (``outcome`` at ``ready_at``) and its poll count.
+
+    ``duration_s`` is ``ready_at - created_at`` as drawn, before epoch-sized floats round it."""
 
     id: str
     account: Account
@@ -44,8 +47,27 @@ class Task:
     delivery_base: str
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    duration_s: float = 0.0
     polls: int = 0
     sample_expires_at: float | None = None
+    first_terminal_poll_at: float | None = None
+    first_download_at: float | None = None
+
+    def timeline(self) -> dict[str, Any]:
+        """When it was created, ran, was seen finished and was fetched: what benchmarks measure."""
+        return {
+            "id": self.id,
+            "account": self.account.label,
+            "endpoint": self.endpoint,
+            "prompt": self.prompt,
+            "outcome": self.outcome.value,
+            "created_at": self.created_at,
+            "ready_at": self.ready_at,
+            "duration_s": self.duration_s,
+            "polls": self.polls,
+            "first_terminal_poll_at": self.first_terminal_poll_at,
+            "first_download_at": self.first_download_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +114,11 @@ class TaskStore:
         if task is None or now >= task.ready_at + retention_s:
             return None
         return task
+
+    def retained(self, now: float, retention_s: float) -> list[Task]:
+        """Every task still within its retention period, in submission order."""
+        self.purge(now, retention_s)
+        return [task for task in self._by_id.values() if now < task.ready_at + retention_s]
 
     def purge(self, now: float, retention_s: float) -> None:
         """Drop expired tasks from the front (submission order), bounding memory.

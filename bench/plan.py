@@ -1,0 +1,100 @@
+"""What a benchmark run compares: latency scenarios, the sides (clients) and the jobs' prompts.
+
+Prompts are the same on every side, and the simulator derives each task's duration from its
+prompt (``SimConfig.latency_seed``): every side, and the oracle, face the same per-job latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from simulator.latency import Z_95, LogNormalLatency
+
+ENDPOINT = "flux-dev"
+"""A catalog endpoint with no nested cap group: only the account's cap (24 by default) applies."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A lognormal latency given by its median and the sigma of its logarithm."""
+
+    name: str
+    median_s: float
+    sigma: float
+
+    def latency(self) -> LogNormalLatency:
+        """The simulator's form of it: p50 and p95, where p95 = p50 * exp(1.645 * sigma)."""
+        p95_s = self.median_s * math.exp(Z_95 * self.sigma)
+        return LogNormalLatency(p50_s=self.median_s, p95_s=p95_s)
+
+    def latency_map(self) -> dict[str, LogNormalLatency]:
+        """``SimConfig.latency`` for the benchmark's one endpoint."""
+        return {ENDPOINT: self.latency()}
+
+    def prompt(self, index: int) -> str:
+        """Job ``index``'s prompt, identical across sides so its latency is too."""
+        return f"bench {self.name} job {index}"
+
+
+SCENARIOS = {
+    "l5": Scenario("l5", median_s=5.0, sigma=0.4),
+    "l1": Scenario("l1", median_s=1.0, sigma=0.3),
+}
+
+SideKind = Literal["naive", "fluxq"]
+
+SIDE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+"""Side names become API keys, Redis batch names and directory names: keep them plain."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One client under test: the naive loop, or ``fluxq worker`` with extra environment."""
+
+    name: str
+    kind: SideKind
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def key(self, scenario: Scenario) -> str:
+        """The side's own API key, hence its own simulator account and cap."""
+        return f"bench-{self.name}-{scenario.name}"
+
+
+BUILTIN_SIDES = {
+    "naive": Side("naive", "naive"),
+    "fluxq": Side("fluxq", "fluxq"),
+    "fluxq-probe": Side("fluxq-probe", "fluxq", {"FLUXQ_PROBE_SUBMITS": "true"}),
+}
+
+
+def parse_side(text: str) -> Side:
+    """``NAME:ENV=VAL;ENV=VAL``: a fluxq side with that environment (new strategies, no code)."""
+    name, _, assignments = text.partition(":")
+    name = name.strip()
+    if not SIDE_NAME.fullmatch(name):
+        raise ValueError(f"side name {name!r}: use lower-case letters, digits and -")
+    if name == "naive":
+        raise ValueError("'naive' is the built-in naive loop; name a fluxq side otherwise")
+    env: dict[str, str] = {}
+    for item in assignments.split(";"):
+        if not item.strip():
+            continue
+        var, sep, value = item.partition("=")
+        if not sep or not var.strip():
+            raise ValueError(f"side {name}: {item!r} is not ENV=VALUE")
+        env[var.strip()] = value.strip()
+    return Side(name, "fluxq", env)
+
+
+def choose_sides(names: list[str], custom: list[Side]) -> list[Side]:
+    """The sides to run, in order: ``names`` (built-in or custom), then custom ones not named."""
+    known = {**BUILTIN_SIDES, **{side.name: side for side in custom}}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [known[name] for name in dict.fromkeys(names)]
+    return chosen + [side for side in custom if side.name not in names]
