@@ -111,9 +111,41 @@ class Settings(BaseSettings):
         description="Nested per-endpoint caps inside active_cap, as 'endpoint=N,endpoint=N'.",
     )
 
-    poll_first_delay_s: float = Field(default=2.0, gt=0, le=600)
-    poll_min_delay_s: float = Field(default=0.5, gt=0, le=60)
-    poll_max_delay_s: float = Field(default=5.0, gt=0, le=600)
+    poll_budget: float = Field(
+        default=0.65,
+        ge=0.1,
+        le=5.0,
+        description="Polls per task, as a share of what BFL's poll-every-0.5 s loop would spend on "
+        "the latencies fluxq has learned; fluxq places them where Ready is most likely.",
+    )
+    poll_prior_median_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="The generation time assumed for an endpoint before any has been observed.",
+    )
+    poll_min_delay_s: float = Field(
+        default=0.05, gt=0, le=60, description="The shortest wait between two polls of one task."
+    )
+    poll_max_delay_s: float = Field(
+        default=5.0, gt=0, le=600, description="The longest wait between polls past the plan."
+    )
+    probe_submits: bool = Field(
+        default=False,
+        description="Opt-in: at the cap, keep one extra submit trying, so a finished task frees "
+        "its slot before any poll sees it. Its 429s cost no credit and are counted apart, not as "
+        "cap signals; it sends up to 1/FLUXQ_PROBE_INTERVAL_S rejected requests a second.",
+    )
+    probe_interval_s: float = Field(
+        default=0.1, ge=0.01, le=10, description="Wait after a probe's 429 before it tries again."
+    )
+    probe_extra: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Leases probe mode may hold beyond the cap: each one proven by BFL accepting "
+        "a probe, so BFL itself never sees more than the cap.",
+    )
     poll_deadline_s: float = Field(default=900.0, gt=0, le=86_400)
 
     http_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)

@@ -14,37 +14,27 @@ from tasks import lifecycle
 from workers.bfl.responses import Result, Status
 from workers.dispatch import runtime_of
 from workers.runtime import Runtime, flower_options
-from workers.state import keys
 from workers.state.jobs import Job, JobField, State
-from workers.timing import backoff_s, next_poll_delay_s, update_median_s
+from workers.state.latency_book import size_class
+from workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.poll")
 
 POLL_BACKOFF_CAP_S = 30.0
-FIRST_DELAY_TO_MEDIAN = 1 / 0.9  # the first-poll setting is the delay, not the median
 
 
-def median_latency_s(rt: Runtime, endpoint: str) -> float:
-    """The endpoint's observed median Pending→Ready time, or the configured first delay's median."""
-    value = rt.redis.get(keys.latency(endpoint))
-    if value:
-        return float(value)
-    return rt.settings.poll_first_delay_s * FIRST_DELAY_TO_MEDIAN
+def size_of(job: Job) -> str:
+    """The job's image-size class for the latency model (from the request's width and height)."""
+    return size_class(job.request.get("width"), job.request.get("height"))
 
 
-def record_latency(rt: Runtime, endpoint: str, observed_s: float) -> None:
-    """Move the endpoint's median estimate toward one observation (last writer wins: fine here)."""
-    value = rt.redis.get(keys.latency(endpoint))
-    current = float(value) if value else None
-    rt.redis.set(keys.latency(endpoint), update_median_s(current, observed_s))
-
-
-def poll_delay_s(rt: Runtime, endpoint: str, *, elapsed_s: float) -> float:
-    return next_poll_delay_s(
-        elapsed_s=elapsed_s,
-        median_s=median_latency_s(rt, endpoint),
+def poll_delay_s(rt: Runtime, job: Job, *, elapsed_s: float) -> float:
+    """Seconds until the next poll of ``job``, from the learned plan for its endpoint and size."""
+    plan = rt.latency.schedule(job.endpoint, size_of(job))
+    return plan.next_delay_s(
+        elapsed_s,
         min_delay_s=rt.settings.poll_min_delay_s,
-        max_delay_s=rt.settings.poll_max_delay_s,
+        max_tail_gap_s=rt.settings.poll_max_delay_s,
     )
 
 
@@ -68,7 +58,10 @@ def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
     if result.seed is not None:
         fields[JobField.SEED] = result.seed
     if lifecycle.ready(rt, job, fields):
-        record_latency(rt, job.endpoint, elapsed_s)
+        # Ready happened after the last poll that saw Pending and by this one: the interval,
+        # not this poll's time, is what the latency model learns (no poll-delay bias).
+        pending_s = job.last_pending_s if job.last_pending_s is not None else 0.0
+        rt.latency.observe(job.endpoint, size_of(job), pending_s, elapsed_s)
         rt.dispatch.save(job)
 
 
@@ -112,9 +105,11 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
 def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float | None:
     job_id = job.job_id
     if result.status is Status.PENDING:
+        fields: dict[str, str | int | float] = {JobField.LAST_PENDING_S: round(elapsed_s, 4)}
         if result.progress is not None:
-            rt.store.update(job_id, {JobField.PROGRESS: result.progress})
-        return poll_delay_s(rt, job.endpoint, elapsed_s=elapsed_s)
+            fields[JobField.PROGRESS] = result.progress
+        rt.store.update(job_id, fields)
+        return poll_delay_s(rt, job, elapsed_s=elapsed_s)
     if result.status is Status.READY:
         _on_ready(rt, job, result, elapsed_s)
         return None

@@ -57,6 +57,9 @@ def settle_uncertain(rt: Runtime, job: Job, detail: str) -> str:
 def _claim(rt: Runtime, job_id: str) -> Job | None:
     """The job if it is ours to POST now; None when there is nothing (more) to do."""
     job = rt.store.get(job_id)
+    not_posting = job is None or job.state is not State.ADMITTED or job.submitting_at is not None
+    if not_posting and rt.limiter.probe_extra:
+        rt.limiter.end_probe(job_id)  # it will not POST now: the next probe may go
     if job is None or job.state is not State.ADMITTED:
         return None  # redelivered, cancelled or already handled
     if job.submitting_at is not None:
@@ -79,13 +82,34 @@ def _paused(rt: Runtime, job: Job, exc: StopAndAlert) -> None:
     _give_back(rt, job, "403: the API key was refused; admission paused")
 
 
+def _on_rate_limited(rt: Runtime, job: Job, exc: RateLimited) -> float | None:
+    """A 429: expected for a probe (retry it soon), else a cap signal that cuts admission."""
+    if rt.limiter.probe_extra:
+        if rt.limiter.probe() == job.job_id:
+            # The probe's own 429: BFL is full of ours, as it may be; no credit was spent.
+            rt.limiter.count("probe_429")
+            rt.limiter.renew_probe(job.job_id)
+            rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+            return max(rt.settings.probe_interval_s, exc.retry_after_s or 0.0)
+        if rt.limiter.held() - 1 >= rt.limiter.effective_cap(now_s=rt.clock()):
+            # A probe took the slot this job was admitted for: ours fill BFL, nobody else's.
+            rt.limiter.count("probe_429")
+            _give_back(rt, job, "429: a probe took the freed slot first; back at the head")
+            return None
+    rt.limiter.count("cap_signal_429")
+    cap = rt.limiter.rate_limited(now_s=rt.clock(), retry_after_s=exc.retry_after_s)
+    log.info("429 despite a free slot job=%s effective_cap=%d", job.job_id, cap)
+    _give_back(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
+    return None
+
+
 def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
     """Act on a failed POST; returns a countdown when the same job should retry."""
     if isinstance(exc, RateLimited):
-        cap = rt.limiter.rate_limited(now_s=rt.clock(), retry_after_s=exc.retry_after_s)
-        log.info("429 despite a free slot job=%s effective_cap=%d", job.job_id, cap)
-        _give_back(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
-    elif isinstance(exc, StopAndAlert):
+        return _on_rate_limited(rt, job, exc)
+    if rt.limiter.probe_extra:
+        rt.limiter.end_probe(job.job_id)  # whatever happens to it now, the next probe may go
+    if isinstance(exc, StopAndAlert):
         _paused(rt, job, exc)
     elif isinstance(exc, OutcomeUnknown) or (
         isinstance(exc, ServerError) and not rt.settings.submit_retry_5xx
@@ -126,7 +150,11 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         )
         return
     rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-    rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job.endpoint, elapsed_s=0.0))
+    rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job, elapsed_s=0.0))
+    if rt.limiter.probe_extra and rt.limiter.end_probe(job.job_id):
+        # Accepted beyond the cap: BFL had finished one of ours. Probe again at once.
+        rt.limiter.count("probe_accepted")
+        admit_and_dispatch(rt)
 
 
 def submit_job(rt: Runtime, job_id: str) -> float | None:

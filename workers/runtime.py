@@ -17,6 +17,7 @@ from config.settings import Settings
 from workers.bfl.client import BFLClient
 from workers.state import keys
 from workers.state.jobs import Job
+from workers.state.latency_book import LatencyBook
 from workers.state.lease_keeper import LeaseKeeper
 from workers.state.limiter import Caps, SlotLimiter
 from workers.state.store import JobStore
@@ -73,6 +74,7 @@ class Runtime:
     dispatch: Dispatcher
     label: str
     leases: LeaseKeeper
+    latency: LatencyBook
     clock: Callable[[], float] = field(default=time.time)
 
     def close(self) -> None:
@@ -98,6 +100,7 @@ def build_runtime(
         lease_ttl_s=settings.lease_ttl_s,
         aimd_increase_interval_s=settings.aimd_increase_interval_s,
         aimd_decrease_factor=settings.aimd_decrease_factor,
+        probe_extra=settings.probe_extra if settings.probe_submits else 0,
     )
     return Runtime(
         settings=settings,
@@ -108,4 +111,7 @@ def build_runtime(
         dispatch=dispatch,
         label=label,
         leases=LeaseKeeper(limiter, clock=time.time),
+        latency=LatencyBook(
+            client, budget=settings.poll_budget, prior_median_s=settings.poll_prior_median_s
+        ),
     )

@@ -25,7 +25,7 @@ from workers.state.jobs import State
 
 KEY = "integration-test-key"
 FAST_ENV = {
-    "FLUXQ_POLL_FIRST_DELAY_S": "0.05",
+    "FLUXQ_POLL_PRIOR_MEDIAN_S": "0.05",
     "FLUXQ_POLL_MIN_DELAY_S": "0.02",
     "FLUXQ_POLL_MAX_DELAY_S": "0.1",
     "FLUXQ_RETRY_BACKOFF_BASE_S": "0.05",

@@ -28,7 +28,7 @@ from workers.state.jobs import Job
 
 KEY = "pipeline-test-key"
 FAST = {
-    "poll_first_delay_s": 0.02,
+    "poll_prior_median_s": 0.02,
     "poll_min_delay_s": 0.01,
     "poll_max_delay_s": 0.05,
     "retry_backoff_base_s": 0.01,

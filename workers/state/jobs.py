@@ -106,6 +106,7 @@ class JobField(StrEnum):
     OUTPUT_MP = "output_mp"
     # Poll.
     POLL_ATTEMPTS = "poll_attempts"
+    LAST_PENDING_S = "last_pending_s"
     NOT_FOUND_COUNT = "not_found_count"
     PROGRESS = "progress"
     SAMPLE_URL = "sample_url"
@@ -184,6 +185,7 @@ class Job:
     submitting_at: float | None
     submit_attempts: int
     poll_attempts: int
+    last_pending_s: float | None
     not_found_count: int
     download_attempts: int
     refetched: bool
@@ -246,6 +248,7 @@ def parse_job(job_id: str, raw: Mapping[str, str]) -> Job:
         submitting_at=_opt_float(raw.get(JobField.SUBMITTING_AT)),
         submit_attempts=_count(raw, JobField.SUBMIT_ATTEMPTS),
         poll_attempts=_count(raw, JobField.POLL_ATTEMPTS),
+        last_pending_s=_opt_float(raw.get(JobField.LAST_PENDING_S)),
         not_found_count=_count(raw, JobField.NOT_FOUND_COUNT),
         download_attempts=_count(raw, JobField.DOWNLOAD_ATTEMPTS),
         refetched=_flag(raw, JobField.REFETCHED),

@@ -11,6 +11,10 @@
     fluxq:slots:{k}               zset    lease holders (job ids) of the key's cap, score = expiry
     fluxq:slots:{k}:{g}           zset    lease holders of one cap group, score = expiry (kept for
                                           every group; only nested caps are enforced)
+    fluxq:probe:{k}               string  probe mode: the job admitted beyond the cap whose POST
+                                          is out (or retrying after a 429); expires with a lease
+    fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
+                                          probe_429, probe_accepted
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
                                           paused_until, pause_kind, pause_detail
@@ -21,7 +25,10 @@
                                           a second); kept like the batch counters
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
                                           re-sends it (a save lost with a worker is redone)
-    fluxq:latency:{endpoint}      string  moving median of Pending→Ready seconds
+    fluxq:latency:{endpoint}      list    the last 256 observed generation times of the endpoint,
+                                          each "pending_s ready_s" (the last Pending and first
+                                          Ready poll, seconds after submit; see latency_book.py)
+    fluxq:latency:{endpoint}:{sz} list    the same for one image size class (e.g. "1.0mp")
     fluxq:lock:{name}             string  short-lived locks (the sweep)
     fluxq:events                  pubsub  one JSON message per job state change
 
@@ -82,12 +89,22 @@ def names(batch: str) -> str:
     return f"{PREFIX}:names:{batch}"
 
 
+def probe(label: str) -> str:
+    return f"{PREFIX}:probe:{label}"
+
+
+def stats(label: str) -> str:
+    return f"{PREFIX}:stats:{label}"
+
+
 def saves(label: str) -> str:
     return f"{PREFIX}:saves:{label}"
 
 
-def latency(endpoint: str) -> str:
-    return f"{PREFIX}:latency:{endpoint}"
+def latency(endpoint: str, size: str | None = None) -> str:
+    if size is None:
+        return f"{PREFIX}:latency:{endpoint}"
+    return f"{PREFIX}:latency:{endpoint}:{size}"
 
 
 def lock(name: str) -> str:

@@ -104,6 +104,7 @@ class SlotLimiter:
         lease_ttl_s: float = 120.0,
         aimd_increase_interval_s: float = 5.0,
         aimd_decrease_factor: float = 0.5,
+        probe_extra: int = 0,
     ) -> None:
         if lease_ttl_s <= 0 or aimd_increase_interval_s <= 0:
             raise ValueError("lease_ttl_s and aimd_increase_interval_s must be positive")
@@ -116,6 +117,9 @@ class SlotLimiter:
         self.lease_ttl_s = lease_ttl_s
         self.increase_interval_s = aimd_increase_interval_s
         self.decrease_factor = aimd_decrease_factor
+        self.probe_extra = probe_extra
+        self._probe = keys.probe(label)
+        self._stats = keys.stats(label)
         self._slots = keys.slots(label)
         self._cap_state = keys.cap_state(label)
         self._groups = keys.groups(label)
@@ -124,7 +128,7 @@ class SlotLimiter:
         """Admit up to ``max_jobs`` waiting jobs, best score first, as far as the caps allow."""
         group_caps = [part for g, c in sorted(self.caps.group_caps.items()) for part in (g, c)]
         admitted: list[str] = self._scripts.admit(
-            keys=[self._groups, self._slots, self._cap_state],
+            keys=[self._groups, self._slots, self._cap_state, self._probe],
             args=[
                 now_s,
                 max_jobs,
@@ -137,10 +141,37 @@ class SlotLimiter:
                 keys.backlog(self.label, ""),
                 keys.group_slots(self.label, ""),
                 keys.EVENTS_CHANNEL,
+                self.probe_extra,
+                self.lease_ttl_s,
                 *group_caps,
             ],
         )
         return list(admitted)
+
+    def probe(self) -> str | None:
+        """The job admitted beyond the cap whose POST is out or waiting to be retried, if any."""
+        return self._redis.get(self._probe)
+
+    def renew_probe(self, job_id: str) -> None:
+        """Keep ``job_id`` the probe for another lease period (it is retrying after a 429)."""
+        self._redis.set(self._probe, job_id, px=int(self.lease_ttl_s * 1000), xx=True)
+
+    def end_probe(self, job_id: str) -> bool:
+        """``job_id`` is no longer the probe (accepted, or failed otherwise): the next may go.
+
+        Only the probe itself clears the marker and admission sets it only when it is absent,
+        so reading then deleting cannot remove another job's marker (it expires on its own if
+        its worker dies)."""
+        if self._redis.get(self._probe) != job_id:
+            return False
+        return bool(self._redis.delete(self._probe))
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to one of the key's counters (``fluxq:stats:{k}``: 429s by kind, probes)."""
+        self._redis.hincrby(self._stats, name, amount)
+
+    def counters(self) -> dict[str, int]:
+        return {name: int(value) for name, value in self._redis.hgetall(self._stats).items()}
 
     def hold(self, job_id: str, group: str, *, now_s: float) -> None:
         """Renew the job's lease, or take it back with no cap check if it was released: its BFL

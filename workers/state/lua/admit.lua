@@ -4,11 +4,14 @@
 -- KEYS[1] groups set        fluxq:groups:{k}
 -- KEYS[2] key slots zset    fluxq:slots:{k}          (lease holders, score = expiry)
 -- KEYS[3] cap state hash    fluxq:cap:{k}
+-- KEYS[4] probe marker       fluxq:probe:{k}          (the job admitted beyond the cap, if any)
 -- ARGV[1] now (s)   ARGV[2] max jobs to admit   ARGV[3] max stale backlog entries to drop
 -- ARGV[4] lease TTL (s)   ARGV[5] key cap   ARGV[6] AIMD increase interval (s)
 -- ARGV[7] job hash prefix   ARGV[8] batch prefix   ARGV[9] backlog prefix (this key's)
 -- ARGV[10] group slots prefix (this key's)   ARGV[11] events channel
--- ARGV[12..] group, cap pairs for the groups with a nested cap
+-- ARGV[12] probe extra: leases that may be held beyond the cap, one probe at a time (0: none)
+-- ARGV[13] probe marker TTL (s)
+-- ARGV[14..] group, cap pairs for the groups with a nested cap
 -- Returns the admitted job ids, in admission order (lowest backlog score first).
 --
 -- Every lease in the slot sets counts, expired or not (ZCARD): only the sweep decides whether an
@@ -25,7 +28,10 @@ local job_prefix, batch_prefix, backlog_prefix, gslots_prefix = ARGV[7], ARGV[8]
 local channel = ARGV[11]
 
 local group_cap = {}
-for i = 12, #ARGV, 2 do
+local probe_extra = tonumber(ARGV[12])
+local probe_ttl_ms = math.floor(tonumber(ARGV[13]) * 1000)
+
+for i = 14, #ARGV, 2 do
   group_cap[ARGV[i]] = tonumber(ARGV[i + 1])
 end
 
@@ -48,7 +54,18 @@ end
 local held = redis.call('ZCARD', KEYS[2])
 local admitted = {}
 local stale = 0
-while #admitted < max_jobs and held < effective do
+while #admitted < max_jobs do
+  -- At the cap, probe mode admits one job more while no other probe is out: its POST may draw
+  -- a 429, which costs nothing and is not a cap signal (tasks/submit.py), and is accepted as
+  -- soon as BFL finishes one of ours that no poll has seen yet.
+  local probing = false
+  if held >= effective then
+    if probe_extra > 0 and held < effective + probe_extra and redis.call('EXISTS', KEYS[4]) == 0 then
+      probing = true
+    else
+      break
+    end
+  end
   local best_group, best = nil, nil
   for _, group in ipairs(groups) do
     local top = heads[group]
@@ -73,6 +90,9 @@ while #admitted < max_jobs and held < effective do
     fluxq_move(job_key, batch_prefix .. record[2], channel, job_id, record[2], 'queued', 'admitted',
       ARGV[1], nil)
     admitted[#admitted + 1] = job_id
+    if probing then
+      redis.call('SET', KEYS[4], job_id, 'PX', probe_ttl_ms)
+    end
   else
     -- Expired or no longer queued (cancelled): drop the entry without taking a slot.
     stale = stale + 1

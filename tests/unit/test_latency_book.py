@@ -1,0 +1,106 @@
+"""The latency book against a real Redis: shared observations, per-size models, cold start."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import redis
+
+from workers.poll_schedule import budget_schedule
+from workers.state import keys
+from workers.state.latency_book import (
+    COLD_BUDGET,
+    COLD_INTERVAL_S,
+    MIN_OBSERVATIONS,
+    REFIT_INTERVAL_S,
+    WINDOW,
+    LatencyBook,
+    size_class,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def book(client: redis.Redis[str], clock: Clock | None = None) -> LatencyBook:
+    return LatencyBook(client, budget=0.65, prior_median_s=5.0, clock=clock or Clock())
+
+
+def test_observations_are_kept_per_endpoint_and_size_and_trimmed(
+    redis_client: redis.Redis[str],
+) -> None:
+    latencies = book(redis_client)
+    for i in range(WINDOW + 10):
+        latencies.observe("flux-dev", "1.0mp", 1.0, 1.5 + i / 1000)
+    latencies.observe("flux-dev", "1.0mp", 2.0, 2.0)  # not an interval: ignored
+    assert redis_client.llen(keys.latency("flux-dev")) == WINDOW
+    assert redis_client.llen(keys.latency("flux-dev", "1.0mp")) == WINDOW
+    assert redis_client.lindex(keys.latency("flux-dev"), 0) == "1.0000 1.7650"
+
+
+def test_a_cold_endpoint_polls_often_until_its_first_ready_then_at_the_loop_budget(
+    redis_client: redis.Redis[str],
+) -> None:
+    latencies = book(redis_client)
+    plan = latencies.schedule("flux-dev", "default")
+    assert plan.next_delay_s(0.0, min_delay_s=0.05, max_tail_gap_s=5.0) == COLD_INTERVAL_S
+    assert plan.next_delay_s(3.0, min_delay_s=0.05, max_tail_gap_s=5.0) == COLD_INTERVAL_S
+    latencies.observe("flux-dev", "default", 0.75, 1.0)
+    fresh = book(redis_client)
+    model = fresh.model("flux-dev", "default")
+    assert model.median_s < 2.5  # one observation already moves it halfway from the 5 s prior
+    assert fresh.schedule("flux-dev", "default") == budget_schedule(model, COLD_BUDGET)
+
+
+def test_a_size_with_few_observations_borrows_the_endpoints_model(
+    redis_client: redis.Redis[str],
+) -> None:
+    latencies = book(redis_client)
+    for _ in range(40):
+        latencies.observe("flux-dev", "1.0mp", 0.9, 1.1)
+    for _ in range(MIN_OBSERVATIONS - 1):
+        latencies.observe("flux-dev", "4.0mp", 7.9, 8.1)
+    # The 4 MP list is too short: its plan is the endpoint's (dominated by the 1 s tasks)
+    assert latencies.model("flux-dev", "4.0mp").median_s < 2.0
+    for _ in range(20):
+        latencies.observe("flux-dev", "4.0mp", 7.9, 8.1)
+    fresh = book(redis_client)
+    assert fresh.model("flux-dev", "4.0mp").median_s == pytest.approx(8.0, rel=0.1)
+    assert fresh.model("flux-dev", "1.0mp").median_s == pytest.approx(1.0, rel=0.1)
+
+
+def test_a_process_refits_at_most_every_interval(redis_client: redis.Redis[str]) -> None:
+    clock = Clock()
+    latencies = book(redis_client, clock)
+    for _ in range(20):
+        latencies.observe("flux-dev", "default", 0.9, 1.1)
+    first = latencies.model("flux-dev", "default")
+    for _ in range(200):
+        latencies.observe("flux-dev", "default", 2.9, 3.1)
+    assert latencies.model("flux-dev", "default") == first  # cached
+    clock.now += REFIT_INTERVAL_S
+    assert latencies.model("flux-dev", "default").median_s == pytest.approx(3.0, rel=0.1)
+
+
+def test_a_settled_fit_is_not_biased_by_the_prior(redis_client: redis.Redis[str]) -> None:
+    latencies = book(redis_client)
+    for i in range(WINDOW):
+        x = 1.0 * math.exp(0.3 * math.sin(i))  # spread around 1 s, far from the 5 s prior
+        latencies.observe("flux-dev", "default", x - 0.01, x + 0.01)
+    model = latencies.model("flux-dev", "default")
+    assert model.median_s == pytest.approx(1.0, rel=0.05)
+    assert model.sigma < 0.25
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [(1024, 1024, "1.0mp"), (1440, 1440, "2.0mp"), (None, 768, "default"), ("a", 3, "default")],
+)
+def test_size_classes(width: object, height: object, expected: str) -> None:
+    assert size_class(width, height) == expected

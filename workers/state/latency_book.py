@@ -1,0 +1,128 @@
+"""Learned generation times per endpoint and image size, shared by every worker through Redis.
+
+Each Ready adds one observation, ``(last Pending poll, first Ready poll]`` in seconds after
+submit, to a short list per endpoint and per endpoint+size. Every process fits the lognormal of
+``workers.poll_schedule`` from that list now and then and plans its polls from the fit; between
+refits it answers from memory, so a poll costs no extra round trip to decide when the next is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from workers.poll_schedule import LogNormal, Schedule, budget_schedule, fit
+from workers.state import keys
+
+WINDOW = 256
+"""Observations kept per list: enough for a stable fit, few enough to follow a change in BFL's
+speed within a few minutes of work."""
+
+MIN_OBSERVATIONS = 8
+"""Below this a size's own list is not used (the endpoint's is), nor the endpoint's (the prior)."""
+
+REFIT_INTERVAL_S = 2.0
+"""A process refits a model at most this often."""
+
+PRIOR_SIGMA = 0.8
+"""The prior's spread: wide, because the prior median is a guess until the first observations."""
+
+PRIOR_WEIGHT = 1.0
+"""How many observations the prior counts as while there are few (it is a guess)."""
+
+COLD_BUDGET = 1.0
+"""Until an endpoint has 8 observations, poll as often as the 0.5 s loop would."""
+
+COLD_INTERVAL_S = 0.25
+"""Before its first observation an endpoint's tasks are polled this often: the prior is a guess,
+and the first Ready, seen soon, is worth more than the few polls it costs."""
+
+
+def size_class(width: object, height: object) -> str:
+    """A coarse image-size label (nearest half megapixel) for requests that name their size."""
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        return f"{round(width * height / 2**20 * 2) / 2:.1f}mp"
+    return "default"
+
+
+@dataclass
+class _Plan:
+    fitted_at: float
+    model: LogNormal
+    schedule: Schedule
+
+
+class LatencyBook:
+    """Fits and caches one poll schedule per (endpoint, size class)."""
+
+    def __init__(
+        self,
+        client: redis.Redis[str],
+        *,
+        budget: float,
+        prior_median_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self.budget = budget
+        self.prior = LogNormal.from_median(prior_median_s, PRIOR_SIGMA)
+        self._clock = clock
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, endpoint: str, size: str, pending_s: float, ready_s: float) -> None:
+        """Record that a task became Ready after ``pending_s`` and by ``ready_s``."""
+        if ready_s <= pending_s:
+            return
+        entry = f"{pending_s:.4f} {ready_s:.4f}"
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (keys.latency(endpoint), keys.latency(endpoint, size)):
+            pipe.lpush(key, entry)
+            pipe.ltrim(key, 0, WINDOW - 1)
+        pipe.execute()
+
+    def schedule(self, endpoint: str, size: str) -> Schedule:
+        """The poll plan for a task of this endpoint and size, refitted at most every 2 s."""
+        now = self._clock()
+        with self._lock:
+            plan = self._plans.get((endpoint, size))
+        if plan is not None and now - plan.fitted_at < REFIT_INTERVAL_S:
+            return plan.schedule
+        plan = self._plan(endpoint, size, now)
+        with self._lock:
+            self._plans[(endpoint, size)] = plan
+        return plan.schedule
+
+    def model(self, endpoint: str, size: str) -> LogNormal:
+        """The current fit (for status output and tests)."""
+        self.schedule(endpoint, size)
+        with self._lock:
+            return self._plans[(endpoint, size)].model
+
+    def _plan(self, endpoint: str, size: str, now: float) -> _Plan:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lrange(keys.latency(endpoint, size), 0, WINDOW - 1)
+        pipe.lrange(keys.latency(endpoint), 0, WINDOW - 1)
+        by_size, by_endpoint = pipe.execute()
+        rows = by_size if len(by_size) >= MIN_OBSERVATIONS else by_endpoint
+        observations = [parsed for row in rows if (parsed := _parse(row)) is not None]
+        if not observations:
+            return _Plan(now, self.prior, Schedule((), tail_gap_s=COLD_INTERVAL_S))
+        # The prior weighs as 1 observation among the first 8 and fades as more arrive, so it
+        # steadies a cold start without biasing a settled fit.
+        weight = PRIOR_WEIGHT * MIN_OBSERVATIONS / max(MIN_OBSERVATIONS, len(observations))
+        model = fit(observations, prior=self.prior, prior_weight=weight)
+        budget = self.budget if len(observations) >= MIN_OBSERVATIONS else COLD_BUDGET
+        return _Plan(now, model, budget_schedule(model, budget))
+
+
+def _parse(row: str) -> tuple[float, float] | None:
+    try:
+        pending, ready = row.split()
+        return float(pending), float(ready)
+    except ValueError:
+        return None
