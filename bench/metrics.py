@@ -82,6 +82,9 @@ def side_metrics(
         "cpu_s_per_job": _ratio(run.cpu_s, n),
         "startup_cpu_s": run.startup_cpu_s,
         "peak_rss_mb": run.peak_rss_bytes / 2**20,
+        "redis_commands_per_job": _ratio(run.extra["redis_commands"], n)
+        if "redis_commands" in run.extra
+        else None,
         "latency_error_s": latency_error,
     }
     metrics["checks"] = _checks(run, metrics, n=n, cap=cap, unmatched=len(done) - len(saved))

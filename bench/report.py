@@ -37,6 +37,7 @@ ROWS: tuple[tuple[str, str, Format], ...] = (
     ("CPU s (run)", "cpu_s", _fixed(2)),
     ("CPU s (start-up)", "startup_cpu_s", _fixed(2)),
     ("peak RSS MB", "peak_rss_mb", _fixed(0)),
+    ("Redis commands/job (broker too)", "redis_commands_per_job", _fixed(1)),
 )
 
 

@@ -25,7 +25,7 @@ from config.settings import Settings, load_settings
 from fluxq.client import Client
 from workers.celery_app import make_celery
 from workers.process.children import start_child, stop_child
-from workers.process.supervisor import default_specs
+from workers.process.supervisor import DEFAULT_SAVE_THREADS, DEFAULT_THREADS, default_specs
 from workers.state import keys
 from workers.state.jobs import Job, State
 
@@ -41,8 +41,8 @@ START_TIMEOUT_S = 90.0
 WAIT_STEP_S = 0.5
 """How often the fluxq side's batch counters are read."""
 
-WORKER_THREADS = 16
-SAVE_THREADS = 4
+WORKER_THREADS = DEFAULT_THREADS
+SAVE_THREADS = DEFAULT_SAVE_THREADS
 """``fluxq worker``'s defaults, passed explicitly: they fix how many processes to wait for."""
 
 
@@ -194,14 +194,24 @@ def _run_fluxq(run: SideRun, ctx: Context) -> None:
         with Client(settings) as client:
             _wait_consuming(settings, process, log)
             run.startup_cpu_s = sampler.sample()
+            client.runtime.redis.config_resetstat()
             ids = _enqueue_and_wait(run, ctx, client, process, log)
             run.cpu_s = sampler.sample() - run.startup_cpu_s
+            calls = redis_command_calls(client.runtime.redis)
+            run.extra["redis_commands"] = sum(calls.values())
+            run.extra["redis_command_calls"] = calls
             _collect(run, client, ids)
     finally:
         if sampler is not None:
             sampler.close()
             run.peak_rss_bytes = sampler.peak_rss_bytes
         stop_child(process, timeout_s=30)
+
+
+def redis_command_calls(client: redis.Redis[str]) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT (fluxq's and Celery's broker work)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
 
 
 def _wait_consuming(settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:

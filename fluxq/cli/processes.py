@@ -15,7 +15,13 @@ from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo
 from workers.celery_app import make_celery
 from workers.process.children import python_argv
 from workers.process.embedded_redis import EmbeddedRedis
-from workers.process.supervisor import Supervisor, WorkerSpec, default_specs
+from workers.process.supervisor import (
+    DEFAULT_SAVE_THREADS,
+    DEFAULT_THREADS,
+    Supervisor,
+    WorkerSpec,
+    default_specs,
+)
 
 
 def _require_bfl_target(settings: Settings) -> None:
@@ -37,9 +43,12 @@ def worker_process_argv(spec: WorkerSpec, loglevel: str) -> list[str]:
 
 
 def worker(
-    threads: int = typer.Option(16, help="Threads for submit, poll and control work."),
+    threads: int = typer.Option(
+        DEFAULT_THREADS, help="Threads for submit, poll and control work (and save, by default)."
+    ),
     save_threads: int = typer.Option(
-        4, help="Threads of the separate save worker; 0 runs save in the main worker."
+        DEFAULT_SAVE_THREADS,
+        help="Threads of a separate save process; 0 (the default) saves in the main one.",
     ),
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:

@@ -47,8 +47,8 @@ def test_probes_keep_bfl_full_without_passing_its_cap_or_paying_twice(
 def test_a_probe_takes_a_finished_tasks_slot_before_any_poll_sees_it(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    # Given polls planned for a 100x slower model (the first poll comes long after Ready)
-    pipeline = probing(make_pipeline, poll_prior_median_s=5.0)
+    # Given a cold endpoint polled every 0.5 s, ten times the tasks' 50 ms
+    pipeline = probing(make_pipeline, poll_max_delay_s=5.0)
     ids = [enqueue(pipeline.rt, "flux-dev", {"prompt": f"late poll {i}"}) for i in range(8)]
     # When the pipeline runs only until the first poll is due
     while pipeline.dispatch.heap and pipeline.dispatch.heap[0].kind != "poll":

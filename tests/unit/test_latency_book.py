@@ -12,6 +12,7 @@ from workers.state import keys
 from workers.state.latency_book import (
     COLD_BUDGET,
     COLD_INTERVAL_S,
+    COLD_REFIT_INTERVAL_S,
     MIN_OBSERVATIONS,
     REFIT_INTERVAL_S,
     WINDOW,
@@ -50,7 +51,9 @@ def test_a_cold_endpoint_polls_often_until_its_first_ready_then_at_the_loop_budg
     latencies = book(redis_client)
     plan = latencies.schedule("flux-dev", "default")
     assert plan.next_delay_s(0.0, min_delay_s=0.05, max_tail_gap_s=5.0) == COLD_INTERVAL_S
-    assert plan.next_delay_s(3.0, min_delay_s=0.05, max_tail_gap_s=5.0) == COLD_INTERVAL_S
+    assert plan.next_delay_s(3.1, min_delay_s=0.05, max_tail_gap_s=5.0) == pytest.approx(
+        COLD_INTERVAL_S - 0.1
+    )
     latencies.observe("flux-dev", "default", 0.75, 1.0)
     fresh = book(redis_client)
     model = fresh.model("flux-dev", "default")
@@ -73,6 +76,16 @@ def test_a_size_with_few_observations_borrows_the_endpoints_model(
     fresh = book(redis_client)
     assert fresh.model("flux-dev", "4.0mp").median_s == pytest.approx(8.0, rel=0.1)
     assert fresh.model("flux-dev", "1.0mp").median_s == pytest.approx(1.0, rel=0.1)
+
+
+def test_a_cold_model_is_refitted_sooner(redis_client: redis.Redis[str]) -> None:
+    clock = Clock()
+    latencies = book(redis_client, clock)
+    latencies.schedule("flux-dev", "default")
+    latencies.observe("flux-dev", "default", 0.9, 1.1)
+    assert latencies.model("flux-dev", "default").median_s == pytest.approx(5.0)  # the prior
+    clock.now += COLD_REFIT_INTERVAL_S
+    assert latencies.model("flux-dev", "default").median_s < 2.5
 
 
 def test_a_process_refits_at_most_every_interval(redis_client: redis.Redis[str]) -> None:

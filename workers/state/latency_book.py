@@ -37,9 +37,13 @@ PRIOR_WEIGHT = 1.0
 COLD_BUDGET = 1.0
 """Until an endpoint has 8 observations, poll as often as the 0.5 s loop would."""
 
-COLD_INTERVAL_S = 0.25
-"""Before its first observation an endpoint's tasks are polled this often: the prior is a guess,
-and the first Ready, seen soon, is worth more than the few polls it costs."""
+COLD_INTERVAL_S = 0.5
+"""Before its first observation an endpoint's tasks are polled this often, like BFL's own loop:
+the prior is a guess, and a first turn should cost no more time than the loop's."""
+
+COLD_REFIT_INTERVAL_S = 0.25
+"""While a model rests on fewer than 8 observations it is refitted this often, so the first
+turn's tasks switch to a learned plan as soon as there is one (a list of 8 costs nothing)."""
 
 
 def size_class(width: object, height: object) -> str:
@@ -54,6 +58,11 @@ class _Plan:
     fitted_at: float
     model: LogNormal
     schedule: Schedule
+    observations: int
+
+    def fresh(self, now: float) -> bool:
+        cold = self.observations < MIN_OBSERVATIONS
+        return now - self.fitted_at < (COLD_REFIT_INTERVAL_S if cold else REFIT_INTERVAL_S)
 
 
 class LatencyBook:
@@ -86,11 +95,12 @@ class LatencyBook:
         pipe.execute()
 
     def schedule(self, endpoint: str, size: str) -> Schedule:
-        """The poll plan for a task of this endpoint and size, refitted at most every 2 s."""
+        """The poll plan for a task of this endpoint and size, refitted at most every 2 s
+        (every 0.25 s while it rests on fewer than 8 observations)."""
         now = self._clock()
         with self._lock:
             plan = self._plans.get((endpoint, size))
-        if plan is not None and now - plan.fitted_at < REFIT_INTERVAL_S:
+        if plan is not None and plan.fresh(now):
             return plan.schedule
         plan = self._plan(endpoint, size, now)
         with self._lock:
@@ -111,13 +121,13 @@ class LatencyBook:
         rows = by_size if len(by_size) >= MIN_OBSERVATIONS else by_endpoint
         observations = [parsed for row in rows if (parsed := _parse(row)) is not None]
         if not observations:
-            return _Plan(now, self.prior, Schedule((), tail_gap_s=COLD_INTERVAL_S))
+            return _Plan(now, self.prior, Schedule((), tail_gap_s=COLD_INTERVAL_S), 0)
         # The prior weighs as 1 observation among the first 8 and fades as more arrive, so it
         # steadies a cold start without biasing a settled fit.
         weight = PRIOR_WEIGHT * MIN_OBSERVATIONS / max(MIN_OBSERVATIONS, len(observations))
         model = fit(observations, prior=self.prior, prior_weight=weight)
         budget = self.budget if len(observations) >= MIN_OBSERVATIONS else COLD_BUDGET
-        return _Plan(now, model, budget_schedule(model, budget))
+        return _Plan(now, model, budget_schedule(model, budget), len(observations))
 
 
 def _parse(row: str) -> tuple[float, float] | None:
