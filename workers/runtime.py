@@ -112,6 +112,9 @@ def build_runtime(
         label=label,
         leases=LeaseKeeper(limiter, clock=time.time),
         latency=LatencyBook(
-            client, budget=settings.poll_budget, prior_median_s=settings.poll_prior_median_s
+            client,
+            budget=settings.poll_budget,
+            prior_median_s=settings.poll_prior_median_s,
+            max_gap_s=settings.poll_max_gap_s,
         ),
     )

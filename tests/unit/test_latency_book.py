@@ -10,7 +10,6 @@ import redis
 from workers.poll_schedule import budget_schedule
 from workers.state import keys
 from workers.state.latency_book import (
-    COLD_BUDGET,
     COLD_INTERVAL_S,
     COLD_REFIT_INTERVAL_S,
     MIN_OBSERVATIONS,
@@ -42,10 +41,13 @@ def test_observations_are_kept_per_endpoint_and_size_and_trimmed(
     latencies.observe("flux-dev", "1.0mp", 2.0, 2.0)  # not an interval: ignored
     assert redis_client.llen(keys.latency("flux-dev")) == WINDOW
     assert redis_client.llen(keys.latency("flux-dev", "1.0mp")) == WINDOW
-    assert redis_client.lindex(keys.latency("flux-dev"), 0) == "1.0000 1.7650"
+    assert (
+        redis_client.lindex(keys.latency("flux-dev"), 0)
+        == f"1.0000 {1.5 + (WINDOW + 9) / 1000:.4f}"
+    )
 
 
-def test_a_cold_endpoint_polls_often_until_its_first_ready_then_at_the_loop_budget(
+def test_a_cold_endpoint_polls_like_the_loop_until_its_first_ready_then_on_its_budget(
     redis_client: redis.Redis[str],
 ) -> None:
     latencies = book(redis_client)
@@ -58,7 +60,7 @@ def test_a_cold_endpoint_polls_often_until_its_first_ready_then_at_the_loop_budg
     fresh = book(redis_client)
     model = fresh.model("flux-dev", "default")
     assert model.median_s < 2.5  # one observation already moves it halfway from the 5 s prior
-    assert fresh.schedule("flux-dev", "default") == budget_schedule(model, COLD_BUDGET)
+    assert fresh.schedule("flux-dev", "default") == budget_schedule(model, 0.65)
 
 
 def test_a_size_with_few_observations_borrows_the_endpoints_model(
@@ -117,3 +119,21 @@ def test_a_settled_fit_is_not_biased_by_the_prior(redis_client: redis.Redis[str]
 )
 def test_size_classes(width: object, height: object, expected: str) -> None:
     assert size_class(width, height) == expected
+
+
+def test_a_refit_that_barely_moves_keeps_the_plan(redis_client: redis.Redis[str]) -> None:
+    # A task polled on one plan and then a slightly shifted one pays for polls on both grids
+    clock = Clock()
+    latencies = book(redis_client, clock)
+    for i in range(200):
+        x = 5.0 * math.exp(0.4 * math.sin(i))
+        latencies.observe("flux-dev", "default", x - 0.2, x + 0.2)
+    first = latencies.schedule("flux-dev", "default")
+    for _ in range(4):  # nudges the median by about 1 %
+        latencies.observe("flux-dev", "default", 6.3, 6.7)
+    clock.now += REFIT_INTERVAL_S
+    assert latencies.schedule("flux-dev", "default") is first
+    for _ in range(300):  # a real change: BFL got slower
+        latencies.observe("flux-dev", "default", 9.8, 10.2)
+    clock.now += REFIT_INTERVAL_S
+    assert latencies.schedule("flux-dev", "default") != first

@@ -18,9 +18,14 @@ import redis
 from workers.poll_schedule import LogNormal, Schedule, budget_schedule, fit
 from workers.state import keys
 
-WINDOW = 256
-"""Observations kept per list: enough for a stable fit, few enough to follow a change in BFL's
-speed within a few minutes of work."""
+WINDOW = 1024
+"""Observations kept per list: enough that the fitted median wanders by about 1.5 % (256 let it
+wander by 3 %, and each wander moved the plan), few enough to follow a change in BFL's speed
+within minutes of work at the cap."""
+
+KEEP_PLAN_WITHIN = 0.03
+"""A refit that moves the median by less than 3 % and sigma by less than 0.03 keeps the current
+plan: a task polled on one plan and then another pays for polls of both grids."""
 
 MIN_OBSERVATIONS = 8
 """Below this a size's own list is not used (the endpoint's is), nor the endpoint's (the prior)."""
@@ -33,9 +38,6 @@ PRIOR_SIGMA = 0.8
 
 PRIOR_WEIGHT = 1.0
 """How many observations the prior counts as while there are few (it is a guess)."""
-
-COLD_BUDGET = 1.0
-"""Until an endpoint has 8 observations, poll as often as the 0.5 s loop would."""
 
 COLD_INTERVAL_S = 0.5
 """Before its first observation an endpoint's tasks are polled this often, like BFL's own loop:
@@ -74,10 +76,12 @@ class LatencyBook:
         *,
         budget: float,
         prior_median_s: float,
+        max_gap_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
         self.budget = budget
+        self.max_gap_s = max_gap_s
         self.prior = LogNormal.from_median(prior_median_s, PRIOR_SIGMA)
         self._clock = clock
         self._plans: dict[tuple[str, str], _Plan] = {}
@@ -102,10 +106,12 @@ class LatencyBook:
             plan = self._plans.get((endpoint, size))
         if plan is not None and plan.fresh(now):
             return plan.schedule
-        plan = self._plan(endpoint, size, now)
+        fresh = self._plan(endpoint, size, now)
+        if plan is not None and fresh.observations >= MIN_OBSERVATIONS and _close(plan, fresh):
+            fresh = _Plan(now, plan.model, plan.schedule, fresh.observations)
         with self._lock:
-            self._plans[(endpoint, size)] = plan
-        return plan.schedule
+            self._plans[(endpoint, size)] = fresh
+        return fresh.schedule
 
     def model(self, endpoint: str, size: str) -> LogNormal:
         """The current fit (for status output and tests)."""
@@ -126,8 +132,18 @@ class LatencyBook:
         # steadies a cold start without biasing a settled fit.
         weight = PRIOR_WEIGHT * MIN_OBSERVATIONS / max(MIN_OBSERVATIONS, len(observations))
         model = fit(observations, prior=self.prior, prior_weight=weight)
-        budget = self.budget if len(observations) >= MIN_OBSERVATIONS else COLD_BUDGET
-        return _Plan(now, model, budget_schedule(model, budget), len(observations))
+        plan = budget_schedule(model, self.budget, self.max_gap_s)
+        return _Plan(now, model, plan, len(observations))
+
+
+def _close(old: _Plan, new: _Plan) -> bool:
+    """Whether two fits are the same for planning purposes (see KEEP_PLAN_WITHIN)."""
+    if old.observations < MIN_OBSERVATIONS:
+        return False
+    return (
+        abs(new.model.mu - old.model.mu) < KEEP_PLAN_WITHIN
+        and abs(new.model.sigma - old.model.sigma) < KEEP_PLAN_WITHIN
+    )
 
 
 def _parse(row: str) -> tuple[float, float] | None:
