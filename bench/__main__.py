@@ -1,10 +1,13 @@
-"""``python -m bench throughput …``: see ``bench/throughput.py``."""
+"""``python -m bench throughput …`` (``bench/throughput.py``) and ``python -m bench enqueue …``
+(``bench/enqueue.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from bench.enqueue import add_arguments as add_enqueue_arguments
+from bench.enqueue import run_enqueue
 from bench.plan import SCENARIOS, choose_sides, parse_side
 from bench.throughput import add_arguments, run_throughput
 
@@ -14,7 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_arguments(commands.add_parser("throughput", help="fluxq vs the naive loop vs the oracle"))
+    add_enqueue_arguments(commands.add_parser("enqueue", help="a large batch file into fluxq"))
     args = parser.parse_args(argv)
+    if args.command == "enqueue":
+        if args.lines < 1 or args.naive_lines < 1:
+            parser.error("--lines and --naive-lines must be at least 1")
+        run_enqueue(args, argv)
+        return 0
     unknown = [name for name in args.scenario.split(",") if name and name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")

@@ -7,13 +7,49 @@ The front door for users and services::
     job = fluxq.enqueue("flux-pro-1.1", {"prompt": "a heron at dawn"}, batch="night-42")
     print(job.wait().path)
 
+    count = fluxq.enqueue_many("flux-dev", ({"prompt": p} for p in prompts), batch="night-43")
+
 ``fluxq.Client(settings)`` for an explicit connection; the ``fluxq`` command for everything else.
+The names below are imported on first use, so ``fluxq``'s command line starts without loading
+Celery and the pipeline it does not need (``fluxq batch status`` answers in a fraction of a second).
 """
 
 from __future__ import annotations
 
-from config.errors import FluxqError, InvalidRequest
-from fluxq.client import Client, JobHandle, enqueue
-from workers.state.jobs import State
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Client", "FluxqError", "InvalidRequest", "JobHandle", "State", "enqueue"]
+if TYPE_CHECKING:
+    from config.errors import FluxqError, InvalidRequest
+    from fluxq.client import Client, JobHandle, enqueue, enqueue_many
+    from workers.state.jobs import State
+
+__all__ = [
+    "Client",
+    "FluxqError",
+    "InvalidRequest",
+    "JobHandle",
+    "State",
+    "enqueue",
+    "enqueue_many",
+]
+
+_HOMES = {
+    "Client": "fluxq.client",
+    "JobHandle": "fluxq.client",
+    "enqueue": "fluxq.client",
+    "enqueue_many": "fluxq.client",
+    "FluxqError": "config.errors",
+    "InvalidRequest": "config.errors",
+    "State": "workers.state.jobs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its home module on first use (PEP 562)."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fluxq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -5,14 +5,20 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from config.errors import FieldError, InvalidRequest
 from config.settings import Settings, load_settings
+from tasks.batches import DEFAULT_BATCH_PRIORITY, EnqueueResult, enqueue_entries, set_budget
+from tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
+from tasks.enqueue import ID_HINT, ID_PATTERN
 from tasks.enqueue import enqueue as enqueue_job
 from workers.dispatch import celery_runtime
 from workers.runtime import Runtime
@@ -69,6 +75,19 @@ class Client:
         """Validate and enqueue one job; see ``fluxq.enqueue`` for the options."""
         return JobHandle(self, enqueue_job(self.runtime, endpoint, request, **options))
 
+    def enqueue_many(
+        self,
+        endpoint: str | None,
+        requests: Iterable[Mapping[str, Any]],
+        *,
+        batch: str,
+        priority: int = DEFAULT_BATCH_PRIORITY,
+        budget: float | None = None,
+    ) -> EnqueueResult:
+        """Validate every request, then enqueue them all as lines of ``batch``; see
+        ``fluxq.enqueue_many``."""
+        return _enqueue_many(self.runtime, endpoint, requests, batch, priority, budget)
+
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
 
@@ -98,6 +117,84 @@ def default_client() -> Client:
         if _default is None:
             _default = Client()
         return _default
+
+
+def enqueue_many(
+    endpoint: str | None,
+    requests: Iterable[Mapping[str, Any]],
+    *,
+    batch: str,
+    priority: int = DEFAULT_BATCH_PRIORITY,
+    budget: float | None = None,
+) -> EnqueueResult:
+    """Enqueue many jobs as one batch, at bulk speed; returns how many were added.
+
+    Each request is a dict of request fields, optionally with its own ``id`` (else a digest of
+    its content), ``name`` (its file stem, else the id) and ``endpoint`` (else ``endpoint``).
+    Every request is validated first, in constant memory: if any is bad, InvalidRequest names
+    the first 20 (``[position].field``) and nothing is enqueued. Job ids are ``{batch}.{id}``,
+    so enqueueing the same requests again adds only those missing. ``budget`` (credits) pauses
+    the batch before it would spend more; ``priority`` orders batches among themselves.
+    """
+    return default_client().enqueue_many(
+        endpoint, requests, batch=batch, priority=priority, budget=budget
+    )
+
+
+MAX_BATCH_CHARS = 64
+"""A batch name's longest form: job ids are ``{batch}.{line id}`` and must stay short."""
+
+
+def _enqueue_many(
+    rt: Runtime,
+    endpoint: str | None,
+    requests: Iterable[Mapping[str, Any]],
+    batch: str,
+    priority: int,
+    budget: float | None,
+) -> EnqueueResult:
+    if not ID_PATTERN.fullmatch(batch) or len(batch) > MAX_BATCH_CHARS:
+        raise InvalidRequest(
+            "invalid batch", errors=[FieldError(("batch",), f"{ID_HINT}; at most 64 characters")]
+        )
+    with tempfile.TemporaryDirectory(prefix="fluxq-many-") as tmp:
+        # The requests become a JSONL file and go through the batch file's checks: the same
+        # validation, ids and duplicate rules as ``fluxq batch submit``, in constant memory.
+        lines = Path(tmp) / "requests.jsonl"
+        with lines.open("w", encoding="utf-8") as out:
+            for position, request in enumerate(requests, start=1):
+                out.write(_json_line(position, request))
+        with (Path(tmp) / "spool").open("w+", encoding="utf-8") as spool:
+            try:
+                scan = scan_file(lines, endpoint=endpoint, params={}, fmt="jsonl", spool=spool)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+            if scan.error_count:
+                errors = [
+                    FieldError((f"[{error.line}]", error.field), error.reason)
+                    for error in scan.errors[:MAX_REPORTED_ERRORS]
+                ]
+                raise InvalidRequest(
+                    f"{scan.error_count} of {scan.lines} requests are invalid; nothing enqueued",
+                    errors=errors,
+                )
+            spool.seek(0)
+            set_budget(rt, batch, budget)
+            return enqueue_entries(
+                rt, batch, (Entry.decode(text) for text in spool), priority=priority
+            )
+
+
+def _json_line(position: int, request: object) -> str:
+    """One request as a JSONL line; InvalidRequest naming its position when it cannot be one."""
+    try:
+        if not isinstance(request, Mapping):
+            raise TypeError(f"a request is a dict of fields, not {type(request).__name__}")
+        return json.dumps(dict(request), ensure_ascii=False, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(
+            "invalid request", errors=[FieldError((f"[{position}]",), str(exc))]
+        ) from None
 
 
 def enqueue(endpoint: str, request: Mapping[str, Any], **options: Any) -> JobHandle:

@@ -13,6 +13,7 @@ second job of the batch with the same stem is refused (the store checks it in it
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 
 from config.catalog import EndpointSpec, get_endpoint, request_to_json, validate_request
 from config.errors import FieldError, InvalidRequest
+from config.redact import redact, secrets_of
 from tasks.admission import admit_and_dispatch
 from tasks.callbacks import webhook_url_problem
 from workers.dispatch import runtime_of
@@ -30,6 +32,8 @@ from workers.files import MAX_NAME_CHARS, safe_name
 from workers.runtime import Runtime
 from workers.state import keys
 from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
+
+log = logging.getLogger("fluxq.enqueue")
 
 DEFAULT_BATCH = "default"
 ID_PATTERN = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 2}}}[A-Za-z0-9-])?")
@@ -275,13 +279,41 @@ def enqueue_message(rt: Runtime, kwargs: Mapping[str, Any], *, message_id: str |
     return _enqueue(rt, endpoint, request, options)
 
 
+def refuse_message(
+    rt: Runtime, kwargs: Mapping[str, Any], exc: InvalidRequest, *, message_id: str
+) -> str:
+    """Record a refused ``fluxq.enqueue`` message as a failed job the sender can look up.
+
+    The job id is the message's own ``job_id`` when that is a valid id, else the message's task
+    id; the batch likewise (else ``default``). The reason names every bad field.
+    """
+    given = kwargs.get("job_id")
+    job_id = given if isinstance(given, str) and ID_PATTERN.fullmatch(given) else message_id
+    batch = kwargs.get("batch")
+    if not (isinstance(batch, str) and ID_PATTERN.fullmatch(batch)):
+        batch = DEFAULT_BATCH
+    endpoint = kwargs.get("endpoint")
+    fields = {"endpoint": endpoint} if isinstance(endpoint, str) and len(endpoint) <= 100 else {}
+    reason = redact(f"refused: {exc}", secrets_of(rt.settings))
+    rt.store.record_refused(job_id, batch=batch, reason=reason, now_s=rt.clock(), fields=fields)
+    return job_id
+
+
 @shared_task(name="fluxq.enqueue", bind=True, acks_late=True)
 def enqueue_task(self: Task, request: Any = None, endpoint: Any = None, **options: Any) -> str:
     """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
     ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.
 
-    A missing or bad one is refused with InvalidRequest naming it; without a job_id the message's
-    task id is the job id (see ``enqueue_message``).
+    Without a job_id the message's task id is the job id (see ``enqueue_message``). A request
+    that is refused becomes a failed job under that id, its reason naming every bad field, so the
+    sender can read it like any job's; the worker logs one line, no traceback.
     """
+    rt = runtime_of(self.app)
     message = {"request": request, "endpoint": endpoint, **options}
-    return enqueue_message(runtime_of(self.app), message, message_id=self.request.id)
+    message_id = self.request.id or uuid.uuid4().hex
+    try:
+        return enqueue_message(rt, message, message_id=message_id)
+    except InvalidRequest as exc:
+        job_id = refuse_message(rt, message, exc, message_id=message_id)
+        log.warning("refused fluxq.enqueue job=%s fields=%s", job_id, ",".join(exc.fields))
+        return job_id

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from tasks.admission import admit_and_dispatch
 from tasks.callbacks import notify_terminal
 from workers.runtime import Runtime
-from workers.state.jobs import Job, State
+from workers.state.jobs import Job, JobField, State
 
 log = logging.getLogger("fluxq.lifecycle")
 
@@ -27,10 +27,17 @@ UNCERTAIN_REASON = (
 
 
 def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
-    """BFL answered the POST: record its id and polling URL in the same step as the move."""
-    return rt.store.transition(
+    """BFL answered the POST: record its id and polling URL in the same step as the move.
+
+    A batch line's credits move from committed to spent (BFL's ``cost`` when it sent one)."""
+    moved = rt.store.transition(
         job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(), fields=fields
     )
+    if moved and job.est is not None:
+        cost = fields.get(JobField.COST)
+        spent = float(cost) if cost is not None else job.est
+        rt.store.account(job.batch, committed=-job.est, spent=spent)
+    return moved
 
 
 def requeue(rt: Runtime, job: Job, reason: str) -> bool:
@@ -67,6 +74,8 @@ def end(
     if not to.terminal:
         raise ValueError(f"{to.value} is not a terminal state")
     moved = rt.store.transition(job.job_id, to, now_s=rt.clock(), reason=reason, fields=fields)
+    if moved and job.state is State.ADMITTED and job.est is not None:
+        rt.store.account(job.batch, committed=-job.est)  # never sent: nothing was spent
     # Only what the job (as the caller read it) holds is given back: a ready job's slot went at
     # Ready, and only a ready job's save is watched, so a done job costs no extra round trips.
     if job.state is State.READY:
@@ -74,6 +83,7 @@ def end(
     if job.state.holds_slot and not keep_slot:
         _release(rt, job)
     if moved and to is State.FAILED:
+        rt.store.count_reason(job.batch, reason or "unknown")
         log.warning(
             "job failed job=%s batch=%s endpoint=%s reason=%s",
             job.job_id,
@@ -102,7 +112,10 @@ def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
     rt.limiter.hold_until(job.job_id, job.group, until_s=uncertain_hold_until_s(rt, job))
     log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
     reason = UNCERTAIN_REASON.format(detail=detail)
-    return end(rt, job, State.FAILED, reason=reason, keep_slot=True)
+    moved = end(rt, job, State.FAILED, reason=reason, keep_slot=True)
+    if moved and job.est is not None:
+        rt.store.account(job.batch, spent=job.est)  # it may have been billed: count it so
+    return moved
 
 
 def uncertain_hold_until_s(rt: Runtime, job: Job) -> float:

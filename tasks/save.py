@@ -26,6 +26,7 @@ from workers.files import (
     write_json_atomic,
 )
 from workers.runtime import Runtime, flower_options
+from workers.state import keys
 from workers.state.jobs import Job, JobField, State
 from workers.timing import backoff_s
 
@@ -46,7 +47,14 @@ def final_path(rt: Runtime, job: Job) -> Path:
         validate_request(job.endpoint, job.request)
     )
     stem = safe_name(job.name or job.job_id)
-    return rt.settings.output_dir / safe_name(job.batch) / f"{stem}.{suffix}"
+    return batch_dir(rt, job.batch) / f"{stem}.{suffix}"
+
+
+def batch_dir(rt: Runtime, batch: str) -> Path:
+    """Where a batch's files go: the directory ``fluxq batch submit --out`` named (an absolute
+    path on the workers' machines), else ``<output_dir>/<batch>``."""
+    out = rt.redis.hget(keys.batch(batch), "out")
+    return Path(out) if out else rt.settings.output_dir / safe_name(batch)
 
 
 def metadata(job: Job, image: Path, got: Downloaded, done_at_s: float) -> dict[str, Any]:

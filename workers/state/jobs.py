@@ -55,10 +55,11 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
         State.SUBMITTED: frozenset({State.READY, State.FAILED}),
         State.READY: frozenset({State.DONE, State.FAILED}),
         State.DONE: frozenset(),
-        # The one way out of a terminal state: a job failed as "uncertain" (its POST's answer was
-        # lost) whose answer then arrives after all is recovered: BFL made the image, we fetch it.
-        # ``tasks.lifecycle.recover_uncertain`` takes it, and only for jobs flagged uncertain.
-        State.FAILED: frozenset({State.SUBMITTED}),
+        # The ways out of a terminal state: a job failed as "uncertain" (its POST's answer was
+        # lost) whose answer then arrives after all is recovered: BFL made the image, we fetch it
+        # (``tasks.lifecycle.recover_uncertain``, only for jobs flagged uncertain); and a failed
+        # job retried by a person (``fluxq batch retry``, ``lua/retry.lua``) waits again.
+        State.FAILED: frozenset({State.SUBMITTED, State.QUEUED}),
         State.CANCELLED: frozenset(),
     }
 )
@@ -93,6 +94,8 @@ class JobField(StrEnum):
     WEBHOOK_URL = "webhook_url"
     CREATED_AT = "created_at"
     SEQ = "seq"
+    EST = "est"  # a batch line's estimated credits (set when its lane entry is admitted)
+    LANE = "lane"  # "1" for a job that came from a batch lane
     # Written by the store's scripts only.
     STATE = "state"
     REASON = "reason"
@@ -132,6 +135,8 @@ PROTECTED_FIELDS = frozenset(
         JobField.SEQ,
         JobField.CREATED_AT,
         JobField.UNCERTAIN,
+        JobField.EST,
+        JobField.LANE,
     }
 )
 """Fields only the store's scripts write: they carry counters, keys or ordering."""
@@ -197,6 +202,8 @@ class Job:
     webhook_failed: str | None
     created_at: float
     times: dict[str, float]
+    est: float | None = None
+    lane: bool = False
 
 
 def _opt_float(value: str | None) -> float | None:
@@ -260,4 +267,6 @@ def parse_job(job_id: str, raw: Mapping[str, str]) -> Job:
         webhook_failed=raw.get(JobField.WEBHOOK_FAILED),
         created_at=_opt_float(raw.get(JobField.CREATED_AT)) or 0.0,
         times={state.value: float(raw[name]) for name, state in TIME_FIELDS.items() if name in raw},
+        est=_opt_float(raw.get(JobField.EST)),
+        lane=_flag(raw, JobField.LANE),
     )

@@ -15,17 +15,27 @@
                                           is out (or retrying after a 429); expires with a lease
     fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
                                           probe_429, probe_accepted
+    fluxq:lane:{k}:{g}:{batch}    list    a batch's waiting lines as compact entries
+                                          "line_id\tname\tendpoint\tcredits\trequest" (no job
+                                          hash until admitted, then "{batch}.{line_id}")
+    fluxq:lanes:{k}:{g}           zset    batches with a lane in the group, score = priority band
+                                          + arrival (a batch paused for its budget leaves it)
+    fluxq:laneslots:{k}           set     lease holders that came from a lane (the batch share)
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
                                           paused_until, pause_kind, pause_detail
-    fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain"
+    fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain";
+                                          a batch's priority, seq, created_at, started_at, and
+                                          credits: budget, committed (admitted, unsent), spent;
+                                          paused ("budget" or "cancelled")
     fluxq:batches                 zset    batch names, score = creation time
+    fluxq:reasons:{batch}         hash    failure reason (its first clause) -> failed jobs
     fluxq:names:{batch}           hash    lower-cased file stem -> the job id that holds it: one
                                           job per file name in a batch (``enqueue.lua`` refuses
                                           a second); kept like the batch counters
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
                                           re-sends it (a save lost with a worker is redone)
-    fluxq:latency:{endpoint}      list    the last 256 observed generation times of the endpoint,
+    fluxq:latency:{endpoint}      list    the last 1024 observed generation times of the endpoint,
                                           each "pending_s ready_s" (the last Pending and first
                                           Ready poll, seconds after submit; see latency_book.py)
     fluxq:latency:{endpoint}:{sz} list    the same for one image size class (e.g. "1.0mp")
@@ -95,6 +105,22 @@ def probe(label: str) -> str:
 
 def stats(label: str) -> str:
     return f"{PREFIX}:stats:{label}"
+
+
+def lane(label: str, group: str, batch: str) -> str:
+    return f"{PREFIX}:lane:{label}:{group}:{batch}"
+
+
+def lanes(label: str, group: str) -> str:
+    return f"{PREFIX}:lanes:{label}:{group}"
+
+
+def lane_slots(label: str) -> str:
+    return f"{PREFIX}:laneslots:{label}"
+
+
+def reasons(batch: str) -> str:
+    return f"{PREFIX}:reasons:{batch}"
 
 
 def saves(label: str) -> str:

@@ -16,6 +16,10 @@ import redis
 from workers.state import keys
 from workers.state.scripts import Scripts
 
+LANE_SHARE = 0.25
+"""Batch lanes may always fill this share of the cap first (6 of 24): jobs sent one by one
+(services) overtake waiting batch jobs, but never starve them."""
+
 MAX_STALE_PER_ADMIT = 1000
 """Backlog entries of expired or cancelled jobs one admit step may drop before it returns."""
 
@@ -120,6 +124,7 @@ class SlotLimiter:
         self.probe_extra = probe_extra
         self._probe = keys.probe(label)
         self._stats = keys.stats(label)
+        self._lane_slots = keys.lane_slots(label)
         self._slots = keys.slots(label)
         self._cap_state = keys.cap_state(label)
         self._groups = keys.groups(label)
@@ -128,7 +133,14 @@ class SlotLimiter:
         """Admit up to ``max_jobs`` waiting jobs, best score first, as far as the caps allow."""
         group_caps = [part for g, c in sorted(self.caps.group_caps.items()) for part in (g, c)]
         admitted: list[str] = self._scripts.admit(
-            keys=[self._groups, self._slots, self._cap_state, self._probe],
+            keys=[
+                self._groups,
+                self._slots,
+                self._cap_state,
+                self._probe,
+                self._lane_slots,
+                keys.SEQ,
+            ],
             args=[
                 now_s,
                 max_jobs,
@@ -143,6 +155,10 @@ class SlotLimiter:
                 keys.EVENTS_CHANNEL,
                 self.probe_extra,
                 self.lease_ttl_s,
+                keys.lanes(self.label, ""),
+                keys.lane(self.label, "", "")[:-1],
+                self.label,
+                LANE_SHARE,
                 *group_caps,
             ],
         )
@@ -204,6 +220,7 @@ class SlotLimiter:
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(self._slots, job_id)
         pipe.zrem(keys.group_slots(self.label, group), job_id)
+        pipe.srem(self._lane_slots, job_id)
         return bool(pipe.execute()[0])
 
     def requeue_front(self, job_id: str, group: str, *, now_s: float, reason: str) -> bool:
@@ -218,6 +235,7 @@ class SlotLimiter:
                 keys.group_slots(self.label, group),
                 keys.backlog(self.label, group),
                 keys.batch(batch),
+                self._lane_slots,
             ],
             args=[job_id, now_s, reason, keys.EVENTS_CHANNEL],
         )

@@ -34,3 +34,7 @@ class Scripts:
         self.admit: Script = client.register_script(source("admit"))
         self.requeue_front: Script = client.register_script(source("requeue_front"))
         self.rate_limited: Script = client.register_script(source("rate_limited"))
+        self.enqueue_lane: Script = client.register_script(source("enqueue_lane"))
+        self.cancel_lane: Script = client.register_script(source("cancel_lane"))
+        self.retry: Script = client.register_script(source("retry"))
+        self.refuse: Script = client.register_script(source("refuse"))

@@ -5,7 +5,8 @@ Counters move in the same script as the state, so ``batch_counts`` never scans j
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -54,6 +55,15 @@ def _tally(jobs: list[NewJob], results: list[Any], refused: list[NewJob]) -> int
     """How many of a chunk's enqueue results created a job; collect those refused for a name."""
     refused.extend(job for job, result in zip(jobs, results, strict=True) if int(result) < 0)
     return sum(1 for result in results if int(result) == 1)
+
+
+REASON_KIND_CHARS = 80
+
+
+def reason_kind(reason: str) -> str:
+    """The first clause of a failure reason, what groups failures in a batch's status."""
+    head = reason.split(":", 1)[0].strip() if ":" in reason[:REASON_KIND_CHARS] else reason
+    return head[:REASON_KIND_CHARS] or "unknown"
 
 
 def backlog_score(priority: int, seq: int, *, front: bool = False) -> float:
@@ -109,6 +119,16 @@ def _record(job: NewJob) -> list[str]:
         "webhook_url": job.webhook_url,
     }
     return [part for name, value in fields.items() if value is not None for part in (name, value)]
+
+
+@dataclass(frozen=True)
+class LaneResult:
+    """What one ``enqueue_lane`` call did: lines added, lines already there, name conflicts
+    (0-based positions in the entries given)."""
+
+    added: int
+    present: int
+    conflicts: list[int]
 
 
 class JobStore:
@@ -254,6 +274,123 @@ class JobStore:
         raw: dict[str, str] = self._redis.hgetall(keys.batch(batch))
         names = [state.value for state in State] + ["total", "uncertain"]
         return {name: int(raw.get(name, 0)) for name in names}
+
+    def enqueue_lane(
+        self,
+        *,
+        label: str,
+        group: str,
+        batch: str,
+        priority: int,
+        entries: Sequence[str],
+        now_s: float,
+    ) -> LaneResult:
+        """Append encoded batch lines to the batch's lane in one script call, each line once."""
+        if not entries:
+            return LaneResult(0, 0, [])
+        result = self._scripts.enqueue_lane(
+            keys=[
+                keys.lane(label, group, batch),
+                keys.names(batch),
+                keys.batch(batch),
+                keys.BATCHES,
+                keys.lanes(label, group),
+                keys.groups(label),
+                keys.SEQ,
+            ],
+            args=[now_s, batch, priority, group, keys.EVENTS_CHANNEL, *entries],
+        )
+        added, present, _count, *positions = (int(part) for part in result)
+        return LaneResult(added, present, [position - 1 for position in positions])
+
+    def cancel_lane(self, *, label: str, group: str, batch: str, now_s: float) -> int:
+        """Cancel every waiting line of one lane of the batch at once; returns how many."""
+        cancelled = self._scripts.cancel_lane(
+            keys=[keys.lane(label, group, batch), keys.lanes(label, group), keys.batch(batch)],
+            args=[batch, now_s, keys.EVENTS_CHANNEL],
+        )
+        return int(cancelled)
+
+    def record_refused(
+        self,
+        job_id: str,
+        *,
+        batch: str,
+        reason: str,
+        now_s: float,
+        fields: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Record a refused request as a failed job; False when the id is taken already."""
+        created = self._scripts.refuse(
+            keys=[keys.job(job_id), keys.batch(batch), keys.BATCHES, keys.reasons(batch)],
+            args=[
+                job_id,
+                now_s,
+                batch,
+                reason,
+                reason_kind(reason),
+                self._terminal_ttl_ms,
+                keys.EVENTS_CHANNEL,
+                *_pairs(fields or {}),
+            ],
+        )
+        return bool(created)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several records in one round trip, in the order asked (None for a missing one)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        raws: list[dict[str, str]] = pipe.execute()
+        return [
+            parse_job(job_id, raw) if raw else None
+            for job_id, raw in zip(job_ids, raws, strict=True)
+        ]
+
+    def retry(self, job: Job, *, lane_entry: str, lane_score: float, now_s: float) -> bool:
+        """A new attempt of a failed job: a lane job as a fresh lane line (``lane_entry``), a
+        one-by-one job back in its backlog with its attempt fields cleared."""
+        moved = self._scripts.retry(
+            keys=[
+                keys.job(job.job_id),
+                keys.batch(job.batch),
+                keys.reasons(job.batch),
+                keys.lane(job.key_label, job.group, job.batch),
+                keys.lanes(job.key_label, job.group),
+                keys.backlog(job.key_label, job.group),
+            ],
+            args=[
+                job.job_id,
+                now_s,
+                lane_entry,
+                reason_kind(job.reason or "unknown"),
+                keys.EVENTS_CHANNEL,
+                lane_score,
+            ],
+        )
+        return bool(moved)
+
+    def batch_record(self, batch: str) -> dict[str, str]:
+        """The batch hash as stored: counters, settings and credits."""
+        raw: dict[str, str] = self._redis.hgetall(keys.batch(batch))
+        return raw
+
+    def count_reason(self, batch: str, reason: str) -> None:
+        """Count one failed job under the first clause of its reason (for batch status)."""
+        self._redis.hincrby(keys.reasons(batch), reason_kind(reason), 1)
+
+    def reasons(self, batch: str) -> dict[str, int]:
+        raw: dict[str, str] = self._redis.hgetall(keys.reasons(batch))
+        return {kind: int(count) for kind, count in raw.items()}
+
+    def account(self, batch: str, *, committed: float = 0.0, spent: float = 0.0) -> None:
+        """Move a batch's credits: ``committed`` (admitted, not yet sent) and ``spent``."""
+        pipe = self._redis.pipeline(transaction=True)
+        if committed:
+            pipe.hincrbyfloat(keys.batch(batch), "committed", committed)
+        if spent:
+            pipe.hincrbyfloat(keys.batch(batch), "spent", spent)
+        pipe.execute()
 
     def mark_uncertain(self, job_id: str) -> None:
         """Flag a job whose submit may have created a BFL task unseen; counted once per job."""
