@@ -118,14 +118,6 @@ class Settings(BaseSettings):
         description="Polls per task, as a share of what BFL's poll-every-0.5 s loop would spend on "
         "the latencies fluxq has learned; fluxq places them where Ready is most likely.",
     )
-    poll_max_gap_s: float = Field(
-        default=0.45,
-        ge=0,
-        le=600,
-        description="The longest wait between polls while Ready is likely (from the first poll to "
-        "the 97th percentile), where the budget affords it: it bounds the slowest detections; "
-        "0 leaves the plan free.",
-    )
     poll_prior_median_s: float = Field(
         default=5.0,
         gt=0,

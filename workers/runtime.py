@@ -115,6 +115,5 @@ def build_runtime(
             client,
             budget=settings.poll_budget,
             prior_median_s=settings.poll_prior_median_s,
-            max_gap_s=settings.poll_max_gap_s,
         ),
     )

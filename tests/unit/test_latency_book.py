@@ -47,20 +47,25 @@ def test_observations_are_kept_per_endpoint_and_size_and_trimmed(
     )
 
 
-def test_a_cold_endpoint_polls_like_the_loop_until_its_first_ready_then_on_its_budget(
+def test_a_cold_endpoint_polls_like_the_loop_until_it_has_eight_observations(
     redis_client: redis.Redis[str],
 ) -> None:
-    latencies = book(redis_client)
+    clock = Clock()
+    latencies = book(redis_client, clock)
     plan = latencies.schedule("flux-dev", "default")
     assert plan.next_delay_s(0.0, min_delay_s=0.05, max_tail_gap_s=5.0) == COLD_INTERVAL_S
     assert plan.next_delay_s(3.1, min_delay_s=0.05, max_tail_gap_s=5.0) == pytest.approx(
         COLD_INTERVAL_S - 0.1
     )
+    for _ in range(MIN_OBSERVATIONS - 1):
+        latencies.observe("flux-dev", "default", 0.75, 1.0)
+    clock.now += COLD_REFIT_INTERVAL_S
+    assert latencies.schedule("flux-dev", "default").times_s == ()  # still the loop
     latencies.observe("flux-dev", "default", 0.75, 1.0)
-    fresh = book(redis_client)
-    model = fresh.model("flux-dev", "default")
-    assert model.median_s < 2.5  # one observation already moves it halfway from the 5 s prior
-    assert fresh.schedule("flux-dev", "default") == budget_schedule(model, 0.65)
+    clock.now += COLD_REFIT_INTERVAL_S
+    model = latencies.model("flux-dev", "default")
+    assert model.median_s < 1.5  # eight observations outweigh the 5 s prior
+    assert latencies.schedule("flux-dev", "default") == budget_schedule(model, 0.65)
 
 
 def test_a_size_with_few_observations_borrows_the_endpoints_model(
@@ -84,10 +89,11 @@ def test_a_cold_model_is_refitted_sooner(redis_client: redis.Redis[str]) -> None
     clock = Clock()
     latencies = book(redis_client, clock)
     latencies.schedule("flux-dev", "default")
-    latencies.observe("flux-dev", "default", 0.9, 1.1)
+    for _ in range(MIN_OBSERVATIONS):
+        latencies.observe("flux-dev", "default", 0.9, 1.1)
     assert latencies.model("flux-dev", "default").median_s == pytest.approx(5.0)  # the prior
     clock.now += COLD_REFIT_INTERVAL_S
-    assert latencies.model("flux-dev", "default").median_s < 2.5
+    assert latencies.model("flux-dev", "default").median_s < 1.5
 
 
 def test_a_process_refits_at_most_every_interval(redis_client: redis.Redis[str]) -> None:

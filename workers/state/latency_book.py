@@ -30,8 +30,11 @@ plan: a task polled on one plan and then another pays for polls of both grids.""
 MIN_OBSERVATIONS = 8
 """Below this a size's own list is not used (the endpoint's is), nor the endpoint's (the prior)."""
 
-REFIT_INTERVAL_S = 2.0
-"""A process refits a model at most this often."""
+REFIT_INTERVAL_S = 5.0
+"""A process refits a settled model at most this often. A refit holds the GIL (EM over the
+window, warm-started from the last fit: a few ms), and a new plan (a dynamic programme, ~0.1 s)
+is only computed when the fit really moved (KEEP_PLAN_WITHIN), so polls never wait behind it for
+long."""
 
 PRIOR_SIGMA = 0.8
 """The prior's spread: wide, because the prior median is a guess until the first observations."""
@@ -40,8 +43,8 @@ PRIOR_WEIGHT = 1.0
 """How many observations the prior counts as while there are few (it is a guess)."""
 
 COLD_INTERVAL_S = 0.5
-"""Before its first observation an endpoint's tasks are polled this often, like BFL's own loop:
-the prior is a guess, and a first turn should cost no more time than the loop's."""
+"""Until an endpoint has 8 observations its tasks are polled this often, like BFL's own loop: the
+prior is a guess, and a first turn should cost no more time than the loop's."""
 
 COLD_REFIT_INTERVAL_S = 0.25
 """While a model rests on fewer than 8 observations it is refitted this often, so the first
@@ -76,12 +79,10 @@ class LatencyBook:
         *,
         budget: float,
         prior_median_s: float,
-        max_gap_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
         self.budget = budget
-        self.max_gap_s = max_gap_s
         self.prior = LogNormal.from_median(prior_median_s, PRIOR_SIGMA)
         self._clock = clock
         self._plans: dict[tuple[str, str], _Plan] = {}
@@ -99,16 +100,14 @@ class LatencyBook:
         pipe.execute()
 
     def schedule(self, endpoint: str, size: str) -> Schedule:
-        """The poll plan for a task of this endpoint and size, refitted at most every 2 s
+        """The poll plan for a task of this endpoint and size, refitted at most every 5 s
         (every 0.25 s while it rests on fewer than 8 observations)."""
         now = self._clock()
         with self._lock:
             plan = self._plans.get((endpoint, size))
         if plan is not None and plan.fresh(now):
             return plan.schedule
-        fresh = self._plan(endpoint, size, now)
-        if plan is not None and fresh.observations >= MIN_OBSERVATIONS and _close(plan, fresh):
-            fresh = _Plan(now, plan.model, plan.schedule, fresh.observations)
+        fresh = self._plan(endpoint, size, now, plan)
         with self._lock:
             self._plans[(endpoint, size)] = fresh
         return fresh.schedule
@@ -119,31 +118,34 @@ class LatencyBook:
         with self._lock:
             return self._plans[(endpoint, size)].model
 
-    def _plan(self, endpoint: str, size: str, now: float) -> _Plan:
+    def _plan(self, endpoint: str, size: str, now: float, last: _Plan | None) -> _Plan:
         pipe = self._redis.pipeline(transaction=False)
         pipe.lrange(keys.latency(endpoint, size), 0, WINDOW - 1)
         pipe.lrange(keys.latency(endpoint), 0, WINDOW - 1)
         by_size, by_endpoint = pipe.execute()
         rows = by_size if len(by_size) >= MIN_OBSERVATIONS else by_endpoint
         observations = [parsed for row in rows if (parsed := _parse(row)) is not None]
-        if not observations:
-            return _Plan(now, self.prior, Schedule((), tail_gap_s=COLD_INTERVAL_S), 0)
+        if len(observations) < MIN_OBSERVATIONS:
+            # A fit on a handful of intervals can be far off, and a wrong plan costs seconds a
+            # task: until there are 8, poll like BFL's loop.
+            cold = Schedule((), tail_gap_s=COLD_INTERVAL_S)
+            return _Plan(now, self.prior, cold, len(observations))
         # The prior weighs as 1 observation among the first 8 and fades as more arrive, so it
         # steadies a cold start without biasing a settled fit.
         weight = PRIOR_WEIGHT * MIN_OBSERVATIONS / max(MIN_OBSERVATIONS, len(observations))
-        model = fit(observations, prior=self.prior, prior_weight=weight)
-        plan = budget_schedule(model, self.budget, self.max_gap_s)
-        return _Plan(now, model, plan, len(observations))
+        start = last.model if last is not None and last.observations >= MIN_OBSERVATIONS else None
+        model = fit(observations, prior=self.prior, prior_weight=weight, start=start)
+        count = len(observations)
+        if last is not None and count >= MIN_OBSERVATIONS and _close(last.model, last, model):
+            return _Plan(now, last.model, last.schedule, count)
+        return _Plan(now, model, budget_schedule(model, self.budget), count)
 
 
-def _close(old: _Plan, new: _Plan) -> bool:
-    """Whether two fits are the same for planning purposes (see KEEP_PLAN_WITHIN)."""
-    if old.observations < MIN_OBSERVATIONS:
+def _close(old: LogNormal, plan: _Plan, new: LogNormal) -> bool:
+    """Whether a new fit plans the same as the one in use (see KEEP_PLAN_WITHIN)."""
+    if plan.observations < MIN_OBSERVATIONS:
         return False
-    return (
-        abs(new.model.mu - old.model.mu) < KEEP_PLAN_WITHIN
-        and abs(new.model.sigma - old.model.sigma) < KEEP_PLAN_WITHIN
-    )
+    return abs(new.mu - old.mu) < KEEP_PLAN_WITHIN and abs(new.sigma - old.sigma) < KEEP_PLAN_WITHIN
 
 
 def _parse(row: str) -> tuple[float, float] | None:
