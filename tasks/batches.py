@@ -238,6 +238,8 @@ def cancel_batch(rt: Runtime, batch: str) -> CancelResult:
     Lane lines (no record yet) go at once, per lane; queued jobs with a record are cancelled one
     by one. A second cancel finds nothing left to cancel.
     """
+    if not rt.redis.exists(keys.batch(batch)):
+        return CancelResult(0, 0)
     rt.redis.hset(keys.batch(batch), "paused", "cancelled")
     now = rt.clock()
     lines = sum(
@@ -256,8 +258,8 @@ def cancel_batch(rt: Runtime, batch: str) -> CancelResult:
 def resume_batch(rt: Runtime, batch: str, *, more_budget: float | None = None) -> None:
     """Lift a budget pause (adding ``more_budget`` credits first) and put the lanes back."""
     key = keys.batch(batch)
-    if more_budget is not None:
-        rt.redis.hincrbyfloat(key, "budget", more_budget)
+    if more_budget is not None and rt.redis.hexists(key, "budget"):
+        rt.redis.hincrbyfloat(key, "budget", more_budget)  # a batch without one stays unlimited
     if rt.redis.hget(key, "paused") == "cancelled":
         return
     rt.redis.hdel(key, "paused")
@@ -361,16 +363,15 @@ def _rows(rt: Runtime, pairs: list[tuple[str, str]], cancelled: bool) -> Iterato
 
 
 def cancel_job(rt: Runtime, job_id: str) -> State | None:
-    """Cancel one job if it has not been sent; returns its state after, None if unknown.
+    """Cancel one job while it is queued; returns its state after, None if unknown.
 
-    A job already sent to BFL is not cancelled (BFL has no cancel): it finishes and is saved.
+    An admitted job may be in its POST already, and a job sent to BFL runs to its end (BFL has no
+    cancel): neither is cancelled; it finishes and is saved.
     """
     job = rt.store.get(job_id)
     if job is None:
         return None
     if job.state is State.QUEUED:
         lifecycle.end(rt, job, State.CANCELLED, reason="cancelled")
-    elif job.state is State.ADMITTED and job.submitting_at is None:
-        lifecycle.end(rt, job, State.CANCELLED, reason="cancelled before it was sent")
     current = rt.store.get(job_id)
     return None if current is None else current.state

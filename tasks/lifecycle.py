@@ -80,7 +80,9 @@ def end(
     # Ready, and only a ready job's save is watched, so a done job costs no extra round trips.
     if job.state is State.READY:
         rt.store.unwatch_save(job.job_id, job.key_label)
-    if job.state.holds_slot and not keep_slot:
+    # A refused move (another path ended it first, or the table forbids it) frees nothing: the
+    # path that did end it freed the slot, and a job still admitted must keep it.
+    if moved and job.state.holds_slot and not keep_slot:
         _release(rt, job)
     if moved and to is State.FAILED:
         rt.store.count_reason(job.batch, reason or "unknown")

@@ -1,4 +1,4 @@
-"""``fluxq enqueue``, ``fluxq status`` and ``fluxq resume``: jobs and admission from a terminal."""
+"""``fluxq enqueue``, ``status``, ``resume`` and ``cancel``: jobs and admission from a terminal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.table import Table
 from config.errors import InvalidRequest
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
 from tasks.admission import admit_and_dispatch
+from tasks.batches import cancel_job
 from tasks.enqueue import enqueue
 from workers.runtime import Runtime
 from workers.state.jobs import State
@@ -110,7 +111,49 @@ def resume() -> None:
     console.print(f"resumed; admitted {admit_and_dispatch(rt)} job(s)")
 
 
+def cancel(job_id: str = typer.Argument(..., metavar="JOB", help="The job id.")) -> None:
+    """Cancel a job not yet sent to BFL (exit 1 when it was sent or had ended already)."""
+    settings = settings_or_exit()
+    rt = runtime_or_exit(settings)
+    try:
+        job = rt.store.get(job_id)
+        if job is None:
+            fail(f"no job {job_id}{_lane_hint(rt, job_id)}")
+        state = cancel_job(rt, job_id)  # only a queued job is cancelled
+        if state is None:
+            fail(f"no job {job_id}")
+    finally:
+        rt.close()
+    if state is State.CANCELLED:
+        console.print(f"job {job_id}: cancelled", markup=False)
+        return
+    if state.terminal:
+        console.print(
+            f"job {job_id}: already ended ({state.value}), nothing to cancel", markup=False
+        )
+    else:
+        sent = "being sent" if state is State.ADMITTED else "already sent"
+        console.print(
+            f"job {job_id}: {state.value}, {sent} to BFL (which has no cancel): "
+            "it will finish and be saved",
+            markup=False,
+        )
+    raise typer.Exit(code=1)
+
+
+def _lane_hint(rt: Runtime, job_id: str) -> str:
+    """Why a batch line's id may have no job yet: lines wait in their lane without one."""
+    batch, dot, _line = job_id.partition(".")
+    if dot and rt.store.batch_record(batch):
+        return (
+            f" (a line of batch {batch} still waiting has no job yet: "
+            f"`fluxq batch cancel {batch}` cancels the batch's waiting lines)"
+        )
+    return ""
+
+
 def register(app: typer.Typer) -> None:
     app.command("enqueue")(enqueue_command)
     app.command("status")(status)
     app.command("resume")(resume)
+    app.command("cancel")(cancel)

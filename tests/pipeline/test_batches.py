@@ -10,7 +10,8 @@ import pytest
 
 from config.catalog import estimate_credits, request_to_json, validate_request
 from config.errors import InvalidRequest
-from tasks import batches
+from fluxq.client import _enqueue_many
+from tasks import batches, lifecycle
 from tasks.batchfile import Entry
 from tasks.enqueue import enqueue, enqueue_message, refuse_message
 from tests.pipeline.conftest import Pipeline
@@ -212,8 +213,6 @@ def test_a_refused_message_becomes_a_failed_job_naming_the_fields(
 def test_enqueue_many_validates_everything_first_then_adds_once(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    from fluxq.client import _enqueue_many
-
     pipeline = capped(make_pipeline)
     rt = pipeline.rt
     good = [{"prompt": f"many {i}", "seed": i} for i in range(30)]
@@ -231,3 +230,19 @@ def test_enqueue_many_validates_everything_first_then_adds_once(
     assert (first.added, again.added, again.present) == (30, 0, 30)
     pipeline.drain(timeout_s=60)
     assert rt.store.batch_counts("many")["done"] == 30
+
+
+def test_a_refused_end_frees_no_slot(make_pipeline: Callable[..., Pipeline]) -> None:
+    # An admitted job may be in its POST: the table refuses admitted -> cancelled, and the slot
+    # must stay held, or one more job than the cap could run
+    pipeline = capped(make_pipeline)
+    rt = pipeline.rt
+    job_id = enqueue(rt, "flux-dev", {"prompt": "admitted"})
+    job = pipeline.job(job_id)
+    assert job.state is State.ADMITTED
+    assert not lifecycle.end(rt, job, State.CANCELLED, reason="try")
+    assert rt.limiter.held() == 1
+    assert batches.cancel_job(rt, job_id) is State.ADMITTED
+    assert rt.limiter.held() == 1
+    pipeline.drain(timeout_s=30)
+    assert pipeline.job(job_id).state is State.DONE

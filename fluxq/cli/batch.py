@@ -1,0 +1,754 @@
+"""``fluxq batch …``: overnight batches from a JSONL or CSV file, watched, reported and steered.
+
+``submit`` checks every line of the file before any job exists (``tasks.batchfile.scan_file``),
+then streams the checked lines into the batch's lanes (``tasks.batches.enqueue_entries``): a
+re-run adds only what is missing. ``status``, ``list``, ``cancel``, ``retry``, ``report`` and
+``resume`` act on a batch by its name; none of them reads every job except ``cancel``, ``retry``
+and ``report``, which stream them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from config.catalog import CATALOG, PerImage
+from config.settings import Settings
+from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
+from tasks.batches import (
+    DEFAULT_BATCH_PRIORITY,
+    BatchStatus,
+    EnqueueResult,
+    ReportRow,
+    batch_status,
+    cancel_batch,
+    enqueue_entries,
+    group_of,
+    list_batches,
+    report_rows,
+    resume_batch,
+    retry_batch,
+    set_output,
+)
+from tasks.batchfile import (
+    FORMATS,
+    MAX_REPORTED_ERRORS,
+    Entry,
+    LineError,
+    Scan,
+    parse_params,
+    scan_file,
+)
+from tasks.enqueue import ID_HINT, ID_PATTERN
+from workers.dispatch import celery_runtime
+from workers.poll_schedule import LogNormal
+from workers.runtime import Runtime
+from workers.state import keys
+from workers.state.jobs import MAX_PRIORITY, State
+from workers.state.latency_book import PRIOR_SIGMA
+
+MAX_BATCH_NAME_CHARS = 64
+"""A batch name's limit: a line's job id is ``<batch>.<line id>`` (line ids up to 60)."""
+MAX_SHOWN_CONFLICTS = MAX_REPORTED_ERRORS
+REJECTED_FILE = "rejected.jsonl"
+UNPRICED_ENDPOINTS = frozenset({"flux-pro-1.0-expand"})
+"""Endpoints whose per-image price is not on BFL's price list: charged like fill, an estimate."""
+QUIET_WATCH_EVERY_S = 30.0
+"""Without a terminal, ``status --watch`` prints a line when counts change, at most this often."""
+STATE_ORDER = (*(state.value for state in State), "uncertain")
+
+batch_app = typer.Typer(
+    name="batch",
+    help="Overnight batches: submit a JSONL or CSV file of prompts, watch, report, steer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+
+@contextmanager
+def _runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = runtime_or_exit(settings)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _status_or_exit(rt: Runtime, name: str) -> BatchStatus:
+    status = batch_status(rt, name)
+    if status is None:
+        fail(f"no batch named {name} (`fluxq batch list` shows every batch)")
+    return status
+
+
+def _check_name(name: str) -> None:
+    if len(name) > MAX_BATCH_NAME_CHARS:
+        fail(
+            f"--name {name[:20]}…: at most {MAX_BATCH_NAME_CHARS} characters "
+            "(a job id is <batch>.<line id>)"
+        )
+    if not ID_PATTERN.fullmatch(name):
+        fail(f"--name {name!r}: {ID_HINT}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _credits(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def _dollars(credits: float) -> str:
+    """Credits in dollars (1 credit = $0.01), cents always shown and no fraction of one lost."""
+    text = f"{credits / 100:,.4f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _warn(text: str) -> None:
+    err_console.print(text, markup=False, soft_wrap=True)
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+def _no_terminal() -> bool:
+    """Progress bars only on a terminal: in a log or a pipe they would be noise."""
+    return not err_console.is_terminal
+
+
+def _scan_progress() -> Progress:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} lines"),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=err_console, transient=True, disable=_no_terminal())
+
+
+def _enqueue_progress() -> Progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=err_console, transient=True, disable=_no_terminal())
+
+
+def _line_error(error: LineError) -> str:
+    return f"line {error.line}: {error.field}: {error.reason}"
+
+
+def _print_errors(scan: Scan) -> None:
+    for error in scan.errors:
+        _warn(_line_error(error))
+    shown = len({error.line for error in scan.errors})
+    if scan.error_count > shown:
+        _warn(f"… and {scan.error_count - shown:,} more bad lines")
+
+
+def _batch_dir(settings: Settings, rt: Runtime | None, name: str, out: Path | None) -> Path:
+    """Where the batch's files (and its rejected lines) go: --out, else what an earlier submit
+    set, else ``<output_dir>/<name>``."""
+    if out is not None:
+        return out.resolve()
+    if rt is not None:
+        stored = rt.store.batch_record(name).get("out")
+        if stored:
+            return Path(stored)
+    return settings.output_dir / name
+
+
+def _dry_runtime(settings: Settings) -> Runtime | None:
+    """A runtime for a dry run when Redis is there (learned latencies); None without one."""
+    if not settings.redis_url:
+        return None
+    rt = celery_runtime(settings)
+    try:
+        rt.redis.ping()
+    except redis.RedisError:
+        rt.close()
+        return None
+    return rt
+
+
+def _mean_s(settings: Settings, rt: Runtime | None, endpoint: str) -> tuple[float, bool]:
+    """The mean generation time of ``endpoint`` and whether it was learned (not the prior)."""
+    if rt is None:
+        return LogNormal.from_median(settings.poll_prior_median_s, PRIOR_SIGMA).mean_s, False
+    learned = bool(rt.redis.llen(keys.latency(endpoint)))
+    return rt.latency.model(endpoint, "default").mean_s, learned
+
+
+def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, int]) -> float:
+    """The least time the lines take with every slot busy: all endpoints share the key's cap,
+    and the endpoints of a nested cap group share that group's cap too."""
+    work_s: dict[str, float] = {}
+    group_caps: dict[str, int] = {}
+    for endpoint, count in by_endpoint.items():
+        mean, _ = _mean_s(settings, rt, endpoint)
+        group = group_of(endpoint)
+        work_s[group] = work_s.get(group, 0.0) + count * mean
+        # The limiter keys nested caps by cap group (a capped endpoint is its own group).
+        group_caps[group] = min(settings.endpoint_caps.get(group, settings.active_cap),
+                                settings.active_cap)  # fmt: skip
+    bounds = [sum(work_s.values()) / settings.active_cap]
+    bounds += [work / group_caps[group] for group, work in work_s.items()]
+    return max(bounds)
+
+
+def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
+    exact = all(
+        isinstance(CATALOG[e].price, PerImage) and e not in UNPRICED_ENDPOINTS
+        for e in scan.by_endpoint
+    )
+    kind = "exact for the documented prices"
+    if not exact:
+        kind = "an estimate: per-megapixel prices depend on image sizes"
+    endpoints = ", ".join(f"{e} {n:,}" for e, n in sorted(scan.by_endpoint.items()))
+    _say(f"jobs: {scan.valid:,} ({endpoints})")
+    _say(f"cost: {_credits(scan.credits)} credits = {_dollars(scan.credits)} ({kind})")
+    learned = [_mean_s(settings, rt, e)[1] for e in scan.by_endpoint]
+    source = "assumed, none observed yet"
+    if all(learned):
+        source = "learned so far"
+    elif any(learned):
+        source = "learned for some endpoints, assumed for others"
+    _say(
+        f"time: at least about {_duration(_expected_s(settings, rt, scan.by_endpoint))} "
+        f"(mean generation time {source}; assumes all {settings.active_cap} slots stay busy)"
+    )
+
+
+def _scan(
+    path: Path,
+    *,
+    endpoint: str | None,
+    params: dict[str, str],
+    fmt: str | None,
+    spool: TextIO,
+    rejected: TextIO | None,
+) -> Scan:
+    with _scan_progress() as bar:
+        task = bar.add_task(f"checking {path.name}", total=None)
+        try:
+            return scan_file(
+                path,
+                endpoint=endpoint,
+                params=params,
+                fmt=fmt,
+                spool=spool,
+                rejected=rejected,
+                progress=lambda lines: bar.update(task, completed=lines),
+            )
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
+
+
+def _refuse_bad_lines(scan: Scan, skip_invalid: bool, rejected_path: Path) -> None:
+    if not scan.error_count:
+        return
+    _print_errors(scan)
+    if not skip_invalid:
+        fail(
+            f"nothing enqueued: {scan.error_count:,} of {scan.lines:,} lines are invalid "
+            f"(--skip-invalid enqueues the rest and writes them to {rejected_path})"
+        )
+
+
+def _keep_rejected(scan: Scan, written: Path, rejected_path: Path) -> None:
+    try:
+        rejected_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(written, rejected_path)
+    except OSError as exc:
+        fail(f"nothing enqueued: cannot write {rejected_path}: {exc.strerror or exc}")
+    _warn(f"skipped {scan.error_count:,} invalid lines: written to {rejected_path}")
+
+
+def _enqueue(
+    rt: Runtime, name: str, spool: TextIO, scan: Scan, priority: int, budget: float | None
+) -> EnqueueResult:
+    spool.seek(0)
+    try:
+        with _enqueue_progress() as bar:
+            task = bar.add_task(f"adding to batch {name}", total=scan.valid)
+            return enqueue_entries(
+                rt,
+                name,
+                (Entry.decode(line.rstrip("\n")) for line in spool),
+                priority=priority,
+                budget=budget,
+                progress=lambda seen: bar.update(task, completed=seen),
+            )
+    except KeyboardInterrupt:
+        _warn(
+            f"fluxq: interrupted: some lines of batch {name} were added; the same command "
+            "again adds only the rest"
+        )
+        raise typer.Exit(code=130) from None
+
+
+def _print_result(rt: Runtime, name: str, result: EnqueueResult) -> int:
+    conflicts = result.conflicts
+    _say(
+        f"batch {name}: added {result.added:,}, already there {result.present:,} "
+        f"(a re-run adds only what is missing), conflicts {len(conflicts):,}"
+    )
+    for entry in conflicts[:MAX_SHOWN_CONFLICTS]:
+        # The spool keeps no line numbers: a conflict is named by its line's id.
+        _warn(
+            f"id {entry.line_id}: name: the file name {entry.name!r} is held by another line "
+            f"or job of batch {name}: not added"
+        )
+    if len(conflicts) > MAX_SHOWN_CONFLICTS:
+        _warn(f"… and {len(conflicts) - MAX_SHOWN_CONFLICTS:,} more conflicts")
+    status = batch_status(rt, name)
+    if status is not None and status.paused == "budget":
+        _say(f"paused: budget — `fluxq batch resume {name} --budget MORE`")
+    _say(f"watch it:  fluxq batch status {name} --watch")
+    _say(f"results:   fluxq batch report {name}")
+    return 1 if conflicts else 0
+
+
+def _check_submit_options(name: str, priority: int, budget: float | None) -> None:
+    _check_name(name)
+    if not 0 <= priority <= MAX_PRIORITY:
+        fail(f"--priority {priority}: must be 0..{MAX_PRIORITY}")
+    if budget is not None and not budget > 0:
+        fail(f"--budget {budget:g}: must be a number of credits above 0")
+
+
+@batch_app.command("submit")
+def submit(
+    file: Path = typer.Argument(..., help="A JSONL or CSV file: one request per line or row."),
+    name: str = typer.Option(..., "--name", help="The batch's name; job ids are <name>.<id>."),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="The endpoint of lines that name none, e.g. flux-pro-1.1."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help=f"{' or '.join(FORMATS)} (default: told by the file's suffix)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for the images (default: <output_dir>/<name>)."
+    ),
+    priority: int = typer.Option(
+        DEFAULT_BATCH_PRIORITY, "--priority", help="0..9, higher runs sooner."
+    ),
+    budget: float | None = typer.Option(
+        None, "--budget", help="Credits the batch may spend; it pauses before going past."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the file and print jobs, cost and time; enqueue nothing."
+    ),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Enqueue the valid lines; write the bad ones to a file."
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", help="A request field for every line, key=value (a line's own wins)."
+    ),
+) -> None:
+    """Check every line of FILE, then enqueue them all as batch NAME (nothing if one is bad)."""
+    settings = settings_or_exit()
+    _check_submit_options(name, priority, budget)
+    try:
+        params = parse_params(param)
+    except ValueError as exc:
+        fail(str(exc))
+    job = _Submit(file, name, endpoint, fmt, out, params, priority, budget, dry_run, skip_invalid)
+    rt = _dry_runtime(settings) if dry_run else runtime_or_exit(settings)
+    try:
+        code = _submit(settings, rt, job)
+    finally:
+        if rt is not None:
+            rt.close()
+    raise typer.Exit(code=code)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Submit:
+    """What ``fluxq batch submit`` was asked to do."""
+
+    file: Path
+    name: str
+    endpoint: str | None
+    fmt: str | None
+    out: Path | None
+    params: dict[str, str]
+    priority: int
+    budget: float | None
+    dry_run: bool
+    skip_invalid: bool
+
+
+def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
+    existing = None if rt is None else batch_status(rt, name)
+    if existing is not None and existing.paused == "cancelled":
+        fail(f"batch {name} was cancelled: submit the file under another --name")
+
+
+def _submit(settings: Settings, rt: Runtime | None, job: _Submit) -> int:
+    """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted)."""
+    _refuse_cancelled(rt, job.name)
+    rejected_path = _batch_dir(settings, rt, job.name, job.out) / REJECTED_FILE
+    keep = job.skip_invalid and not job.dry_run
+    with tempfile.TemporaryDirectory(prefix="fluxq-batch-") as tmp, ExitStack() as files:
+        spool = files.enter_context((Path(tmp) / "spool").open("w+", encoding="utf-8"))
+        written = Path(tmp) / REJECTED_FILE
+        rejected = files.enter_context(written.open("w", encoding="utf-8")) if keep else None
+        scan = _scan(
+            job.file,
+            endpoint=job.endpoint,
+            params=job.params,
+            fmt=job.fmt,
+            spool=spool,
+            rejected=rejected,
+        )
+        if rejected is not None:
+            rejected.close()
+        _refuse_bad_lines(scan, job.skip_invalid, rejected_path)
+        if not scan.valid:
+            fail(f"nothing to enqueue: {job.file} has no valid lines")
+        if keep and scan.error_count:
+            _keep_rejected(scan, written, rejected_path)
+        _print_estimate(settings, rt, scan)
+        if job.dry_run or rt is None:
+            _say(f"dry run: nothing enqueued ({scan.lines:,} lines checked)")
+            return 0
+        if job.out is not None:
+            set_output(rt, job.name, job.out.resolve())
+        result = _enqueue(rt, job.name, spool, scan, job.priority, job.budget)
+        return _print_result(rt, job.name, result)
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def _as_json(status: BatchStatus) -> dict[str, Any]:
+    data = dataclasses.asdict(status)
+    data["waiting"] = status.waiting
+    data["finished"] = status.finished
+    return data
+
+
+def _status_lines(status: BatchStatus) -> list[str]:
+    name, counts = status.batch, status.counts
+    lines = [
+        f"batch {name}: {status.total:,} lines, priority {status.priority}",
+        "  " + "  ".join(f"{state} {counts.get(state, 0):,}" for state in STATE_ORDER),
+    ]
+    if status.images_per_minute is not None:
+        eta = "—" if status.eta_s is None or status.finished else _duration(status.eta_s)
+        lines.append(f"  {status.images_per_minute:,.1f} images/min, ETA {eta}")
+    money = f"  credits: spent {_credits(status.spent)}, committed {_credits(status.committed)}"
+    if status.budget is not None:
+        money += f", budget {_credits(status.budget)}"
+    lines.append(money)
+    if status.paused == "budget":
+        lines.append(f"  paused: budget — `fluxq batch resume {name} --budget MORE`")
+    elif status.paused == "cancelled":
+        lines.append("  cancelled (jobs already sent finish and are saved)")
+    elif status.paused:
+        lines.append(f"  paused: {status.paused}")
+    if status.reasons:
+        lines.append("  failures by reason:")
+        lines += [f"    {count:,}  {reason}" for reason, count in status.reasons.items()]
+    return lines
+
+
+def _one_line(status: BatchStatus) -> str:
+    counts = status.counts
+    text = (
+        f"batch {status.batch}: {counts[State.DONE.value]:,} done, "
+        f"{counts[State.FAILED.value]:,} failed, {counts[State.CANCELLED.value]:,} cancelled, "
+        f"{status.waiting:,} waiting of {status.total:,}; spent {_credits(status.spent)}"
+    )
+    if status.budget is not None:
+        text += f" of budget {_credits(status.budget)}"
+    if status.paused:
+        text += f"; paused: {status.paused}"
+    return text
+
+
+def _render(status: BatchStatus) -> RenderableType:
+    ended = status.total - status.waiting
+    bar = ProgressBar(total=max(status.total, 1), completed=ended, width=50)
+    head = Table.grid(padding=(0, 1))
+    head.add_row(bar, Text(f"{ended:,} of {status.total:,} lines ended"))
+    return Group(head, Text("\n".join(_status_lines(status))))
+
+
+class _Watched:
+    """The last status a watch read, and whether Ctrl-C ended the watch."""
+
+    def __init__(self, status: BatchStatus) -> None:
+        self.status = status
+        self.interrupted = False
+
+
+def _watch(rt: Runtime, name: str, interval: float, *, as_json: bool) -> _Watched:
+    """Refresh until the batch is finished or Ctrl-C."""
+    watched = _Watched(_status_or_exit(rt, name))
+    try:
+        if console.is_terminal:
+            _watch_live(rt, name, interval, watched)
+        else:
+            # Progress lines go to stderr when stdout is for the final JSON.
+            _watch_quietly(rt, name, interval, watched, _warn if as_json else _say)
+    except KeyboardInterrupt:
+        watched.interrupted = True
+    return watched
+
+
+def _watch_live(rt: Runtime, name: str, interval: float, watched: _Watched) -> None:
+    with Live(_render(watched.status), console=console, auto_refresh=False, transient=True) as live:
+        while not watched.status.finished:
+            time.sleep(interval)
+            watched.status = _status_or_exit(rt, name)
+            live.update(_render(watched.status), refresh=True)
+
+
+def _watch_quietly(
+    rt: Runtime, name: str, interval: float, watched: _Watched, say: Callable[[str], None]
+) -> None:
+    """Without a terminal (a log file, a pipe): a line when counts change, now and then."""
+    say(_one_line(watched.status))
+    shown, shown_at = watched.status.counts, time.monotonic()
+    while not watched.status.finished:
+        time.sleep(interval)
+        watched.status = status = _status_or_exit(rt, name)
+        if status.counts != shown and time.monotonic() - shown_at >= QUIET_WATCH_EVERY_S:
+            say(_one_line(status))
+            shown, shown_at = status.counts, time.monotonic()
+    if watched.status.counts != shown:
+        say(_one_line(watched.status))
+
+
+@batch_app.command("status")
+def status_command(
+    name: str = typer.Argument(..., help="The batch."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until the batch is finished."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+    interval: float = typer.Option(1.0, "--interval", help="--watch: seconds between refreshes."),
+) -> None:
+    """A batch's lines by state, speed, ETA, credits and failures (exit 1 when some failed)."""
+    if not interval > 0:
+        fail(f"--interval {interval:g}: must be above 0 seconds")
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        status = _status_or_exit(rt, name)
+        watched = _watch(rt, name, interval, as_json=as_json) if watch else None
+    if watched is not None:
+        status = watched.status
+    if as_json:
+        typer.echo(json.dumps(_as_json(status)))
+    else:
+        for line in _status_lines(status):
+            _say(line)
+    if watched is not None and not watched.interrupted:
+        failed = status.counts.get(State.FAILED.value, 0)
+        raise typer.Exit(code=1 if failed else 0)
+
+
+# --- list, cancel, retry, resume -------------------------------------------------------------
+
+
+@batch_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON array.")) -> None:
+    """Every batch, oldest first: lines, done, failed, waiting, credits spent, paused."""
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        statuses = list_batches(rt)
+    if as_json:
+        typer.echo(json.dumps([_as_json(status) for status in statuses]))
+        return
+    if not statuses:
+        _say("no batches yet (`fluxq batch submit FILE --name N` makes one)")
+        return
+    table = Table("batch", "total", "done", "failed", "waiting", "spent", "paused")
+    for s in statuses:
+        table.add_row(
+            Text(s.batch),
+            f"{s.total:,}",
+            f"{s.counts[State.DONE.value]:,}",
+            f"{s.counts[State.FAILED.value]:,}",
+            f"{s.waiting:,}",
+            _credits(s.spent),
+            Text(s.paused or ""),
+        )
+    console.print(table)
+
+
+@batch_app.command("cancel")
+def cancel_command(name: str = typer.Argument(..., help="The batch.")) -> None:
+    """Cancel every waiting line and queued job of a batch; jobs already sent finish."""
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        _status_or_exit(rt, name)
+        result = cancel_batch(rt, name)
+    _say(
+        f"cancelled {result.lines:,} waiting lines and {result.jobs:,} queued jobs; "
+        "jobs already sent finish and are saved"
+    )
+
+
+@batch_app.command("retry")
+def retry_command(
+    name: str = typer.Argument(..., help="The batch."),
+    failed: bool = typer.Option(
+        True, "--failed/--no-failed", help="Retry jobs BFL or fluxq failed (moderation, errors)."
+    ),
+    uncertain: bool = typer.Option(
+        False, "--uncertain", help="Retry jobs whose submit got no answer: each may be paid twice."
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Only failures whose reason contains this text."
+    ),
+) -> None:
+    """Run the failed jobs of a batch again (in its lanes, so its budget applies)."""
+    if not (failed or uncertain):
+        fail("nothing to retry: --no-failed without --uncertain chooses no job")
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        _status_or_exit(rt, name)
+        if uncertain:
+            _warn(
+                "warning: --uncertain retries jobs whose submit got no answer: BFL may have "
+                "billed them already, so each may be paid twice"
+            )
+        count = retry_batch(rt, name, failed=failed, uncertain=uncertain, reason=reason)
+        status = _status_or_exit(rt, name)
+    kinds = " and ".join(k for k, on in (("failed", failed), ("uncertain", uncertain)) if on)
+    narrowed = f" with a reason containing {reason!r}" if reason else ""
+    _say(f"retrying {count:,} {kinds} jobs{narrowed} of batch {name}")
+    if status.paused == "cancelled":
+        _say(f"batch {name} is cancelled: its retried lines wait until it is resumed")
+
+
+@batch_app.command("resume")
+def resume_command(
+    name: str = typer.Argument(..., help="The batch."),
+    budget: float | None = typer.Option(
+        None, "--budget", help="Credits to add to the batch's budget first."
+    ),
+) -> None:
+    """Resume a batch paused by its budget, adding credits to it."""
+    if budget is not None and not budget > 0:
+        fail(f"--budget {budget:g}: must be a number of credits above 0 (it is added)")
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        before = _status_or_exit(rt, name)
+        if before.paused == "cancelled":
+            fail(f"batch {name} was cancelled; it cannot be resumed (submit under a new --name)")
+        resume_batch(rt, name, more_budget=budget)
+        after = _status_or_exit(rt, name)
+    _say(_one_line(after))
+    if after.paused == "budget":
+        _warn(
+            f"still paused: the next line would pass the budget; "
+            f"`fluxq batch resume {name} --budget MORE`"
+        )
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _write_rows(rows: Iterator[ReportRow], out: TextIO, as_csv: bool) -> int:
+    count = 0
+    if as_csv:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(ReportRow.FIELDS)
+        for row in rows:
+            writer.writerow([getattr(row, field) for field in ReportRow.FIELDS])
+            count += 1
+        return count
+    for row in rows:
+        record = {field: getattr(row, field) for field in ReportRow.FIELDS}
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+@batch_app.command("report")
+def report_command(
+    name: str = typer.Argument(..., help="The batch."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV with a header (default: JSONL)."),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout)."),
+) -> None:
+    """One row per line of the batch: its job, state, file, seed, cost and failure reason."""
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        _status_or_exit(rt, name)
+        rows = report_rows(rt, name)
+        if out is None:
+            _report_to_stdout(rows, as_csv)
+            return
+        try:
+            with out.open("w", encoding="utf-8", newline="") as file:
+                count = _write_rows(rows, file, as_csv)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
+    _warn(f"wrote {count:,} rows to {out}")
+
+
+def _report_to_stdout(rows: Iterator[ReportRow], as_csv: bool) -> None:
+    try:
+        _write_rows(rows, sys.stdout, as_csv)
+        sys.stdout.flush()
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        _quiet_stdout()
+        raise typer.Exit(code=0) from None
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the exit's flush does not fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(batch_app, name="batch")
