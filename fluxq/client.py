@@ -16,12 +16,13 @@ from typing import Any
 
 from config.errors import FieldError, InvalidRequest
 from config.settings import Settings, load_settings
-from tasks.batches import DEFAULT_BATCH_PRIORITY, EnqueueResult, enqueue_entries, set_budget
+from tasks.batches import EnqueueResult, enqueue_entries, set_budget
 from tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
-from tasks.enqueue import ID_HINT, ID_PATTERN
 from tasks.enqueue import enqueue as enqueue_job
 from workers.dispatch import celery_runtime
+from workers.files import ID_HINT, ID_PATTERN
 from workers.runtime import Runtime
+from workers.state.batches import DEFAULT_BATCH_PRIORITY
 from workers.state.jobs import Job, State
 
 WAIT_STEP_S = 0.2

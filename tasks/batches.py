@@ -20,6 +20,7 @@ from tasks.admission import admit_and_dispatch
 from tasks.batchfile import Entry
 from workers.runtime import Runtime
 from workers.state import keys
+from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
 from workers.state.jobs import Job, State
 from workers.state.store import backlog_score
 
@@ -27,14 +28,8 @@ LANE_CHUNK = 1000
 """Lines per script call: large enough that round trips do not count, small enough that one call
 never holds Redis for long (about a millisecond)."""
 
-DEFAULT_BATCH_PRIORITY = 2
-"""Batches rank below jobs sent one by one (priority 5) unless told otherwise; the lane share
-(``workers.state.limiter.LANE_SHARE``) keeps them from starving."""
-
 SCAN_COUNT = 2000
 """Names per HSCAN step when a command must visit every job of a batch (cancel, retry, report)."""
-
-TOP_REASONS = 10
 
 
 @dataclass
@@ -120,71 +115,9 @@ def _flush(
 # --- watching ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BatchStatus:
-    """A batch at a glance, from its counters: no job is read."""
-
-    batch: str
-    counts: dict[str, int]
-    total: int
-    priority: int
-    created_at: float | None
-    started_at: float | None
-    budget: float | None
-    committed: float
-    spent: float
-    paused: str | None
-    reasons: dict[str, int]
-    images_per_minute: float | None
-    eta_s: float | None
-
-    @property
-    def waiting(self) -> int:
-        """Jobs not ended yet: queued, admitted, submitted or ready."""
-        return sum(self.counts.get(state.value, 0) for state in State if not state.terminal)
-
-    @property
-    def finished(self) -> bool:
-        return self.total > 0 and self.waiting == 0
-
-
-def _float(raw: dict[str, str], name: str) -> float | None:
-    value = raw.get(name)
-    return None if value is None or value == "" else float(value)
-
-
 def batch_status(rt: Runtime, batch: str, *, now_s: float | None = None) -> BatchStatus | None:
     """The batch's counters, credits and failure reasons; None when there is no such batch."""
-    raw = rt.store.batch_record(batch)
-    if not raw:
-        return None
-    now = rt.clock() if now_s is None else now_s
-    counts = {state.value: int(raw.get(state.value, 0)) for state in State}
-    counts["uncertain"] = int(raw.get("uncertain", 0))
-    started = _float(raw, "started_at")
-    done = counts[State.DONE.value]
-    rate = None
-    eta = None
-    if started is not None and done > 0 and now > started:
-        rate = done / (now - started) * 60.0
-        waiting = sum(counts[state.value] for state in State if not state.terminal)
-        eta = waiting / (rate / 60.0)
-    reasons = dict(sorted(rt.store.reasons(batch).items(), key=lambda kv: -kv[1])[:TOP_REASONS])
-    return BatchStatus(
-        batch=batch,
-        counts=counts,
-        total=int(raw.get("total", 0)),
-        priority=int(raw.get("priority", DEFAULT_BATCH_PRIORITY)),
-        created_at=_float(raw, "created_at"),
-        started_at=started,
-        budget=_float(raw, "budget"),
-        committed=max(0.0, _float(raw, "committed") or 0.0),
-        spent=_float(raw, "spent") or 0.0,
-        paused=raw.get("paused"),
-        reasons=reasons,
-        images_per_minute=rate,
-        eta_s=eta,
-    )
+    return read_batch_status(rt.store, batch, now_s=rt.clock() if now_s is None else now_s)
 
 
 def list_batches(rt: Runtime) -> list[BatchStatus]:

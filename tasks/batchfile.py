@@ -36,8 +36,7 @@ from config.catalog import (
 )
 from config.errors import InvalidRequest
 from config.redact import redact
-from tasks.enqueue import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS
-from workers.files import safe_name
+from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
 
 FORMATS = ("jsonl", "csv")
 MAX_LINE_ID_CHARS = 60

@@ -28,7 +28,7 @@ from config.redact import redact, secrets_of
 from tasks.admission import admit_and_dispatch
 from tasks.callbacks import webhook_url_problem
 from workers.dispatch import runtime_of
-from workers.files import MAX_NAME_CHARS, safe_name
+from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
 from workers.runtime import Runtime
 from workers.state import keys
 from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
@@ -36,22 +36,9 @@ from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
 log = logging.getLogger("fluxq.enqueue")
 
 DEFAULT_BATCH = "default"
-ID_PATTERN = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 2}}}[A-Za-z0-9-])?")
-"""A job id or batch (used with fullmatch): exactly what ``safe_name`` keeps as it is, since the
-id names the file of a job without a name and the batch its directory."""
-ID_HINT = (
-    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ -, starting with a letter or digit "
-    "and ending with a letter, digit or -"
-)
-NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}")
-"""A job's name (used with fullmatch); stored as its ``safe_name`` (a trailing . or _ dropped)."""
-NAME_HINT = (
-    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)"
-)
 TASK_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:[.:][A-Za-z_][A-Za-z0-9_-]*)*")
 """A Celery task name such as ``myapp.tasks.on_image`` (used with fullmatch)."""
 MAX_TASK_NAME_CHARS = 255
-SECRET_FIELDS = ("webhook_secret",)
 OPTIONS = ("job_id", "batch", "name", "priority", "callback", "webhook_url")
 """The keyword options of ``enqueue`` and of a ``fluxq.enqueue`` message, besides request and
 endpoint."""

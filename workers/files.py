@@ -16,6 +16,22 @@ from urllib.parse import urlsplit
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_CHARS = 128
 """The longest file stem; job ids and batch names (``tasks/enqueue.py``) are no longer."""
+ID_PATTERN = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 2}}}[A-Za-z0-9-])?")
+"""A job id or batch (used with fullmatch): exactly what ``safe_name`` keeps as it is, since the
+id names the file of a job without a name and the batch its directory."""
+ID_HINT = (
+    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ -, starting with a letter or digit "
+    "and ending with a letter, digit or -"
+)
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}")
+"""A job's name (used with fullmatch); stored as its ``safe_name`` (a trailing . or _ dropped)."""
+NAME_HINT = (
+    f"use 1-{MAX_NAME_CHARS} characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+)
+SECRET_FIELDS = ("webhook_secret",)
+"""Request fields refused in jobs: fluxq signs its own webhooks, and a secret stored in Redis or
+shown in Flower would leak."""
+
 FORMAT_SUFFIXES = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import redis
 import typer
@@ -38,44 +38,33 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from config.catalog import CATALOG, PerImage
 from config.settings import Settings
-from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
-from tasks.batches import (
-    DEFAULT_BATCH_PRIORITY,
-    BatchStatus,
-    EnqueueResult,
-    ReportRow,
-    batch_status,
-    cancel_batch,
-    enqueue_entries,
-    group_of,
-    list_batches,
-    report_rows,
-    resume_batch,
-    retry_batch,
-    set_output,
+from fluxq.cli.common import (
+    console,
+    err_console,
+    fail,
+    runtime_or_exit,
+    settings_or_exit,
+    store_or_exit,
 )
-from tasks.batchfile import (
-    FORMATS,
-    MAX_REPORTED_ERRORS,
-    Entry,
-    LineError,
-    Scan,
-    parse_params,
-    scan_file,
-)
-from tasks.enqueue import ID_HINT, ID_PATTERN
-from workers.dispatch import celery_runtime
-from workers.poll_schedule import LogNormal
-from workers.runtime import Runtime
+from workers.files import ID_HINT, ID_PATTERN
 from workers.state import keys
+from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
 from workers.state.jobs import MAX_PRIORITY, State
-from workers.state.latency_book import PRIOR_SIGMA
+from workers.state.store import JobStore
+
+if TYPE_CHECKING:
+    from tasks.batches import EnqueueResult, ReportRow
+    from tasks.batchfile import LineError, Scan
+    from workers.runtime import Runtime
+
+# The pipeline (tasks.*, Celery, the catalog's models) is imported inside the commands that act,
+# so that read-only commands (status, list) start in a fraction of a second.
 
 MAX_BATCH_NAME_CHARS = 64
 """A batch name's limit: a line's job id is ``<batch>.<line id>`` (line ids up to 60)."""
-MAX_SHOWN_CONFLICTS = MAX_REPORTED_ERRORS
+MAX_SHOWN_CONFLICTS = 20
+"""Conflicting lines listed after a submit, like the bad lines of a refused file."""
 REJECTED_FILE = "rejected.jsonl"
 UNPRICED_ENDPOINTS = frozenset({"flux-pro-1.0-expand"})
 """Endpoints whose per-image price is not on BFL's price list: charged like fill, an estimate."""
@@ -104,8 +93,8 @@ def _runtime(settings: Settings) -> Iterator[Runtime]:
         rt.close()
 
 
-def _status_or_exit(rt: Runtime, name: str) -> BatchStatus:
-    status = batch_status(rt, name)
+def _status_or_exit(store: JobStore, name: str) -> BatchStatus:
+    status = read_batch_status(store, name, now_s=time.time())
     if status is None:
         fail(f"no batch named {name} (`fluxq batch list` shows every batch)")
     return status
@@ -203,6 +192,8 @@ def _batch_dir(settings: Settings, rt: Runtime | None, name: str, out: Path | No
 
 def _dry_runtime(settings: Settings) -> Runtime | None:
     """A runtime for a dry run when Redis is there (learned latencies); None without one."""
+    from workers.dispatch import celery_runtime  # lazy: the pipeline loads only when acting
+
     if not settings.redis_url:
         return None
     rt = celery_runtime(settings)
@@ -216,6 +207,9 @@ def _dry_runtime(settings: Settings) -> Runtime | None:
 
 def _mean_s(settings: Settings, rt: Runtime | None, endpoint: str) -> tuple[float, bool]:
     """The mean generation time of ``endpoint`` and whether it was learned (not the prior)."""
+    from workers.poll_schedule import LogNormal  # lazy: the pipeline loads only when acting
+    from workers.state.latency_book import PRIOR_SIGMA  # lazy: the pipeline loads only when acting
+
     if rt is None:
         return LogNormal.from_median(settings.poll_prior_median_s, PRIOR_SIGMA).mean_s, False
     learned = bool(rt.redis.llen(keys.latency(endpoint)))
@@ -225,6 +219,8 @@ def _mean_s(settings: Settings, rt: Runtime | None, endpoint: str) -> tuple[floa
 def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, int]) -> float:
     """The least time the lines take with every slot busy: all endpoints share the key's cap,
     and the endpoints of a nested cap group share that group's cap too."""
+    from tasks.batches import group_of  # lazy: the pipeline loads only when acting
+
     work_s: dict[str, float] = {}
     group_caps: dict[str, int] = {}
     for endpoint, count in by_endpoint.items():
@@ -240,6 +236,8 @@ def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, i
 
 
 def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
+    from config.catalog import CATALOG, PerImage  # lazy: the pipeline loads only when acting
+
     exact = all(
         isinstance(CATALOG[e].price, PerImage) and e not in UNPRICED_ENDPOINTS
         for e in scan.by_endpoint
@@ -271,6 +269,8 @@ def _scan(
     spool: TextIO,
     rejected: TextIO | None,
 ) -> Scan:
+    from tasks.batchfile import scan_file  # lazy: the pipeline loads only when acting
+
     with _scan_progress() as bar:
         task = bar.add_task(f"checking {path.name}", total=None)
         try:
@@ -310,6 +310,9 @@ def _keep_rejected(scan: Scan, written: Path, rejected_path: Path) -> None:
 def _enqueue(
     rt: Runtime, name: str, spool: TextIO, scan: Scan, priority: int, budget: float | None
 ) -> EnqueueResult:
+    from tasks.batches import enqueue_entries  # lazy: the pipeline loads only when acting
+    from tasks.batchfile import Entry  # lazy: the pipeline loads only when acting
+
     spool.seek(0)
     try:
         with _enqueue_progress() as bar:
@@ -331,6 +334,8 @@ def _enqueue(
 
 
 def _print_result(rt: Runtime, name: str, result: EnqueueResult) -> int:
+    from tasks.batches import batch_status  # lazy: the pipeline loads only when acting
+
     conflicts = result.conflicts
     _say(
         f"batch {name}: added {result.added:,}, already there {result.present:,} "
@@ -368,7 +373,7 @@ def submit(
         None, "--endpoint", help="The endpoint of lines that name none, e.g. flux-pro-1.1."
     ),
     fmt: str | None = typer.Option(
-        None, "--format", help=f"{' or '.join(FORMATS)} (default: told by the file's suffix)."
+        None, "--format", help="jsonl or csv (default: told by the file's suffix)."
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Directory for the images (default: <output_dir>/<name>)."
@@ -390,6 +395,8 @@ def submit(
     ),
 ) -> None:
     """Check every line of FILE, then enqueue them all as batch NAME (nothing if one is bad)."""
+    from tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
+
     settings = settings_or_exit()
     _check_submit_options(name, priority, budget)
     try:
@@ -423,6 +430,8 @@ class _Submit:
 
 
 def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
+    from tasks.batches import batch_status  # lazy: the pipeline loads only when acting
+
     existing = None if rt is None else batch_status(rt, name)
     if existing is not None and existing.paused == "cancelled":
         fail(f"batch {name} was cancelled: submit the file under another --name")
@@ -430,6 +439,8 @@ def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
 
 def _submit(settings: Settings, rt: Runtime | None, job: _Submit) -> int:
     """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted)."""
+    from tasks.batches import set_output  # lazy: the pipeline loads only when acting
+
     _refuse_cancelled(rt, job.name)
     rejected_path = _batch_dir(settings, rt, job.name, job.out) / REJECTED_FILE
     keep = job.skip_invalid and not job.dry_run
@@ -527,37 +538,37 @@ class _Watched:
         self.interrupted = False
 
 
-def _watch(rt: Runtime, name: str, interval: float, *, as_json: bool) -> _Watched:
+def _watch(store: JobStore, name: str, interval: float, *, as_json: bool) -> _Watched:
     """Refresh until the batch is finished or Ctrl-C."""
-    watched = _Watched(_status_or_exit(rt, name))
+    watched = _Watched(_status_or_exit(store, name))
     try:
         if console.is_terminal:
-            _watch_live(rt, name, interval, watched)
+            _watch_live(store, name, interval, watched)
         else:
             # Progress lines go to stderr when stdout is for the final JSON.
-            _watch_quietly(rt, name, interval, watched, _warn if as_json else _say)
+            _watch_quietly(store, name, interval, watched, _warn if as_json else _say)
     except KeyboardInterrupt:
         watched.interrupted = True
     return watched
 
 
-def _watch_live(rt: Runtime, name: str, interval: float, watched: _Watched) -> None:
+def _watch_live(store: JobStore, name: str, interval: float, watched: _Watched) -> None:
     with Live(_render(watched.status), console=console, auto_refresh=False, transient=True) as live:
         while not watched.status.finished:
             time.sleep(interval)
-            watched.status = _status_or_exit(rt, name)
+            watched.status = _status_or_exit(store, name)
             live.update(_render(watched.status), refresh=True)
 
 
 def _watch_quietly(
-    rt: Runtime, name: str, interval: float, watched: _Watched, say: Callable[[str], None]
+    store: JobStore, name: str, interval: float, watched: _Watched, say: Callable[[str], None]
 ) -> None:
     """Without a terminal (a log file, a pipe): a line when counts change, now and then."""
     say(_one_line(watched.status))
     shown, shown_at = watched.status.counts, time.monotonic()
     while not watched.status.finished:
         time.sleep(interval)
-        watched.status = status = _status_or_exit(rt, name)
+        watched.status = status = _status_or_exit(store, name)
         if status.counts != shown and time.monotonic() - shown_at >= QUIET_WATCH_EVERY_S:
             say(_one_line(status))
             shown, shown_at = status.counts, time.monotonic()
@@ -576,9 +587,9 @@ def status_command(
     if not interval > 0:
         fail(f"--interval {interval:g}: must be above 0 seconds")
     settings = settings_or_exit()
-    with _runtime(settings) as rt:
-        status = _status_or_exit(rt, name)
-        watched = _watch(rt, name, interval, as_json=as_json) if watch else None
+    store = store_or_exit(settings)  # counters only: no Celery, a fast start
+    status = _status_or_exit(store, name)
+    watched = _watch(store, name, interval, as_json=as_json) if watch else None
     if watched is not None:
         status = watched.status
     if as_json:
@@ -598,8 +609,10 @@ def status_command(
 def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON array.")) -> None:
     """Every batch, oldest first: lines, done, failed, waiting, credits spent, paused."""
     settings = settings_or_exit()
-    with _runtime(settings) as rt:
-        statuses = list_batches(rt)
+    store = store_or_exit(settings)
+    now = time.time()
+    found = (read_batch_status(store, batch, now_s=now) for batch in store.batches())
+    statuses = [status for status in found if status is not None]
     if as_json:
         typer.echo(json.dumps([_as_json(status) for status in statuses]))
         return
@@ -623,9 +636,11 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON arra
 @batch_app.command("cancel")
 def cancel_command(name: str = typer.Argument(..., help="The batch.")) -> None:
     """Cancel every waiting line and queued job of a batch; jobs already sent finish."""
+    from tasks.batches import cancel_batch  # lazy: the pipeline loads only when acting
+
     settings = settings_or_exit()
     with _runtime(settings) as rt:
-        _status_or_exit(rt, name)
+        _status_or_exit(rt.store, name)
         result = cancel_batch(rt, name)
     _say(
         f"cancelled {result.lines:,} waiting lines and {result.jobs:,} queued jobs; "
@@ -647,18 +662,20 @@ def retry_command(
     ),
 ) -> None:
     """Run the failed jobs of a batch again (in its lanes, so its budget applies)."""
+    from tasks.batches import retry_batch  # lazy: the pipeline loads only when acting
+
     if not (failed or uncertain):
         fail("nothing to retry: --no-failed without --uncertain chooses no job")
     settings = settings_or_exit()
     with _runtime(settings) as rt:
-        _status_or_exit(rt, name)
+        _status_or_exit(rt.store, name)
         if uncertain:
             _warn(
                 "warning: --uncertain retries jobs whose submit got no answer: BFL may have "
                 "billed them already, so each may be paid twice"
             )
         count = retry_batch(rt, name, failed=failed, uncertain=uncertain, reason=reason)
-        status = _status_or_exit(rt, name)
+        status = _status_or_exit(rt.store, name)
     kinds = " and ".join(k for k, on in (("failed", failed), ("uncertain", uncertain)) if on)
     narrowed = f" with a reason containing {reason!r}" if reason else ""
     _say(f"retrying {count:,} {kinds} jobs{narrowed} of batch {name}")
@@ -674,15 +691,17 @@ def resume_command(
     ),
 ) -> None:
     """Resume a batch paused by its budget, adding credits to it."""
+    from tasks.batches import resume_batch  # lazy: the pipeline loads only when acting
+
     if budget is not None and not budget > 0:
         fail(f"--budget {budget:g}: must be a number of credits above 0 (it is added)")
     settings = settings_or_exit()
     with _runtime(settings) as rt:
-        before = _status_or_exit(rt, name)
+        before = _status_or_exit(rt.store, name)
         if before.paused == "cancelled":
             fail(f"batch {name} was cancelled; it cannot be resumed (submit under a new --name)")
         resume_batch(rt, name, more_budget=budget)
-        after = _status_or_exit(rt, name)
+        after = _status_or_exit(rt.store, name)
     _say(_one_line(after))
     if after.paused == "budget":
         _warn(
@@ -695,6 +714,8 @@ def resume_command(
 
 
 def _write_rows(rows: Iterator[ReportRow], out: TextIO, as_csv: bool) -> int:
+    from tasks.batches import ReportRow  # lazy: the pipeline loads only when acting
+
     count = 0
     if as_csv:
         writer = csv.writer(out, lineterminator="\n")
@@ -717,9 +738,11 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout)."),
 ) -> None:
     """One row per line of the batch: its job, state, file, seed, cost and failure reason."""
+    from tasks.batches import report_rows  # lazy: the pipeline loads only when acting
+
     settings = settings_or_exit()
     with _runtime(settings) as rt:
-        _status_or_exit(rt, name)
+        _status_or_exit(rt.store, name)
         rows = report_rows(rt, name)
         if out is None:
             _report_to_stdout(rows, as_csv)

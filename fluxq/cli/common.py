@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -17,8 +17,10 @@ from rich.console import Console
 
 from config.errors import ConfigError, FluxqError
 from config.settings import Settings, load_settings
-from workers.dispatch import celery_runtime
-from workers.runtime import Runtime
+from workers.state.store import JobStore
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)
@@ -74,6 +76,8 @@ def runtime_or_exit(settings: Settings) -> Runtime:
             "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
             "your workers use (`fluxq worker` prints it), or run `fluxq demo`."
         )
+    from workers.dispatch import celery_runtime  # lazy: Celery loads only for commands using it
+
     rt = celery_runtime(settings)
     try:
         rt.redis.ping()
@@ -81,6 +85,23 @@ def runtime_or_exit(settings: Settings) -> Runtime:
         rt.close()
         fail(redis_failure(settings.redis_url, exc), cause=exc)
     return rt
+
+
+def store_or_exit(settings: Settings) -> JobStore:
+    """Job and batch records on the workers' Redis without the pipeline (no Celery, no BFL
+    client): what read-only commands such as ``fluxq batch status`` need, fast to start."""
+    if not settings.redis_url:
+        fail(
+            "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
+            "your workers use (`fluxq worker` prints it), or run `fluxq demo`."
+        )
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        fail(redis_failure(settings.redis_url, exc), cause=exc)
+    return JobStore(client, terminal_ttl_s=settings.job_ttl_s)
 
 
 def shown_url(url: str | None) -> str:

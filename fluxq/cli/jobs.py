@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from config.errors import InvalidRequest
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
-from tasks.admission import admit_and_dispatch
-from tasks.batches import cancel_job
-from tasks.enqueue import enqueue
-from workers.runtime import Runtime
 from workers.state.jobs import State
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
 
 WAIT_STEP_S = 0.2
 
@@ -57,6 +56,8 @@ def enqueue_command(
     request.update({k: v for k, v in optional.items() if v is not None})
     if output_format is not None:
         request["output_format"] = output_format
+    from tasks.enqueue import enqueue  # lazy: the pipeline loads only for commands that act
+
     rt = runtime_or_exit(settings)
     try:
         job = enqueue(
@@ -106,6 +107,8 @@ def status(batch: str = typer.Option("default", help="The batch to show.")) -> N
 def resume() -> None:
     """Resume admission after a 402/403 pause (it also resumes by itself when credits return)."""
     settings = settings_or_exit()
+    from tasks.admission import admit_and_dispatch  # lazy: the pipeline loads only here
+
     rt = runtime_or_exit(settings)
     rt.limiter.resume()
     console.print(f"resumed; admitted {admit_and_dispatch(rt)} job(s)")
@@ -113,6 +116,8 @@ def resume() -> None:
 
 def cancel(job_id: str = typer.Argument(..., metavar="JOB", help="The job id.")) -> None:
     """Cancel a job not yet sent to BFL (exit 1 when it was sent or had ended already)."""
+    from tasks.batches import cancel_job  # lazy: the pipeline loads only for commands that act
+
     settings = settings_or_exit()
     rt = runtime_or_exit(settings)
     try:

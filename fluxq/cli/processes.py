@@ -8,11 +8,8 @@ import os
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from config.catalog import estimate_credits, validate_request
 from config.settings import Settings
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
-from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo
-from workers.celery_app import make_celery
 from workers.process.children import python_argv
 from workers.process.embedded_redis import EmbeddedRedis
 from workers.process.supervisor import (
@@ -91,6 +88,8 @@ def flower(
     # In this process, not a child: SIGTERM to `fluxq flower` stops Flower itself.
     # --conf: never run a flowerconfig.py that happens to sit in the working directory.
     argv = ["flower", f"--address={address}", f"--port={port}", f"--conf={os.devnull}"]
+    from workers.celery_app import make_celery  # lazy: Celery loads only for this command
+
     code = make_celery(settings).start(argv)
     raise typer.Exit(code=code or 0)
 
@@ -103,6 +102,9 @@ def demo(
     yes: bool = typer.Option(False, "--yes", help="With a real BFL_API_KEY: spend the credits."),
 ) -> None:
     """Run fluxq end to end on this machine: simulator and embedded Redis when none are set."""
+    from config.catalog import estimate_credits, validate_request  # lazy: demo only
+    from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo  # lazy: simulator, uvicorn
+
     settings = settings_or_exit()
     if settings.bfl_api_key is not None and not yes:
         credits = sum(

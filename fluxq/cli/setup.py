@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from fluxq.cli.common import console, fail, settings_or_exit
-from simulator import SimConfig, parse_faults, parse_latency, serve
 
 
 def show_config() -> None:
@@ -36,6 +35,8 @@ def simulator_command(
     retry_after_s: int | None = typer.Option(None, help="Send Retry-After on 429s."),
 ) -> None:
     """Run the local BFL API simulator and print the settings that point fluxq at it."""
+    from simulator import SimConfig, parse_faults, parse_latency, serve  # lazy: uvicorn, starlette
+
     try:
         config = SimConfig(
             latency=parse_latency(latency) if latency else {},
