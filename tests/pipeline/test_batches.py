@@ -81,21 +81,21 @@ def test_a_name_held_by_another_line_is_a_conflict_and_changes_nothing(
 def test_a_job_sent_one_by_one_overtakes_a_waiting_batch_at_the_next_release(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
+    # Given a 10,000-line batch filling the cap
     pipeline = capped(make_pipeline)
     rt = pipeline.rt
-    batches.enqueue_entries(rt, "big", (entry(i) for i in range(200)))
+    batches.enqueue_entries(rt, "big", (entry(i) for i in range(10_000)))
     service = enqueue(rt, "flux-dev", {"prompt": "a service's image"}, batch="svc")
-    assert rt.store.get(service) is not None
-    # Run until the service job is admitted: it takes the first slot freed
-    admitted_before = 0
+    lanes = keys.lane(rt.label, keys.DEFAULT_GROUP, "big")
+    assert rt.redis.llen(lanes) == 10_000 - CAP
+    # When slots free up, the service job takes the first one: no batch line goes before it
     while pipeline.job(service).state is State.QUEUED:
         pipeline.step()
-        admitted_before = sum(
-            1 for i in range(200) if (_job := rt.store.get(f"big.l{i}")) is not None
-        )
-    assert admitted_before == CAP  # no batch job was admitted between it and its slot
+    assert rt.redis.llen(lanes) == 10_000 - CAP
+    assert rt.store.batch_counts("big")["queued"] == 10_000 - CAP
     batches.cancel_batch(rt, "big")
     pipeline.drain(timeout_s=30)
+    assert pipeline.job(service).state is State.DONE
 
 
 def test_batches_keep_their_share_under_a_stream_of_service_jobs(
