@@ -21,11 +21,12 @@ import redis
 
 from bench.plan import ENDPOINT, Scenario, Side
 from bench.procs import TreeSampler, bench_env, log_tail, read_line, spawn, stop
+from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
 from config.settings import Settings, load_settings
 from fluxq.client import Client
 from workers.celery_app import make_celery
 from workers.process.children import start_child, stop_child
-from workers.process.supervisor import DEFAULT_SAVE_THREADS, DEFAULT_THREADS, default_specs
+from workers.process.supervisor import default_specs
 from workers.state import keys
 from workers.state.jobs import Job, State
 

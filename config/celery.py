@@ -13,6 +13,16 @@ SAVE_QUEUE = "fluxq.save"
 CONTROL_QUEUE = "fluxq.control"
 ALL_QUEUES = (SUBMIT_QUEUE, POLL_QUEUE, SAVE_QUEUE, CONTROL_QUEUE)
 
+DEFAULT_THREADS = 16
+"""Threads of the main worker process: submit, poll and control work (and save, by default)."""
+
+DEFAULT_SAVE_THREADS = 0
+"""No separate save process by default: at one key's cap (24 tasks in flight) one process's
+threads carry submit, poll and save with room to spare, and a second Celery process costs about
+75 MB and its own consumer loop. Give ``--save-threads N`` when many downloads would queue behind
+other work (several keys, large images)."""
+
+
 VISIBILITY_TIMEOUT_S = 3600
 """Redis redelivers an unacked message after this long. It must exceed every countdown we use
 (poll steps ≤ a few minutes, backoffs ≤ 60 s), or a waiting ETA message is delivered twice."""

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
 from config.settings import Settings
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
-from workers.process.children import python_argv
-from workers.process.embedded_redis import EmbeddedRedis
-from workers.process.supervisor import (
-    DEFAULT_SAVE_THREADS,
-    DEFAULT_THREADS,
-    Supervisor,
-    WorkerSpec,
-    default_specs,
-)
+
+if TYPE_CHECKING:
+    from workers.process.supervisor import WorkerSpec
 
 
 def _require_bfl_target(settings: Settings) -> None:
@@ -32,6 +28,8 @@ def _require_bfl_target(settings: Settings) -> None:
 
 def worker_process_argv(spec: WorkerSpec, loglevel: str) -> list[str]:
     """How the supervisor starts one worker process (``fluxq.worker_process``)."""
+    from workers.process.children import python_argv  # lazy: only `fluxq worker` starts children
+
     return python_argv(
         "fluxq.worker_process",
         "--name", spec.name, "--queues", ",".join(spec.queues),
@@ -50,6 +48,9 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
+    from workers.process.embedded_redis import EmbeddedRedis  # lazy: only this command uses it
+    from workers.process.supervisor import Supervisor, default_specs  # lazy: likewise
+
     settings = settings_or_exit()
     _require_bfl_target(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

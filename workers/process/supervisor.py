@@ -31,16 +31,6 @@ class WorkerSpec:
     threads: int
 
 
-DEFAULT_THREADS = 16
-"""Threads of the main worker process: submit, poll and control work (and save, by default)."""
-
-DEFAULT_SAVE_THREADS = 0
-"""No separate save process by default: at one key's cap (24 tasks in flight) one process's
-threads carry submit, poll and save with room to spare, and a second Celery process costs about
-75 MB and its own consumer loop. Give ``--save-threads N`` when many downloads would queue behind
-other work (several keys, large images)."""
-
-
 def default_specs(*, threads: int, save_threads: int) -> list[WorkerSpec]:
     """The worker processes for these thread counts: one, or a main one and a save one."""
     if save_threads <= 0:
