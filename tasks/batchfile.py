@@ -49,6 +49,9 @@ LINE_FIELDS = ("id", "name", "endpoint")
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 _READ_BUFFER_BYTES = 1 << 20
+MAX_LINE_BYTES = 64 << 20
+"""The longest JSONL line read (a request with base64 input images fits well within it); a
+longer one is a bad line, and memory stays bounded whatever the file holds."""
 _BOM = b"\xef\xbb\xbf"
 _BUCKETS = 16
 """Hash buckets (a power of two): after the pass one bucket at a time becomes a set, not all."""
@@ -438,10 +441,33 @@ def _not_json(exc: ValueError | RecursionError) -> str:
     return str(exc)
 
 
+def _bounded_lines(file: Iterable[bytes]) -> Iterator[bytes | None]:
+    """The file's lines, each read at most MAX_LINE_BYTES at a time: a longer line (a file with
+    no newlines, say) is skipped to its end and given as None, never held in memory whole."""
+    read = getattr(file, "readline", None)
+    if read is None:  # a plain iterable of lines (tests)
+        for raw in file:
+            yield raw if len(raw) <= MAX_LINE_BYTES else None
+        return
+    while True:
+        raw = read(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):  # drop the rest of the line, chunk by chunk
+            raw = read(_READ_BUFFER_BYTES)
+        yield None
+
+
 def _jsonl_lines(file: Iterable[bytes]) -> Iterator[tuple[int, str, int]]:
     """(line number, text, position of its first byte that is not UTF-8 or 0) of each line that
-    is not blank."""
-    for number, raw in enumerate(file, 1):
+    is not blank; a line over MAX_LINE_BYTES has text "" and position -1."""
+    for number, raw in enumerate(_bounded_lines(file), 1):
+        if raw is None:
+            yield number, "", -1
+            continue
         try:
             text = raw.decode()
         except UnicodeDecodeError as exc:
@@ -453,6 +479,10 @@ def _jsonl_lines(file: Iterable[bytes]) -> Iterator[tuple[int, str, int]]:
 
 def _jsonl_records(file: Iterable[bytes]) -> Iterator[_Record]:
     for number, text, bad_byte in _jsonl_lines(file):
+        if bad_byte < 0:
+            reason = f"longer than {MAX_LINE_BYTES // 2**20} MiB: not read"
+            yield number, text, LineError(number, "line", reason)
+            continue
         if bad_byte:
             reason = f"not UTF-8 (byte {bad_byte} of the line)"
             yield number, text, LineError(number, "line", reason)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tasks import batchfile
 from tasks.batchfile import (
     MAX_LINE_ID_CHARS,
     MAX_REPORTED_ERRORS,
@@ -514,3 +515,20 @@ def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
     assert (result.valid, result.duplicates) == (count, 1)
     assert result.errors == [LineError(count + 1, "id", result.errors[0].reason)]
     assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MB"
+
+
+def test_a_line_longer_than_the_limit_is_a_bad_line_and_never_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a limit of 1,000 bytes, a 50,000-byte line with no newline in the middle of a file
+    monkeypatch.setattr(batchfile, "MAX_LINE_BYTES", 1000)
+    path = tmp_path / "long.jsonl"
+    with path.open("wb") as out:
+        out.write(b'{"prompt": "first"}\n')
+        out.write(b'{"prompt": "' + b"x" * 50_000 + b'"}\n')
+        out.write(b'{"prompt": "third"}\n')
+        out.write(b"y" * 5_000)  # and a last line with no newline at all
+    scan = batchfile.scan_file(path, endpoint="flux-dev", params={})
+    assert (scan.lines, scan.valid, scan.error_count) == (4, 2, 2)
+    assert [(e.line, e.field) for e in scan.errors] == [(2, "line"), (4, "line")]
+    assert "longer than" in scan.errors[0].reason
