@@ -180,6 +180,8 @@ def cancel_batch(rt: Runtime, batch: str) -> CancelResult:
         for group in _groups(rt)
     )
     jobs = 0
+    if rt.store.batch_counts(batch)[State.QUEUED.value] <= 0:
+        return CancelResult(lines, jobs)  # nothing queued with a record: no need to visit jobs
     for job in _jobs(rt, batch):
         if job.state is State.QUEUED and lifecycle.end(
             rt, job, State.CANCELLED, reason="cancelled with its batch"
