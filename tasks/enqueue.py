@@ -175,11 +175,16 @@ def _prepare(rt: Runtime, endpoint: object, request: object, options: Mapping[st
     job_id = _text(
         "job_id", uuid.uuid4().hex if given_id is None else given_id, ID_PATTERN, ID_HINT, errors
     )
-    batch = _text("batch", options.get("batch", DEFAULT_BATCH), ID_PATTERN, ID_HINT, errors)
+    # Every option may come as null (JSON from another service): it means "not given".
+    given_batch = options.get("batch")
+    batch = _text(
+        "batch", DEFAULT_BATCH if given_batch is None else given_batch, ID_PATTERN, ID_HINT, errors
+    )
     name = options.get("name")
     if name is not None:
         name = _text("name", name, NAME_PATTERN, NAME_HINT, errors)
-    priority = _priority(options.get("priority", DEFAULT_PRIORITY), errors)
+    given_priority = options.get("priority")
+    priority = _priority(DEFAULT_PRIORITY if given_priority is None else given_priority, errors)
     webhook_url = _webhook_url(options.get("webhook_url"), errors)
     callback_json = _callback_json(options.get("callback"), errors)
     if errors or spec is None or model is None or not isinstance(endpoint, str):

@@ -135,11 +135,11 @@ def test_a_trailing_newline_is_refused(rt: Runtime, field: str) -> None:
         (("flux-dev", REQUEST), {"priority": "7"}, "priority"),
         (("flux-dev", REQUEST), {"priority": 7.5}, "priority"),
         (("flux-dev", REQUEST), {"priority": True}, "priority"),
-        (("flux-dev", REQUEST), {"priority": None}, "priority"),
+        (("flux-dev", REQUEST), {"priority": "5"}, "priority"),
         (("flux-dev", REQUEST), {"priority": 10}, "priority"),
         (("flux-dev", REQUEST), {"job_id": 123}, "job_id"),
         (("flux-dev", REQUEST), {"job_id": ""}, "job_id"),
-        (("flux-dev", REQUEST), {"batch": None}, "batch"),
+        (("flux-dev", REQUEST), {"batch": 42}, "batch"),
         (("flux-dev", REQUEST), {"batch": ["b"]}, "batch"),
         (("flux-dev", REQUEST), {"webhook_url": 5}, "webhook_url"),
         (("flux-dev", REQUEST), {"name": 7}, "name"),
@@ -163,7 +163,7 @@ def test_a_wrong_type_or_unknown_option_names_the_field(
 
 
 def test_every_bad_field_is_named_at_once(rt: Runtime) -> None:
-    exc = refused(rt, "flux-dev", REQUEST, job_id=1, batch=None, priority="x", colour="red")
+    exc = refused(rt, "flux-dev", REQUEST, job_id=1, batch=7, priority="x", colour="red")
     assert set(exc.fields) == {"job_id", "batch", "priority", "colour"}
 
 
@@ -259,3 +259,11 @@ def test_a_message_without_a_job_id_uses_its_task_id_so_a_redelivery_is_one_job(
     with pytest.raises(InvalidRequest) as caught:
         enqueue_message(rt, {"endpoint": "flux-dev"}, message_id="msg-2")
     assert caught.value.fields == ("request",)
+
+
+def test_a_null_option_means_not_given(rt: Runtime) -> None:
+    # JSON from another service often sends null for what it leaves out (the schema allows it)
+    job_id = enqueue(rt, "flux-dev", REQUEST, job_id=None, batch=None, name=None, priority=None)
+    job = rt.store.get(job_id)
+    assert job is not None
+    assert (job.batch, job.priority, job.name) == ("default", 5, job_id)
