@@ -7,7 +7,8 @@ the per-job API a user would loop over, timed on the first ``--naive-lines`` lin
 
 - jobs/s end to end (validation included) and the submit process's peak RSS;
 - Redis memory per queued job (``used_memory`` before and after, divided by N);
-- ``fluxq batch status`` on the N-job batch: the status read itself, and the whole command.
+- ``fluxq batch status`` on the N-job batch: the status read itself, and the whole command;
+- one Prometheus scrape (``workers/metrics.py``) with the N jobs queued.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from prometheus_client import generate_latest
 
 from bench.procs import TreeSampler, bench_env
 from config.settings import load_settings
 from fluxq.client import Client
 from tasks.batches import batch_status
+from workers.metrics import registry_for
 from workers.process.embedded_redis import EmbeddedRedis
 
 BATCH = "bench-enqueue"
@@ -118,6 +121,12 @@ def run_enqueue(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 timings.append(time.perf_counter() - started)
             assert status is not None
             total = status.total
+            registry = registry_for(settings, rt.redis)
+            scrapes = []
+            for _ in range(STATUS_REPEATS):
+                started = time.perf_counter()
+                generate_latest(registry)
+                scrapes.append(time.perf_counter() - started)
             naive = _naive(fluxq_client, args.naive_lines)
         status_cli = min(_status_cli(env) for _ in range(3))
         report = {
@@ -135,6 +144,7 @@ def run_enqueue(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "redis_bytes_per_job": (after - before) / max(1, total),
             "status_read_ms_median": sorted(timings)[len(timings) // 2] * 1000,
             "status_command_ms_best_of_3": status_cli * 1000,
+            "metrics_scrape_ms_median": sorted(scrapes)[len(scrapes) // 2] * 1000,
             "naive_jobs_per_s": naive,
         }
     _print(report)
@@ -166,5 +176,9 @@ def _print(report: dict[str, Any]) -> None:
     print(
         f"batch status: the command      {report['status_command_ms_best_of_3']:.0f} ms "
         "(best of 3, process start included; target < 200)"
+    )
+    print(
+        f"metrics scrape, 1M queued      {report['metrics_scrape_ms_median']:.1f} ms (median; "
+        "target < 100)"
     )
     print(f"naive: Client.enqueue per line {report['naive_jobs_per_s']:,.0f} jobs/s")

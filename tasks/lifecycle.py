@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from config.catalog import estimate_credits, validate_request
+from config.errors import InvalidRequest
 from tasks.admission import admit_and_dispatch
 from tasks.callbacks import notify_terminal
 from workers.runtime import Runtime
+from workers.state import timings
 from workers.state.jobs import Job, JobField, State
 
 log = logging.getLogger("fluxq.lifecycle")
@@ -33,10 +36,13 @@ def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
     moved = rt.store.transition(
         job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(), fields=fields
     )
-    if moved and job.est is not None:
+    if moved:
         cost = fields.get(JobField.COST)
-        spent = float(cost) if cost is not None else job.est
-        rt.store.account(job.batch, committed=-job.est, spent=spent)
+        spent = float(cost) if cost is not None else _estimate(job)
+        if job.est is not None:
+            rt.store.account(job.batch, committed=-job.est, spent=spent)
+        if spent:
+            rt.limiter.count_float("credits_spent", spent)
     return moved
 
 
@@ -49,10 +55,14 @@ def ready(rt: Runtime, job: Job, fields: Fields) -> bool:
     """BFL says Ready: the task no longer counts against the cap, so free its slot at once."""
     # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
     rt.store.watch_save(job.job_id, job.key_label, until_s=rt.clock() + rt.settings.lease_ttl_s)
+    now = rt.clock()
     moved = rt.store.transition(
-        job.job_id, State.READY, from_states=(State.SUBMITTED,), now_s=rt.clock(), fields=fields
+        job.job_id, State.READY, from_states=(State.SUBMITTED,), now_s=now, fields=fields
     )
     _release(rt, job)
+    submitted_at = job.times.get(State.SUBMITTED.value)
+    if moved and submitted_at is not None:
+        timings.observe(rt.redis, timings.SUBMIT_TO_READY, job.endpoint, now - submitted_at)
     return moved
 
 
@@ -73,7 +83,11 @@ def end(
     """
     if not to.terminal:
         raise ValueError(f"{to.value} is not a terminal state")
-    moved = rt.store.transition(job.job_id, to, now_s=rt.clock(), reason=reason, fields=fields)
+    now = rt.clock()
+    moved = rt.store.transition(job.job_id, to, now_s=now, reason=reason, fields=fields)
+    ready_at = job.times.get(State.READY.value)
+    if moved and to is State.DONE and ready_at is not None:
+        timings.observe(rt.redis, timings.READY_TO_SAVED, job.endpoint, now - ready_at)
     if moved and job.state is State.ADMITTED and job.est is not None:
         rt.store.account(job.batch, committed=-job.est)  # never sent: nothing was spent
     # Only what the job (as the caller read it) holds is given back: a ready job's slot went at
@@ -142,6 +156,16 @@ def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
     if moved:
         log.warning("late submit answer recovered job=%s batch=%s", job.job_id, job.batch)
     return moved
+
+
+def _estimate(job: Job) -> float:
+    """A job's price when BFL sends no ``cost``: its batch line's estimate, else the catalog's."""
+    if job.est is not None:
+        return job.est
+    try:
+        return estimate_credits(job.endpoint, validate_request(job.endpoint, job.request))
+    except InvalidRequest:  # a record written before a catalog change: count nothing
+        return 0.0
 
 
 def _release(rt: Runtime, job: Job) -> None:

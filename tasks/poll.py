@@ -58,6 +58,7 @@ def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
     if result.seed is not None:
         fields[JobField.SEED] = result.seed
     if lifecycle.ready(rt, job, fields):
+        rt.limiter.count("ready")
         # Ready happened after the last poll that saw Pending and by this one: the interval,
         # not this poll's time, is what the latency model learns (no poll-delay bias).
         pending_s = job.last_pending_s if job.last_pending_s is not None else 0.0
@@ -77,6 +78,7 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     # down longer than the deadline) a finished, paid task is still fetched.
     overdue = elapsed_s > rt.settings.poll_deadline_s
     attempt = rt.store.incr(job_id, JobField.POLL_ATTEMPTS)
+    rt.limiter.count("polls")
     try:
         result = rt.client.get_result(job.polling_url)
     except (RetryLater, StopAndAlert) as exc:

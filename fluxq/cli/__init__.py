@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from fluxq.cli import batch, common, jobs, processes, setup
+from fluxq.cli import batch, common, jobs, metrics, processes, setup
 
 app = typer.Typer(
     name="fluxq",
@@ -34,6 +34,7 @@ def root(
 setup.register(app)
 processes.register(app)
 jobs.register(app)
+metrics.register(app)
 batch.register(app)
 
 

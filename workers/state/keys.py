@@ -14,7 +14,7 @@
     fluxq:probe:{k}               string  probe mode: the job admitted beyond the cap whose POST
                                           is out (or retrying after a 429); expires with a lease
     fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
-                                          probe_429, probe_accepted
+                                          probe_429, probe_accepted, polls, ready, credits_spent
     fluxq:lane:{k}:{g}:{batch}    list    a batch's waiting lines as compact entries
                                           "line_id\tname\tendpoint\tcredits\trequest" (no job
                                           hash until admitted, then "{batch}.{line_id}")
@@ -30,6 +30,9 @@
                                           paused ("budget" or "cancelled")
     fluxq:batches                 zset    batch names, score = creation time
     fluxq:reasons:{batch}         hash    failure reason (its first clause) -> failed jobs
+    fluxq:timings                 set     endpoints with latency histograms
+    fluxq:timings:{name}:{ep}     hash    a histogram (submit_to_ready, ready_to_saved): bucket
+                                          upper bound -> count, plus "count" and "sum" (seconds)
     fluxq:names:{batch}           hash    lower-cased file stem -> the job id that holds it: one
                                           job per file name in a batch (``enqueue.lua`` refuses
                                           a second); kept like the batch counters
@@ -121,6 +124,13 @@ def lane_slots(label: str) -> str:
 
 def reasons(batch: str) -> str:
     return f"{PREFIX}:reasons:{batch}"
+
+
+TIMED_ENDPOINTS = f"{PREFIX}:timings"
+
+
+def timings(name: str, endpoint: str) -> str:
+    return f"{PREFIX}:timings:{name}:{endpoint}"
 
 
 def saves(label: str) -> str:

@@ -186,8 +186,12 @@ class SlotLimiter:
         """Add to one of the key's counters (``fluxq:stats:{k}``: 429s by kind, probes)."""
         self._redis.hincrby(self._stats, name, amount)
 
-    def counters(self) -> dict[str, int]:
-        return {name: int(value) for name, value in self._redis.hgetall(self._stats).items()}
+    def count_float(self, name: str, amount: float) -> None:
+        """Add to one of the key's float counters (credits spent)."""
+        self._redis.hincrbyfloat(self._stats, name, amount)
+
+    def counters(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self._redis.hgetall(self._stats).items()}
 
     def hold(self, job_id: str, group: str, *, now_s: float) -> None:
         """Renew the job's lease, or take it back with no cap check if it was released: its BFL

@@ -145,6 +145,11 @@ class JobStore:
         self._scripts = Scripts(redis)
         self._terminal_ttl_ms = max(1, int(terminal_ttl_s * 1000))
 
+    @property
+    def redis(self) -> redis.Redis[str]:
+        """The client this store uses (for readers that need a little more, such as metrics)."""
+        return self._redis
+
     def enqueue(self, job: NewJob, *, now_s: float) -> bool:
         """Create a queued job in its backlog; False (and nothing changes) when the id exists.
 
