@@ -202,6 +202,17 @@ class Settings(BaseSettings):
         "non-public addresses (refused by default: server-side request forgery).",
     )
 
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token `fluxq api` requires on its routes (but /healthz, /readyz); "
+        "without one it only binds loopback.",
+    )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest request body `fluxq api` accepts (a batch file too); larger: 413.",
+    )
+
     allowed_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_URLS),
         description="Comma-separated URL patterns allowed for polling and downloads.",
@@ -278,7 +289,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not 'scheme://host-glob[:port-glob]'")
         return value
 
-    @field_validator("bfl_api_key", "webhook_secret")
+    @field_validator("bfl_api_key", "webhook_secret", "api_token")
     @classmethod
     def _check_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
         # Sent as a header (x-key) or used as an HMAC key: refuse rather than strip, and never

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from fluxq.cli import batch, common, jobs, metrics, processes, setup
+from fluxq.cli import api, batch, common, jobs, metrics, processes, setup
 
 app = typer.Typer(
     name="fluxq",
@@ -36,6 +36,7 @@ processes.register(app)
 jobs.register(app)
 metrics.register(app)
 batch.register(app)
+api.register(app)
 
 
 def main() -> None:

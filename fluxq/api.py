@@ -1,0 +1,657 @@
+"""The HTTP API (``fluxq api``): jobs and batches over HTTP for services without Celery or Python.
+
+Every way in goes through the same code as the other front doors: a job through
+``tasks.enqueue`` (the same checks, so a bad body is refused with every bad field named), a batch
+through ``tasks.batchfile.scan_file`` and ``tasks.batches.enqueue_entries`` (the path of ``fluxq
+batch submit``). Errors use BFL's own 422 shape, ``{"detail": [{"loc", "msg", "type"}]}``, so a
+client already written for BFL reads ours too; no traceback ever reaches a client.
+
+``create_app(settings)`` builds the app; one producer Runtime is made at start-up and closed at
+shutdown. ``python -m fluxq.api`` prints the OpenAPI document (``docs/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import mimetypes
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config.catalog import get_endpoint
+from config.errors import FieldError, InvalidRequest
+from config.settings import Settings, load_settings
+from tasks.batches import (
+    batch_status,
+    cancel_batch,
+    cancel_job,
+    enqueue_entries,
+    report_rows,
+)
+from tasks.batchfile import Entry, scan_file
+from tasks.enqueue import enqueue, prepare_job
+from workers.dispatch import celery_runtime
+from workers.files import ID_HINT, ID_PATTERN
+from workers.metrics import registry_for
+from workers.runtime import Runtime
+from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
+from workers.state.jobs import MAX_PRIORITY, Job, State
+
+log = logging.getLogger("fluxq.api")
+
+MAX_WAIT_S = 60.0
+"""The longest ``wait_s`` a long poll holds a request: under common proxies' idle timeouts."""
+
+WAIT_STEP_S = 0.15
+"""How often a long poll reads the job's state from Redis."""
+
+MAX_BATCH_CHARS = 64
+"""A batch name's longest form (as ``fluxq batch submit``): job ids are ``{batch}.{line id}``."""
+
+MAX_REPORTED_ERRORS = 20
+"""Bad lines named in a refused batch's 422, as ``fluxq batch submit`` prints them."""
+
+JOB_OPTIONS = ("job_id", "batch", "name", "priority", "webhook_url")
+"""The options ``POST /v1/jobs`` accepts besides endpoint and request. ``callback`` (a Celery
+signature) is not one: over HTTP it would let any client run any task the workers know."""
+
+
+# --- bodies (module level: FastAPI reads these annotations at runtime) --------------------------
+
+
+class JobIn(BaseModel):
+    """The body of ``POST /v1/jobs``: documented here, checked by ``tasks.enqueue``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(description="A BFL endpoint, e.g. flux-pro-1.1.")
+    request: dict[str, Any] = Field(description="The endpoint's BFL request body.")
+    job_id: str | None = Field(
+        default=None, description="Repeating an existing id answers 200 with that job: retries."
+    )
+    batch: str | None = Field(default=None, description='Default "default".')
+    name: str | None = Field(default=None, description="The file stem; default the job id.")
+    priority: int | None = Field(default=None, description="0..9, higher first; default 5.")
+    webhook_url: str | None = Field(default=None, description="A public http(s) address.")
+
+
+class JobCreated(BaseModel):
+    id: str
+    state: State
+    batch: str
+
+
+class JobOut(BaseModel):
+    """A job as ``GET /v1/jobs/{id}`` shows it; ``times`` maps a state to when it was entered."""
+
+    id: str
+    state: State
+    reason: str | None
+    endpoint: str
+    batch: str
+    name: str
+    priority: int
+    times: dict[str, float]
+    cost: float | None
+    seed: int | None
+    path: str | None
+    sha256: str | None
+    uncertain: bool
+    created_at: float
+
+
+class JobCancelled(BaseModel):
+    id: str
+    state: State
+
+
+class BatchCreated(BaseModel):
+    batch: str
+    added: int
+    already_there: int
+    conflicts: int
+    lines: int
+
+
+class BatchCancelled(BaseModel):
+    batch: str
+    lines: int
+    jobs: int
+
+
+class Problem(BaseModel):
+    """An error that names no field: 401, 404, 409, 413, 500, 503."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """BFL's 422 shape: every bad field, each with where it is and why."""
+
+    detail: list[FieldProblem]
+
+
+def _problem(status: int, detail: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _invalid(problems: Sequence[Mapping[str, object]], **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": list(problems), **extra}, status_code=422)
+
+
+def _field(loc: Sequence[str | int], msg: str, kind: str = "value_error") -> dict[str, object]:
+    return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def body_loc(error: FieldError) -> list[str | int]:
+    """fluxq's ``loc`` as BFL would name it in this API's body: ``("body", "prompt")`` (a request
+    field) becomes ``["body", "request", "prompt"]``, ``("priority",)`` ``["body", "priority"]``."""
+    loc = list(error.loc)
+    if loc and loc[0] == "body":
+        return ["body", "request", *loc[1:]]
+    return ["body", *loc]
+
+
+# --- the body limit ----------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """413 for a body over ``max_bytes``: told by Content-Length up front, else counted as it
+    streams in (chunked bodies, or a Content-Length that lied), so no route ever holds more."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body over {self.max_bytes:,} bytes (FLUXQ_API_MAX_BODY_BYTES)"
+
+    def _too_large(self) -> JSONResponse:
+        return _problem(413, self._message())
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def _runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+BEARER = HTTPBearer(auto_error=False, description="FLUXQ_API_TOKEN, when the server has one.")
+"""Reads the header only; ``_auth`` decides (auto_error would answer 403 where 401 is due)."""
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def _auth(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """A dependency requiring ``Authorization: Bearer <FLUXQ_API_TOKEN>`` when a token is set."""
+    token = settings.api_token
+
+    async def check(credentials: Credentials) -> None:
+        if token is None:
+            return  # no token: the CLI binds loopback only
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            raise HTTPException(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    return check
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No token, or a wrong one."},
+    422: {"model": Invalid, "description": "Every bad field, in BFL's shape."},
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``; its Runtime (Redis, Celery producer) lives as long as the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+
+        rt = celery_runtime(settings)
+        app.state.runtime = rt
+        app.state.registry = registry_for(settings, rt.redis)
+        try:
+            yield
+        finally:
+            rt.close()
+
+    app = FastAPI(
+        title="fluxq",
+        version="1",
+        description="FLUX image jobs and batches, run through the BFL API at the key's cap.",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    _add_error_handlers(app)
+    auth = [Depends(_auth(settings))]
+    _add_probes(app, auth)
+    _add_job_routes(app, auth)
+    _add_batch_routes(app, auth)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only loc, msg and type: pydantic's "input" would echo the body (and any secret in it).
+        problems = [
+            _field(e.get("loc", ()), e.get("msg", ""), e.get("type", "")) for e in exc.errors()
+        ]
+        return _invalid(problems)
+
+    @app.exception_handler(InvalidRequest)
+    async def refused(_request: Request, exc: InvalidRequest) -> JSONResponse:
+        problems = [_field(body_loc(e), e.msg) for e in exc.errors] or [_field(["body"], str(exc))]
+        return _invalid(problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        response = _problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return _problem(503, "redis unavailable")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _problem(500, "internal error")
+
+
+def _add_probes(app: FastAPI, auth: list[Any]) -> None:
+    @app.get("/healthz", tags=["probes"])
+    def healthz() -> dict[str, bool]:
+        """The process is alive (always 200; it reads nothing)."""
+        return {"alive": True}
+
+    @app.get("/readyz", tags=["probes"], responses={503: {"description": "Redis is down."}})
+    def readyz(rt: RuntimeDep) -> JSONResponse:
+        """Ready when Redis answers a PING (workers are not counted: that costs a broadcast)."""
+        try:
+            rt.redis.ping()
+        except redis.RedisError:
+            return JSONResponse({"redis": False}, status_code=503)
+        return JSONResponse({"redis": True})
+
+    @app.get("/metrics", tags=["probes"], dependencies=auth, response_class=Response)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics, as ``fluxq metrics`` serves them (behind the token when set)."""
+
+        body = generate_latest(request.app.state.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.job_id,
+        state=job.state,
+        reason=job.reason,
+        endpoint=job.endpoint,
+        batch=job.batch,
+        name=job.name,
+        priority=job.priority,
+        times=job.times,
+        cost=job.cost,
+        seed=job.seed,
+        path=job.path,
+        sha256=job.sha256,
+        uncertain=job.uncertain,
+        created_at=job.created_at,
+    )
+
+
+def _not_found(job_id: str) -> HTTPException:
+    return HTTPException(404, f"no job {job_id} (unknown, expired, or a batch line still waiting)")
+
+
+def create_job(rt: Runtime, body: object) -> tuple[int, JobCreated]:
+    """Validate and enqueue one job; (201, it) when new, (200, it) when its id exists already.
+
+    Every bad field is named at once (InvalidRequest), the body's own checks and fluxq's
+    together, before anything is written."""
+
+    if not isinstance(body, dict):
+        raise InvalidRequest("invalid job", errors=[FieldError((), "must be a JSON object")])
+    options = {k: v for k, v in body.items() if k not in ("endpoint", "request")}
+    unknown = [
+        FieldError((str(k),), f"unknown field; known: endpoint, request, {', '.join(JOB_OPTIONS)}")
+        for k in options
+        if k not in JOB_OPTIONS
+    ]
+    options = {k: v for k, v in options.items() if k in JOB_OPTIONS}
+    endpoint, request = body.get("endpoint"), body.get("request")
+    try:
+        prepare_job(rt, endpoint, request, **options)  # type: ignore[arg-type]
+    except InvalidRequest as exc:
+        raise InvalidRequest("invalid job", errors=[*exc.errors, *unknown]) from None
+    if unknown:
+        raise InvalidRequest("invalid job", errors=unknown)
+    given = options.get("job_id")
+    existing = rt.store.get(given) if isinstance(given, str) else None
+    if existing is not None:
+        return 200, JobCreated(id=existing.job_id, state=existing.state, batch=existing.batch)
+    job_id = enqueue(rt, endpoint, request, **options)  # type: ignore[arg-type]
+    job = rt.store.get(job_id)
+    if job is None:  # expired within the call: only with a tiny FLUXQ_JOB_TTL_S
+        raise _not_found(job_id)
+    return 201, JobCreated(id=job.job_id, state=job.state, batch=job.batch)
+
+
+async def wait_for_job(rt: Runtime, job_id: str, wait_s: float) -> JobOut:
+    """The job once it ends or ``wait_s`` passes, reading Redis every WAIT_STEP_S: each read is
+    a short call in the threadpool, the wait between holds no thread."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        job = await run_in_threadpool(rt.store.get, job_id)
+        if job is None:
+            raise _not_found(job_id)
+        if job.state.terminal or time.monotonic() >= deadline:
+            return job_out(job)
+        await asyncio.sleep(WAIT_STEP_S)
+
+
+def image_response(rt: Runtime, job_id: str) -> FileResponse:
+    """A done job's file with its content type and sha256 as ETag; else 404 saying why."""
+    job = rt.store.get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    if job.state is not State.DONE or not job.path:
+        raise HTTPException(404, f"job {job_id} has no image: it is {job.state.value}")
+    path = Path(job.path)
+    if not path.is_file():
+        raise HTTPException(404, f"job {job_id}'s image is no longer on this machine")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    headers = {"ETag": f'"{job.sha256}"'} if job.sha256 else None
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
+    @app.post(
+        "/v1/jobs",
+        tags=["jobs"],
+        dependencies=auth,
+        status_code=201,
+        response_model=JobCreated,
+        responses={200: {"model": JobCreated, "description": "That job_id exists already."}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": JobIn.model_json_schema()}},
+            }
+        },
+    )
+    async def post_job(request: Request, rt: RuntimeDep) -> JSONResponse:
+        """Enqueue one job (checked like every other way in: 422 names every bad field)."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return _invalid([_field(["body"], f"not JSON: {exc}", "json_invalid")])
+        status, created = await run_in_threadpool(create_job, rt, body)
+        return JSONResponse(created.model_dump(mode="json"), status_code=status)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, response_model=JobOut)
+    async def get_job(
+        job_id: str,
+        rt: RuntimeDep,
+        wait_s: Annotated[
+            float, Query(ge=0, description=f"Long poll, capped at {MAX_WAIT_S:g} s.")
+        ] = 0,
+    ) -> JobOut:
+        """The job now; with ``wait_s``, as soon as it ends or ``wait_s`` passes (state may then
+        still be running)."""
+        return await wait_for_job(rt, job_id, min(wait_s, MAX_WAIT_S))
+
+    @app.get(
+        "/v1/jobs/{job_id}/image",
+        tags=["jobs"],
+        dependencies=auth,
+        response_class=FileResponse,
+        responses={200: {"content": {"image/*": {}}}, 404: {"model": Problem}},
+    )
+    def get_image(job_id: str, rt: RuntimeDep) -> FileResponse:
+        """The saved image, with ``ETag: "<sha256>"``; 404 until the job is done (and after its
+        file is gone)."""
+        return image_response(rt, job_id)
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        dependencies=auth,
+        response_model=JobCancelled,
+        responses={404: {"model": Problem}, 409: {"model": Problem}},
+    )
+    def delete_job(job_id: str, rt: RuntimeDep) -> JSONResponse:
+        """Cancel a queued job (200, also when already cancelled); 409 once it was admitted or
+        sent (BFL has no cancel: it finishes and is saved) or ended otherwise."""
+
+        state = cancel_job(rt, job_id)
+        if state is None:
+            raise _not_found(job_id)
+        if state is not State.CANCELLED:
+            return _problem(
+                409, f"job {job_id} is {state.value}: only queued jobs cancel", state=state.value
+            )
+        return JSONResponse({"id": job_id, "state": state.value})
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def _batch_problems(
+    name: str, endpoint: str | None, priority: int, budget: float | None
+) -> list[dict[str, object]]:
+    problems: list[dict[str, object]] = []
+    if not ID_PATTERN.fullmatch(name) or len(name) > MAX_BATCH_CHARS:
+        problems.append(
+            _field(["query", "name"], f"{ID_HINT}; at most {MAX_BATCH_CHARS} characters")
+        )
+    if endpoint is not None:
+        try:
+            get_endpoint(endpoint)
+        except InvalidRequest as exc:
+            problems.extend(_field(["query", "endpoint"], e.msg) for e in exc.errors)
+    if not 0 <= priority <= MAX_PRIORITY:
+        problems.append(_field(["query", "priority"], f"must be 0..{MAX_PRIORITY}"))
+    if budget is not None and not budget > 0:
+        problems.append(_field(["query", "budget"], "must be a number of credits above 0"))
+    return problems
+
+
+def submit_batch(
+    rt: Runtime, path: Path, name: str, endpoint: str | None, priority: int, budget: float | None
+) -> JSONResponse:
+    """``fluxq batch submit`` for an uploaded file: every line checked, then all or nothing."""
+
+    existing = batch_status(rt, name)
+    if existing is not None and existing.paused == "cancelled":
+        return _problem(409, f"batch {name} was cancelled: submit the file under another name")
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        try:
+            scan = scan_file(path, endpoint=endpoint, params={}, fmt="jsonl", spool=spool)
+        except ValueError as exc:
+            return _invalid([_field(["body"], str(exc))])
+        if scan.error_count:
+            problems = [
+                _field(["body", error.line, *error.field.split(".")], error.reason)
+                for error in scan.errors[:MAX_REPORTED_ERRORS]
+            ]
+            return _invalid(problems, lines=scan.lines, invalid=scan.error_count)
+        if not scan.valid:
+            return _invalid([_field(["body"], "no lines: send one JSON request per line")])
+        spool.seek(0)
+        result = enqueue_entries(
+            rt, name, (Entry.decode(text) for text in spool), priority=priority, budget=budget
+        )
+    created = BatchCreated(
+        batch=name,
+        added=result.added,
+        already_there=result.present,
+        conflicts=len(result.conflicts),
+        lines=scan.lines,
+    )
+    return JSONResponse(created.model_dump(), status_code=201)
+
+
+def status_json(status: BatchStatus) -> dict[str, Any]:
+    data = asdict(status)
+    data["waiting"] = status.waiting
+    data["finished"] = status.finished
+    return data
+
+
+def _report_lines(rt: Runtime, name: str) -> Iterator[bytes]:
+
+    for row in report_rows(rt, name):
+        yield (json.dumps(asdict(row), ensure_ascii=False) + "\n").encode()
+
+
+def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
+    @app.post(
+        "/v1/batches",
+        tags=["batches"],
+        dependencies=auth,
+        status_code=201,
+        response_model=BatchCreated,
+        responses={409: {"model": Problem}, 413: {"model": Problem}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def post_batch(
+        request: Request,
+        rt: RuntimeDep,
+        name: Annotated[str, Query(description="The batch; job ids are <name>.<line id>.")],
+        endpoint: Annotated[str | None, Query(description="Of lines naming none.")] = None,
+        priority: Annotated[int, Query(description="0..9, higher first.")] = DEFAULT_BATCH_PRIORITY,
+        budget: Annotated[float | None, Query(description="Credits it may spend.")] = None,
+    ) -> JSONResponse:
+        """A JSONL file of requests as one batch: every line is checked first; one bad line and
+        nothing is enqueued (422 naming the first 20 as ``["body", line, field]``)."""
+        problems = _batch_problems(name, endpoint, priority, budget)
+        if problems:
+            return _invalid(problems)
+        with tempfile.TemporaryDirectory(prefix="fluxq-api-") as tmp:
+            path = Path(tmp) / "batch.jsonl"
+            with path.open("wb") as out:  # streamed: never the whole body in memory
+                async for chunk in request.stream():
+                    out.write(chunk)
+            return await run_in_threadpool(submit_batch, rt, path, name, endpoint, priority, budget)
+
+    @app.get(
+        "/v1/batches/{name}",
+        tags=["batches"],
+        dependencies=auth,
+        responses={404: {"model": Problem}},
+    )
+    def get_batch(name: str, rt: RuntimeDep) -> dict[str, Any]:
+        """The batch's counters by state, credits, rate and ETA (``fluxq batch status --json``)."""
+
+        status = batch_status(rt, name)
+        if status is None:
+            raise HTTPException(404, f"no batch {name}")
+        return status_json(status)
+
+    @app.get(
+        "/v1/batches/{name}/report",
+        tags=["batches"],
+        dependencies=auth,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": Problem}},
+    )
+    def get_report(name: str, rt: RuntimeDep) -> StreamingResponse:
+        """One JSON line per line of the batch: line_id, job_id, state, file, seed, cost, reason."""
+
+        if batch_status(rt, name) is None:
+            raise HTTPException(404, f"no batch {name}")
+        return StreamingResponse(_report_lines(rt, name), media_type="application/x-ndjson")
+
+    @app.delete(
+        "/v1/batches/{name}",
+        tags=["batches"],
+        dependencies=auth,
+        response_model=BatchCancelled,
+        responses={404: {"model": Problem}},
+    )
+    def delete_batch(name: str, rt: RuntimeDep) -> BatchCancelled:
+        """Cancel every waiting line and queued job; jobs already sent finish and are saved."""
+
+        if batch_status(rt, name) is None:
+            raise HTTPException(404, f"no batch {name}")
+        done = cancel_batch(rt, name)
+        return BatchCancelled(batch=name, lines=done.lines, jobs=done.jobs)
+
+
+def openapi_json() -> str:
+    """The OpenAPI document of fixed settings (no .env, no key), so the output is the same on
+    every machine: the content of ``docs/openapi.json``."""
+    app = create_app(load_settings(_env_file=None, bfl_api_key=None))
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(openapi_json())

@@ -1,0 +1,170 @@
+"""``fluxq api`` as a service uses it: a real server process, real workers, the simulator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+TOKEN = "integration-api-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def api_argv(*args: str) -> list[str]:
+    return [sys.executable, "-P", "-m", "fluxq", "api", *args]
+
+
+class ApiServer:
+    """One ``fluxq api`` process, stopped by its own pid."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / "api.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                api_argv("--port", str(self.port)),
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_up(self, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"fluxq api exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"fluxq api not up in {timeout_s} s: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def served(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> Iterator[tuple[Cluster, httpx.Client]]:
+    """A cluster with one worker and a ``fluxq api`` (token set) in front of it."""
+    cluster = make_cluster()
+    cluster.start_worker()
+    server = ApiServer(cluster.env | {"FLUXQ_API_TOKEN": TOKEN}, tmp_path)
+    try:
+        server.wait_up()
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=70) as client:
+            yield cluster, client
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.log.read_text()
+
+
+def test_a_job_is_posted_waited_for_and_downloaded(
+    served: tuple[Cluster, httpx.Client],
+) -> None:
+    _cluster, client = served
+    assert client.get("/v1/jobs/heron", headers={"Authorization": "Bearer no"}).status_code == 401
+    body = {
+        "endpoint": "flux-dev",
+        "request": {"prompt": "a heron", "width": 256, "height": 256, "seed": 1},
+        "job_id": "heron",
+    }
+    created = client.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] == "heron"
+    deadline = time.monotonic() + 45
+    job = client.get("/v1/jobs/heron", params={"wait_s": 30}).json()
+    while job["state"] not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+        job = client.get("/v1/jobs/heron", params={"wait_s": 30}).json()
+    assert job["state"] == "done", job
+    assert {"queued", "submitted", "done"} <= set(job["times"])
+    assert job["cost"] is not None
+    image = client.get("/v1/jobs/heron/image")
+    assert image.status_code == 200
+    assert image.headers["content-type"].startswith("image/")
+    assert image.headers["etag"] == f'"{hashlib.sha256(image.content).hexdigest()}"'
+    assert image.headers["etag"] == f'"{job["sha256"]}"'
+    assert Path(job["path"]).read_bytes() == image.content
+    assert client.post("/v1/jobs", json=body).status_code == 200  # a retry finds it
+    assert client.delete("/v1/jobs/heron").status_code == 409  # done: nothing to cancel
+
+
+def test_a_200_line_batch_runs_to_the_end(served: tuple[Cluster, httpx.Client]) -> None:
+    _cluster, client = served
+    lines = (
+        json.dumps({"id": f"l{i:03d}", "prompt": f"a fox, take {i}", "seed": i}) + "\n"
+        for i in range(200)
+    )
+    body = "".join(lines).encode()
+    created = client.post(
+        "/v1/batches",
+        params={"name": "foxes", "endpoint": "flux-dev"},
+        content=body,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json() == {
+        "batch": "foxes", "added": 200, "already_there": 0, "conflicts": 0, "lines": 200,
+    }  # fmt: skip
+    deadline = time.monotonic() + 60
+    status = client.get("/v1/batches/foxes").json()
+    while not status["finished"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = client.get("/v1/batches/foxes").json()
+    assert status["counts"]["done"] == 200, status
+    report = client.get("/v1/batches/foxes/report")
+    rows = [json.loads(line) for line in report.text.splitlines()]
+    assert len(rows) == 200
+    assert {row["state"] for row in rows} == {"done"}
+    metrics = client.get("/metrics")
+    assert 'fluxq_batch_jobs{batch="foxes",state="done"} 200.0' in metrics.text
+
+
+def test_refuses_every_interface_without_a_token(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    refused = subprocess.run(
+        api_argv("--host", "0.0.0.0", "--port", str(free_port())),
+        env=cluster.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "FLUXQ_API_TOKEN" in refused.stderr
+    assert refused.stdout == ""
