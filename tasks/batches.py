@@ -190,6 +190,35 @@ def cancel_batch(rt: Runtime, batch: str) -> CancelResult:
     return CancelResult(lines, jobs)
 
 
+class BatchBusy(Exception):
+    """A batch that still has jobs under way cannot be forgotten."""
+
+
+def forget_batch(rt: Runtime, batch: str) -> int:
+    """Delete a finished batch's bookkeeping (names, counters, reasons): it then takes no Redis
+    beyond its job records, which expire on their own (``FLUXQ_JOB_TTL_S``). Returns how many
+    names were dropped. BatchBusy while any job is queued, admitted, submitted or ready.
+
+    Forgetting lets the batch's names be used again: submitting the same file afterwards skips
+    lines whose job record still exists, but once those records have expired it runs (and pays
+    for) every line again.
+    """
+    status = batch_status(rt, batch)
+    if status is None:
+        return 0
+    if status.waiting:
+        raise BatchBusy(f"batch {batch} has {status.waiting} jobs under way")
+    names = int(rt.redis.hlen(keys.names(batch)))
+    pipe = rt.redis.pipeline(transaction=True)
+    for group in _groups(rt):
+        pipe.zrem(keys.lanes(rt.label, group), batch)
+        pipe.unlink(keys.lane(rt.label, group, batch))
+    pipe.unlink(keys.names(batch), keys.batch(batch), keys.reasons(batch))
+    pipe.zrem(keys.BATCHES, batch)
+    pipe.execute()
+    return names
+
+
 def resume_batch(rt: Runtime, batch: str, *, more_budget: float | None = None) -> None:
     """Lift a budget pause (adding ``more_budget`` credits first) and put the lanes back."""
     key = keys.batch(batch)

@@ -648,6 +648,31 @@ def cancel_command(name: str = typer.Argument(..., help="The batch.")) -> None:
     )
 
 
+@batch_app.command("forget")
+def forget_command(
+    name: str = typer.Argument(..., help="The batch."),
+    yes: bool = typer.Option(
+        False, "--yes", help="Confirm: a later re-run of its file pays again."
+    ),
+) -> None:
+    """Drop a finished batch's names and counters from Redis (its files stay where they are)."""
+    from tasks.batches import BatchBusy, forget_batch  # lazy: the pipeline loads only when acting
+
+    if not yes:
+        fail(
+            f"forget {name}: its names go too, so once its job records expire (FLUXQ_JOB_TTL_S) "
+            "submitting the same file again runs and pays for every line again; add --yes"
+        )
+    settings = settings_or_exit()
+    with _runtime(settings) as rt:
+        _status_or_exit(rt.store, name)
+        try:
+            names = forget_batch(rt, name)
+        except BatchBusy as exc:
+            fail(f"{exc}: wait for it to finish or `fluxq batch cancel {name}` first")
+    _say(f"forgot batch {name}: {names:,} names and its counters; its files are untouched")
+
+
 @batch_app.command("retry")
 def retry_command(
     name: str = typer.Argument(..., help="The batch."),

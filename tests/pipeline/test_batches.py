@@ -246,3 +246,26 @@ def test_a_refused_end_frees_no_slot(make_pipeline: Callable[..., Pipeline]) -> 
     assert rt.limiter.held() == 1
     pipeline.drain(timeout_s=30)
     assert pipeline.job(job_id).state is State.DONE
+
+
+def test_forget_drops_a_finished_batchs_bookkeeping_only_when_finished(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    pipeline = capped(make_pipeline)
+    rt = pipeline.rt
+    batches.enqueue_entries(rt, "old", (entry(i) for i in range(6)))
+    with pytest.raises(batches.BatchBusy):
+        batches.forget_batch(rt, "old")  # still running
+    pipeline.drain(timeout_s=60)
+    assert batches.forget_batch(rt, "old") == 6
+    assert rt.store.batch_record("old") == {}
+    assert rt.redis.exists(keys.names("old"), keys.reasons("old")) == 0
+    assert "old" not in rt.store.batches()
+    assert batches.forget_batch(rt, "old") == 0  # twice is nothing
+    # Submitted again while the done jobs' records live: the lines are skipped, none is paid twice
+    batches.enqueue_entries(rt, "old", (entry(i) for i in range(6)))
+    pipeline.drain(timeout_s=30)
+    assert pipeline.stats()["submits"] == 6
+    counts = rt.store.batch_counts("old")
+    assert counts["queued"] == 0
+    assert counts["total"] == 0

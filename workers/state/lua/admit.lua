@@ -162,7 +162,11 @@ while #admitted < max_jobs and stale < max_stale do
       job_id = materialize(entry, batch, lane_group, priority)
       group, from_lane = lane_group, true
       if not job_id then
-        stale = stale + 1  -- its job exists already (an earlier run admitted this line)
+        -- Its job exists already (a line re-added after `fluxq batch forget` while the job's
+        -- record lives on): it is not run again, and it no longer counts as waiting.
+        stale = stale + 1
+        redis.call('HINCRBY', batch_key, 'queued', -1)
+        redis.call('HINCRBY', batch_key, 'total', -1)
       else
         redis.call('HSETNX', batch_key, 'started_at', ARGV[1])
       end
