@@ -228,15 +228,11 @@ def resume_batch(rt: Runtime, batch: str, *, more_budget: float | None = None) -
         return
     rt.redis.hdel(key, "paused")
     priority, seq = rt.redis.hmget(key, "priority", "seq")
-    score = _lane_score(int(priority or DEFAULT_BATCH_PRIORITY), int(seq or 0))
+    score = backlog_score(int(priority or DEFAULT_BATCH_PRIORITY), int(seq or 0))
     for group in _groups(rt):
         if rt.redis.llen(keys.lane(rt.label, group, batch)):
             rt.redis.zadd(keys.lanes(rt.label, group), {batch: score})
     admit_and_dispatch(rt)
-
-
-def _lane_score(priority: int, seq: int) -> float:
-    return backlog_score(priority, seq)
 
 
 def retry_batch(
@@ -262,7 +258,7 @@ def retry_batch(
         and (reason is None or reason.lower() in (job.reason or "").lower())
     ]
     raw = rt.store.batch_record(batch)
-    score = _lane_score(int(raw.get("priority", DEFAULT_BATCH_PRIORITY)), int(raw.get("seq", 0)))
+    score = backlog_score(int(raw.get("priority", DEFAULT_BATCH_PRIORITY)), int(raw.get("seq", 0)))
     for job in chosen:
         entry = _lane_entry(batch, job) if job.lane else ""
         rt.store.retry(job, lane_entry=entry, lane_score=score, now_s=rt.clock())

@@ -72,13 +72,12 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     if job is None or job.state is not State.SUBMITTED or not job.polling_url:
         return None
     now = rt.clock()
-    rt.limiter.hold(job_id, job.group, now_s=now)
+    rt.limiter.hold(job_id, job.group, now_s=now, count="polls")  # one round trip for both
     elapsed_s = now - job.times.get("submitted", now)
     # The deadline is judged on BFL's answer, never before asking: after a long recovery (workers
     # down longer than the deadline) a finished, paid task is still fetched.
     overdue = elapsed_s > rt.settings.poll_deadline_s
     attempt = rt.store.incr(job_id, JobField.POLL_ATTEMPTS)
-    rt.limiter.count("polls")
     try:
         result = rt.client.get_result(job.polling_url)
     except (RetryLater, StopAndAlert) as exc:

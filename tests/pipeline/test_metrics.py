@@ -59,6 +59,7 @@ def test_a_scrape_reports_what_redis_holds(make_pipeline: Callable[..., Pipeline
     assert after[lanes] == 0
     assert after[("fluxq_batch_jobs", (("batch", "night"), ("state", "done")))] == 12
     assert after[("fluxq_polls_total", (("key", key),))] == counters["polls"]
+    assert counters["polls"] == pipeline.stats()["polls"]  # every GET BFL saw, counted once
     assert after[("fluxq_ready_total", (("key", key),))] == 13
     assert after[("fluxq_credits_spent_total", (("key", key),))] == 13 * 2.5
     assert after[("fluxq_batch_credits_spent", (("batch", "night"),))] == 12 * 2.5

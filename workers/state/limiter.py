@@ -193,13 +193,16 @@ class SlotLimiter:
     def counters(self) -> dict[str, float]:
         return {name: float(value) for name, value in self._redis.hgetall(self._stats).items()}
 
-    def hold(self, job_id: str, group: str, *, now_s: float) -> None:
+    def hold(self, job_id: str, group: str, *, now_s: float, count: str | None = None) -> None:
         """Renew the job's lease, or take it back with no cap check if it was released: its BFL
-        task is (about to be) running, so BFL counts it either way. One round trip."""
+        task is (about to be) running, so BFL counts it either way. One round trip, which also
+        adds 1 to the key's counter ``count`` when given (a poll counts itself this way)."""
         expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
         pipe = self._redis.pipeline(transaction=True)
         pipe.zadd(self._slots, expiry)
         pipe.zadd(keys.group_slots(self.label, group), expiry)
+        if count is not None:
+            pipe.hincrby(self._stats, count, 1)
         pipe.execute()
 
     def hold_many(self, held: list[tuple[str, str]], *, now_s: float) -> None:
