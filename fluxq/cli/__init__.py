@@ -1,58 +1,42 @@
-"""The ``fluxq`` command line: one module per command group, each a thin shell over plain code.
+"""The ``fluxq`` command line: the typer app (``fluxq.cli.typer_app``), loaded on first use.
 
-Settings are built once per command (``common.settings_or_exit``) and passed down.
+``main`` first offers the arguments to ``fluxq.cli.fast_status``, which answers
+``fluxq batch status NAME [--json]`` without loading typer, rich, pydantic or redis-py; anything
+else (and that command whenever the fast path cannot answer it exactly) runs the typer app.
+``from fluxq.cli import app`` still gives the typer app.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
+from fluxq.cli import fast_status
 
-from fluxq.cli import api, batch, common, jobs, metrics, processes, setup
+if TYPE_CHECKING:
+    import typer
 
-app = typer.Typer(
-    name="fluxq",
-    help="Run FLUX image generation through the BFL API at the account's active-task cap.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def root(
-    debug: bool = typer.Option(
-        False, "--debug", help="Show the full traceback when a command fails."
-    ),
-) -> None:
-    """fluxq: a Celery task queue for FLUX image generation through the BFL API."""
-    if debug:
-        common.Options.debug = True
-
-
-setup.register(app)
-processes.register(app)
-jobs.register(app)
-metrics.register(app)
-batch.register(app)
-api.register(app)
+    app: typer.Typer
 
 
 def main() -> None:
     """Console-script entry point: a failure is one line and exit 2, never a traceback."""
     try:
-        app(prog_name="fluxq")
+        code = fast_status.run(sys.argv[1:])
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:
-        if common.Options.debug:
-            raise
-        message = common.explain(exc)
-        code = common.USER_ERROR_EXIT
-        if message is None:  # a bug, not the user's doing
-            reason = common.one_line(f"{type(exc).__name__}: {exc}")
-            message = f"unexpected error: {reason} (`fluxq --debug …` shows why)"
-            code = 1
-        common.err_console.print(f"fluxq: {message}", markup=False, soft_wrap=True)
+    if code is not None:
         sys.exit(code)
+    from fluxq.cli.typer_app import main as typer_main  # lazy: typer and rich off the fast path
+
+    typer_main()
+
+
+def __getattr__(name: str) -> Any:
+    """``fluxq.cli.app``: the typer app, imported on first use (PEP 562)."""
+    if name != "app":
+        raise AttributeError(f"module 'fluxq.cli' has no attribute {name!r}")
+    from fluxq.cli.typer_app import app  # lazy: typer and rich load only when asked for
+
+    globals()["app"] = app
+    return app

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import redis
 import typer
@@ -39,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from config.settings import Settings
+from fluxq.cli.batch_view import _as_json, _credits, _duration, _status_lines, no_batch_message
 from fluxq.cli.common import (
     console,
     err_console,
@@ -70,7 +71,6 @@ UNPRICED_ENDPOINTS = frozenset({"flux-pro-1.0-expand"})
 """Endpoints whose per-image price is not on BFL's price list: charged like fill, an estimate."""
 QUIET_WATCH_EVERY_S = 30.0
 """Without a terminal, ``status --watch`` prints a line when counts change, at most this often."""
-STATE_ORDER = (*(state.value for state in State), "uncertain")
 
 batch_app = typer.Typer(
     name="batch",
@@ -96,7 +96,7 @@ def _runtime(settings: Settings) -> Iterator[Runtime]:
 def _status_or_exit(store: JobStore, name: str) -> BatchStatus:
     status = read_batch_status(store, name, now_s=time.time())
     if status is None:
-        fail(f"no batch named {name} (`fluxq batch list` shows every batch)")
+        fail(no_batch_message(name))
     return status
 
 
@@ -108,19 +108,6 @@ def _check_name(name: str) -> None:
         )
     if not ID_PATTERN.fullmatch(name):
         fail(f"--name {name!r}: {ID_HINT}")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def _credits(value: float) -> str:
-    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def _dollars(credits: float) -> str:
@@ -474,38 +461,6 @@ def _submit(settings: Settings, rt: Runtime | None, job: _Submit) -> int:
 
 
 # --- status ----------------------------------------------------------------------------------
-
-
-def _as_json(status: BatchStatus) -> dict[str, Any]:
-    data = dataclasses.asdict(status)
-    data["waiting"] = status.waiting
-    data["finished"] = status.finished
-    return data
-
-
-def _status_lines(status: BatchStatus) -> list[str]:
-    name, counts = status.batch, status.counts
-    lines = [
-        f"batch {name}: {status.total:,} lines, priority {status.priority}",
-        "  " + "  ".join(f"{state} {counts.get(state, 0):,}" for state in STATE_ORDER),
-    ]
-    if status.images_per_minute is not None:
-        eta = "—" if status.eta_s is None or status.finished else _duration(status.eta_s)
-        lines.append(f"  {status.images_per_minute:,.1f} images/min, ETA {eta}")
-    money = f"  credits: spent {_credits(status.spent)}, committed {_credits(status.committed)}"
-    if status.budget is not None:
-        money += f", budget {_credits(status.budget)}"
-    lines.append(money)
-    if status.paused == "budget":
-        lines.append(f"  paused: budget — `fluxq batch resume {name} --budget MORE`")
-    elif status.paused == "cancelled":
-        lines.append("  cancelled (jobs already sent finish and are saved)")
-    elif status.paused:
-        lines.append(f"  paused: {status.paused}")
-    if status.reasons:
-        lines.append("  failures by reason:")
-        lines += [f"    {count:,}  {reason}" for reason, count in status.reasons.items()]
-    return lines
 
 
 def _one_line(status: BatchStatus) -> str:

@@ -6,10 +6,14 @@ Kept apart from ``tasks.batches`` (which acts on batches and needs the whole pip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from workers.state.jobs import State
-from workers.state.store import JobStore
+
+if TYPE_CHECKING:  # an annotation only: the fast `fluxq batch status` imports no redis-py
+    from workers.state.store import JobStore
 
 DEFAULT_BATCH_PRIORITY = 2
 """Batches rank below jobs sent one by one (priority 5) unless told otherwise; the lane share
@@ -46,7 +50,7 @@ class BatchStatus:
         return self.total > 0 and self.waiting == 0
 
 
-def _float(raw: dict[str, str], name: str) -> float | None:
+def _float(raw: Mapping[str, str], name: str) -> float | None:
     value = raw.get(name)
     return None if value is None or value == "" else float(value)
 
@@ -54,6 +58,16 @@ def _float(raw: dict[str, str], name: str) -> float | None:
 def read_batch_status(store: JobStore, batch: str, *, now_s: float) -> BatchStatus | None:
     """The batch's counters, credits and failure reasons; None when there is no such batch."""
     raw = store.batch_record(batch)
+    if not raw:
+        return None
+    return status_from_records(batch, raw, store.reasons(batch), now_s=now_s)
+
+
+def status_from_records(
+    batch: str, raw: Mapping[str, str], reasons_raw: Mapping[str, int | str], *, now_s: float
+) -> BatchStatus | None:
+    """The status from the batch hash and the reasons hash as read (``keys.batch``,
+    ``keys.reasons``); None when the batch hash is empty (no such batch)."""
     if not raw:
         return None
     now = now_s
@@ -67,7 +81,8 @@ def read_batch_status(store: JobStore, batch: str, *, now_s: float) -> BatchStat
         rate = done / (now - started) * 60.0
         waiting = sum(counts[state.value] for state in State if not state.terminal)
         eta = waiting / (rate / 60.0)
-    reasons = dict(sorted(store.reasons(batch).items(), key=lambda kv: -kv[1])[:TOP_REASONS])
+    by_count = {kind: int(count) for kind, count in reasons_raw.items()}
+    reasons = dict(sorted(by_count.items(), key=lambda kv: -kv[1])[:TOP_REASONS])
     return BatchStatus(
         batch=batch,
         counts=counts,

@@ -14,7 +14,8 @@
     fluxq:probe:{k}               string  probe mode: the job admitted beyond the cap whose POST
                                           is out (or retrying after a 429); expires with a lease
     fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
-                                          probe_429, probe_accepted, polls, ready, credits_spent
+                                          probe_429, probe_accepted, polls, ready, credits_spent,
+                                          bfl_webhooks(_forged, _ignored, _recovered, _retry)
     fluxq:lane:{k}:{g}:{batch}    list    a batch's waiting lines as compact entries
                                           "line_id\tname\tendpoint\tcredits\trequest" (no job
                                           hash until admitted, then "{batch}.{line_id}")
@@ -53,8 +54,10 @@ its batch, each group's backlog and slots) get the builder's value for an empty 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
+if TYPE_CHECKING:  # an annotation only: `fluxq batch status`'s fast path imports no pydantic
+    from pydantic import SecretStr
 
 PREFIX = "fluxq"
 DEFAULT_GROUP = "default"
