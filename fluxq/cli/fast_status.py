@@ -37,8 +37,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-import hiredis
-
 from config.redis_url import check_redis_url
 from fluxq.cli.batch_view import _as_json, _status_lines, no_batch_message
 from workers.state import keys
@@ -177,6 +175,8 @@ def read_records(target: Target, name: str) -> tuple[dict[str, str], dict[str, s
     if target.db:
         setup.append(_command("SELECT", target.db))
     reads = [_command("HGETALL", keys.batch(name)), _command("HGETALL", keys.reasons(name))]
+    import hiredis  # only this read needs it: every other command starts without it
+
     replies: list[object] = []
     reader = hiredis.Reader()
     with _connect(target) as sock:
