@@ -140,7 +140,14 @@ class SimConfig(BaseModel):
     )
 
     # Webhooks.
-    webhook_signature_header: str = "X-BFL-Signature"
+    webhook_auth: Literal["secret", "hmac"] = Field(
+        default="secret",
+        description="secret: the webhook_secret verbatim in X-Webhook-Secret (BFL's SDK); hmac: "
+        "sha256=<hex HMAC-SHA256(secret, raw body)> in webhook_signature_header (agent guide).",
+    )
+    webhook_signature_header: str = Field(
+        default="X-BFL-Signature", description="The header of the hmac form."
+    )
     webhook_payload: Literal["agent_guide", "result_response"] = Field(
         default="agent_guide",
         description="agent_guide: {id, status, result, timestamp}; result_response: "

@@ -253,7 +253,7 @@ def serve(
     out(f"BFL simulator: API {urls.api}  polling {urls.polling}  delivery {urls.delivery}")
     for name, value in server.env().items():
         out(f"export {name}={value}")
-    out("export BFL_API_KEY=<any non-empty key>   # Ctrl-C stops the simulator")
+    out("export BFL_API_KEY=sim-key   # any non-empty key works; Ctrl-C stops the simulator")
     try:
         while not stop.is_set() and server.running:
             stop.wait(0.5)

@@ -1,4 +1,7 @@
-"""Webhook delivery: POST a finished task to its ``webhook_url``, HMAC-signed, with retries.
+"""Webhook delivery: POST a finished task to its ``webhook_url`` with its secret, with retries.
+
+The secret goes back verbatim in ``X-Webhook-Secret`` (BFL's own SDK's form) by default, or as
+an HMAC of the body (``webhook_auth="hmac"``, the agent guide's form).
 
 Runs as one asyncio task on the listeners' loop; the queue and concurrency are bounded.
 """
@@ -24,6 +27,9 @@ from simulator.engine import Simulator
 from simulator.tasks import Task
 
 logger = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Webhook-Secret"  # noqa: S105 - a header name, not a secret
+"""The header of the default form: the webhook_secret itself."""
 
 MAX_CONCURRENT_DELIVERIES = 16
 """Webhook POSTs in flight at once."""
@@ -170,7 +176,9 @@ class WebhookDispatcher:
             raw = json.dumps(self.payload(task), separators=(",", ":")).encode()
             task.account.webhooks_sent += 1
         headers = {"content-type": "application/json"}
-        if task.webhook_secret:
+        if task.webhook_secret and cfg.webhook_auth == "secret":
+            headers[SECRET_HEADER] = task.webhook_secret
+        elif task.webhook_secret:
             headers[cfg.webhook_signature_header] = webhook_signature(task.webhook_secret, raw)
         try:
             response = await self._client.post(

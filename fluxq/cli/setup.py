@@ -33,6 +33,11 @@ def simulator_command(
     credits: float = typer.Option(1_000_000.0, help="Starting credits of each account."),
     time_scale: float = typer.Option(1.0, help="Multiplies model durations (0.01: 4 s → 40 ms)."),
     retry_after_s: int | None = typer.Option(None, help="Send Retry-After on 429s."),
+    webhook_auth: str = typer.Option(
+        "secret",
+        help="How webhooks prove their sender: 'secret' (X-Webhook-Secret, BFL's SDK) or 'hmac' "
+        "(X-BFL-Signature over the body).",
+    ),
 ) -> None:
     """Run the local BFL API simulator and print the settings that point fluxq at it."""
     from simulator import SimConfig, parse_faults, parse_latency, serve  # lazy: uvicorn, starlette
@@ -43,6 +48,7 @@ def simulator_command(
             initial_credits=credits,
             time_scale=time_scale,
             retry_after_s=retry_after_s,
+            webhook_auth=webhook_auth,
             **parse_faults(faults),
         )
     except (ValueError, ValidationError) as exc:

@@ -36,11 +36,25 @@ def test_a_finished_task_is_posted_to_its_webhook_with_an_hmac_signature(
     assert payload["result"]["prompt"] == "a kite"
     assert payload["result"]["seed"] == 5
     assert httpx.get(payload["result"]["sample"]).status_code == 200
-    # And X-BFL-Signature is sha256=HMAC-SHA256(secret, raw body)
+    # And by default the secret comes back verbatim in X-Webhook-Secret (BFL's SDK), unsigned
+    assert received.headers["x-webhook-secret"] == SECRET
+    assert "x-bfl-signature" not in received.headers
+    assert _wait_for_stat(sim, "webhooks_delivered", 1)["webhooks_sent"] == 1
+
+
+def test_the_hmac_switch_signs_the_body_in_x_bfl_signature(
+    sim: SimulatorServer, client: BFLClient, webhook_receiver: WebhookReceiver
+) -> None:
+    # Given the agent guide's form switched on
+    sim.configure(webhook_auth="hmac")
+    client.submit_json("flux-pro-1.1", _body(webhook_receiver))
+    # When delivered
+    [received] = webhook_receiver.wait_for(1)
+    # Then X-BFL-Signature is sha256=HMAC-SHA256(secret, raw body) and the secret is not sent
     expected = hmac.new(SECRET.encode(), received.body, hashlib.sha256).hexdigest()
     assert received.headers["x-bfl-signature"] == f"sha256={expected}"
     assert webhook_signature(SECRET, received.body) == f"sha256={expected}"
-    assert _wait_for_stat(sim, "webhooks_delivered", 1)["webhooks_sent"] == 1
+    assert "x-webhook-secret" not in received.headers
 
 
 def test_a_webhook_submit_answers_pending_with_the_webhook_url(
@@ -89,7 +103,11 @@ def test_header_name_and_payload_shape_are_configurable(
     sim: SimulatorServer, client: BFLClient, webhook_receiver: WebhookReceiver
 ) -> None:
     # Given another header name and get_result's body as the payload
-    sim.configure(webhook_signature_header="X-Signature", webhook_payload="result_response")
+    sim.configure(
+        webhook_auth="hmac",
+        webhook_signature_header="X-Signature",
+        webhook_payload="result_response",
+    )
     client.submit_json("flux-pro-1.1", _body(webhook_receiver, "x [content-moderated]"))
     # When delivered
     [received] = webhook_receiver.wait_for(1)
@@ -109,6 +127,7 @@ def test_a_webhook_without_a_secret_is_sent_unsigned(
     # When delivered, Then no signature header is sent
     [received] = webhook_receiver.wait_for(1)
     assert "x-bfl-signature" not in received.headers
+    assert "x-webhook-secret" not in received.headers
 
 
 def test_webhooks_to_non_loopback_hosts_are_never_sent(
