@@ -58,6 +58,8 @@ class Side:
     name: str
     kind: SideKind
     env: Mapping[str, str] = field(default_factory=dict)
+    webhook: bool = False
+    """Webhook mode: a ``fluxq api`` beside the workers receives BFL's calls back."""
 
     def key(self, scenario: Scenario) -> str:
         """The side's own API key, hence its own simulator account and cap."""
@@ -68,6 +70,10 @@ BUILTIN_SIDES = {
     "naive": Side("naive", "naive"),
     "fluxq": Side("fluxq", "fluxq"),
     "fluxq-probe": Side("fluxq-probe", "fluxq", {"FLUXQ_PROBE_SUBMITS": "true"}),
+    "fluxq-webhook": Side("fluxq-webhook", "fluxq", webhook=True),
+    "fluxq-webhook-probe": Side(
+        "fluxq-webhook-probe", "fluxq", {"FLUXQ_PROBE_SUBMITS": "true"}, webhook=True
+    ),
 }
 
 

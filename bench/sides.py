@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from bench.plan import ENDPOINT, Scenario, Side
@@ -181,6 +184,14 @@ def producer_settings(env: Mapping[str, str]) -> Settings:
 
 def _run_fluxq(run: SideRun, ctx: Context) -> None:
     env = worker_env(run, ctx)
+    api: subprocess.Popen[bytes] | None = None
+    api_sampler: TreeSampler | None = None
+    if run.side.webhook:
+        port = free_port()
+        env["FLUXQ_BFL_WEBHOOK_BASE_URL"] = f"http://127.0.0.1:{port}"
+        env["FLUXQ_BFL_WEBHOOK_SECRET"] = secrets.token_urlsafe(32)
+        api = _start_api(run, ctx, env, port)
+        api_sampler = TreeSampler(api.pid)
     settings = producer_settings(env)
     log = ctx.work_dir / f"{run.side.name}-worker.log"
     argv = [
@@ -190,23 +201,58 @@ def _run_fluxq(run: SideRun, ctx: Context) -> None:
     with log.open("wb") as out:
         process = start_child(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     sampler: TreeSampler | None = None
+    samplers = [api_sampler] if api_sampler is not None else []
     try:
         sampler = TreeSampler(process.pid)
+        samplers.append(sampler)
         with Client(settings) as client:
             _wait_consuming(settings, process, log)
-            run.startup_cpu_s = sampler.sample()
+            run.startup_cpu_s = sum(each.sample() for each in samplers)
             client.runtime.redis.config_resetstat()
             ids = _enqueue_and_wait(run, ctx, client, process, log)
-            run.cpu_s = sampler.sample() - run.startup_cpu_s
+            run.cpu_s = sum(each.sample() for each in samplers) - run.startup_cpu_s
             calls = redis_command_calls(client.runtime.redis)
             run.extra["redis_commands"] = sum(calls.values())
             run.extra["redis_command_calls"] = calls
             _collect(run, client, ids)
     finally:
-        if sampler is not None:
-            sampler.close()
-            run.peak_rss_bytes = sampler.peak_rss_bytes
+        for each in samplers:
+            each.close()
+        # The API's peak is added to the workers': an upper bound of the two together.
+        run.peak_rss_bytes = sum(each.peak_rss_bytes for each in samplers)
         stop_child(process, timeout_s=30)
+        if api is not None:
+            stop_child(api, timeout_s=30)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the webhook side's ``fluxq api``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_api(
+    run: SideRun, ctx: Context, env: dict[str, str], port: int
+) -> subprocess.Popen[bytes]:
+    """``fluxq api`` on ``port``, up (``/healthz`` answers 200) before the workers start."""
+    log = ctx.work_dir / f"{run.side.name}-api.log"
+    argv = [sys.executable, "-P", "-m", "fluxq", "api", "--port", str(port)]
+    with log.open("wb") as out:
+        process = start_child(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fluxq api exited ({process.returncode}):\n{log_tail(log)}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_child(process, timeout_s=10)
+    raise RuntimeError(f"fluxq api not up after {START_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
 
 
 def redis_command_calls(client: redis.Redis[str]) -> dict[str, int]:

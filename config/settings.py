@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.redis_url import check_redis_url
 
 DEFAULT_ALLOWED_URLS = ("https://*.bfl.ai", "https://bfl.ai", "https://*.bfl.ml")
 """URL patterns (``scheme://host-glob[:port-glob]``) that polling and delivery URLs must match.
@@ -31,15 +32,11 @@ BFL's regional hosts (``api.eu2.bfl.ai``) and delivery hosts (``delivery-eu1.bfl
 names, so subdomains are globbed; ``bfl.ml`` is the 2024 legacy host that older documents use.
 """
 
+MIN_WEBHOOK_SECRET_CHARS = 16
+"""FLUXQ_BFL_WEBHOOK_SECRET's shortest length: it keeps every job's webhook URL unguessable."""
+
 DEFAULT_ENDPOINT_CAPS = {"flux-kontext-max": 6}
 """Nested caps inside the per-key cap: BFL allows 6 active flux-kontext-max tasks (help centre)."""
-
-
-REDIS_URL_SHAPE = (
-    "use redis://HOST:PORT/DB such as redis://127.0.0.1:6379/0 "
-    "(or rediss://HOST:PORT/DB, unix:///path/to/redis.sock)"
-)
-"""What a valid FLUXQ_REDIS_URL looks like: the end of every message about a bad one."""
 
 
 HTTP_TIMEOUT_FIELDS = (
@@ -213,6 +210,25 @@ class Settings(BaseSettings):
         description="Largest request body `fluxq api` accepts (a batch file too); larger: 413.",
     )
 
+    bfl_webhook_base_url: str | None = Field(
+        default=None,
+        description="Webhook mode: the public base URL at which BFL reaches `fluxq api` (such as "
+        "https://fluxq.example.com); each submit then carries a webhook URL of its own and BFL "
+        "calls back when the task ends, instead of being polled.",
+    )
+    bfl_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Webhook mode: the secret from which each job's webhook URL and each key's "
+        "webhook_secret are derived; the same value on workers and on `fluxq api`.",
+    )
+    bfl_webhook_safety_poll_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Webhook mode: the safety net, a poll this long after submit (and after "
+        "each Pending) in case a webhook never arrives.",
+    )
+
     allowed_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_URLS),
         description="Comma-separated URL patterns allowed for polling and downloads.",
@@ -230,29 +246,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         # The messages never repeat the URL: it may hold a password.
-        url = (value or "").strip()
-        if not url:
-            return None  # unset: `fluxq worker` and `fluxq demo` start an embedded Redis
-        parts = urlsplit(url)
-        problem = None
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            problem = "is not a Redis URL"
-        elif parts.scheme == "unix":
-            problem = None if parts.path else "names no socket path"
-        else:
-            try:
-                parts.port  # noqa: B018 - parsing the port is the check
-            except ValueError:
-                problem = "has a port that is not a number from 0 to 65535"
-            else:
-                db = parts.path.strip("/")
-                if not parts.hostname:
-                    problem = "names no host"
-                elif db and not db.isdigit():
-                    problem = "has a database (the part after the last /) that is not a number"
-        if problem:
-            raise ValueError(f"{problem}; {REDIS_URL_SHAPE}")
-        return url
+        return check_redis_url(value)
 
     @field_validator("endpoint_caps", mode="before")
     @classmethod
@@ -289,7 +283,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not 'scheme://host-glob[:port-glob]'")
         return value
 
-    @field_validator("bfl_api_key", "webhook_secret", "api_token")
+    @field_validator("bfl_webhook_base_url")
+    @classmethod
+    def _check_webhook_base_url(cls, value: str | None) -> str | None:
+        url = (value or "").strip()
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://fluxq.example.com")
+        if parts.username is not None or parts.password is not None or parts.query:
+            raise ValueError("must hold no user, password or query (BFL posts to it as given)")
+        return url.rstrip("/")
+
+    @field_validator("bfl_webhook_secret")
+    @classmethod
+    def _check_webhook_mode(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        base = info.data.get("bfl_webhook_base_url")
+        if base and (value is None or len(value.get_secret_value()) < MIN_WEBHOOK_SECRET_CHARS):
+            raise ValueError(
+                "FLUXQ_BFL_WEBHOOK_BASE_URL is set, so FLUXQ_BFL_WEBHOOK_SECRET must be too: at "
+                f"least {MIN_WEBHOOK_SECRET_CHARS} characters, the same on workers and `fluxq api` "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @property
+    def bfl_webhook_mode(self) -> bool:
+        """True when BFL calls back (webhook mode) instead of being polled on a plan."""
+        return self.bfl_webhook_base_url is not None and self.bfl_webhook_secret is not None
+
+    @field_validator("bfl_api_key", "webhook_secret", "api_token", "bfl_webhook_secret")
     @classmethod
     def _check_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
         # Sent as a header (x-key) or used as an HMAC key: refuse rather than strip, and never

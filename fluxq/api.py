@@ -48,15 +48,21 @@ from tasks.batches import (
     report_rows,
 )
 from tasks.batchfile import Entry, scan_file
+from tasks.bfl_webhook import Answer, receive
 from tasks.enqueue import enqueue, prepare_job
+from workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
 from workers.dispatch import celery_runtime
 from workers.files import ID_HINT, ID_PATTERN
 from workers.metrics import registry_for
 from workers.runtime import Runtime
+from workers.state import keys
 from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
 from workers.state.jobs import MAX_PRIORITY, Job, State
 
 log = logging.getLogger("fluxq.api")
+
+WORKER_SEEN_SWEEPS = 3
+"""A worker counts for ``/readyz`` if it beat within this many sweep intervals."""
 
 MAX_WAIT_S = 60.0
 """The longest ``wait_s`` a long poll holds a request: under common proxies' idle timeouts."""
@@ -282,6 +288,7 @@ def create_app(settings: Settings) -> FastAPI:
     _add_probes(app, auth)
     _add_job_routes(app, auth)
     _add_batch_routes(app, auth)
+    _add_bfl_webhook_route(app)
     return app
 
 
@@ -322,14 +329,20 @@ def _add_probes(app: FastAPI, auth: list[Any]) -> None:
         """The process is alive (always 200; it reads nothing)."""
         return {"alive": True}
 
-    @app.get("/readyz", tags=["probes"], responses={503: {"description": "Redis is down."}})
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        responses={503: {"description": "Redis is down, or no worker was seen lately."}},
+    )
     def readyz(rt: RuntimeDep) -> JSONResponse:
-        """Ready when Redis answers a PING (workers are not counted: that costs a broadcast)."""
+        """Ready when Redis answers and a worker process beat lately (each sweep tick)."""
         try:
-            rt.redis.ping()
+            since = time.time() - WORKER_SEEN_SWEEPS * rt.settings.sweep_interval_s
+            workers = int(rt.redis.zcount(keys.WORKERS, since, "+inf"))
         except redis.RedisError:
-            return JSONResponse({"redis": False}, status_code=503)
-        return JSONResponse({"redis": True})
+            return JSONResponse({"redis": False, "workers": 0}, status_code=503)
+        body = {"redis": True, "workers": workers}
+        return JSONResponse(body, status_code=200 if workers else 503)
 
     @app.get("/metrics", tags=["probes"], dependencies=auth, response_class=Response)
     def metrics(request: Request) -> Response:
@@ -644,6 +657,60 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
             raise HTTPException(404, f"no batch {name}")
         done = cancel_batch(rt, name)
         return BatchCancelled(batch=name, lines=done.lines, jobs=done.jobs)
+
+
+# --- BFL's webhooks ----------------------------------------------------------------------------
+
+WEBHOOK_RETRY_AFTER_S = 1
+"""Retry-After on a webhook that came while the job's own POST was still out."""
+
+
+class WebhookAnswer(BaseModel):
+    """What fluxq did with a webhook BFL sent."""
+
+    outcome: str = Field(description="settled, recovered or ignored")
+
+
+def _add_bfl_webhook_route(app: FastAPI) -> None:
+    @app.post(
+        WEBHOOK_PATH + "/{job_id}/{token}",
+        tags=["bfl"],
+        response_model=WebhookAnswer,
+        responses={
+            401: {"model": Problem, "description": "Not BFL: a wrong token, secret or signature."},
+            404: {"model": Problem, "description": "Webhook mode is off on this server."},
+            413: {"model": Problem, "description": "A body no webhook has."},
+            503: {"model": Problem, "description": "The job's POST is still out: retry soon."},
+        },
+    )
+    async def bfl_webhook(job_id: str, token: str, request: Request, rt: RuntimeDep) -> Any:
+        """BFL's call when a task ends (webhook mode): the job moves on at once, no poll.
+
+        Not behind the bearer token (BFL cannot send it): the URL's token and the key's webhook
+        secret (``X-Webhook-Secret``, or ``X-BFL-Signature`` over the body) prove the sender.
+        """
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, f"a webhook body is at most {MAX_WEBHOOK_BYTES:,} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_WEBHOOK_BYTES:
+                raise HTTPException(413, f"a webhook body is at most {MAX_WEBHOOK_BYTES:,} bytes")
+        # On the event loop, not in a thread: a webhook is a few short Redis calls, and a
+        # thread hop (with its GIL contention) doubled the time from Ready to the next submit.
+        answer = receive(rt, job_id, token, request.headers, raw)
+        if answer is Answer.FORGED:
+            raise HTTPException(401, "not a webhook of this server")
+        if answer is Answer.DISABLED:
+            raise HTTPException(404, "webhook mode is off (FLUXQ_BFL_WEBHOOK_BASE_URL is unset)")
+        if answer is Answer.RETRY:
+            raise HTTPException(
+                503,
+                "the job's submit is still in flight",
+                {"Retry-After": str(WEBHOOK_RETRY_AFTER_S)},
+            )
+        return WebhookAnswer(outcome=answer.value)
 
 
 def openapi_json() -> str:

@@ -38,6 +38,22 @@ def poll_delay_s(rt: Runtime, job: Job, *, elapsed_s: float) -> float:
     )
 
 
+def schedule_next_poll(rt: Runtime, job: Job, *, elapsed_s: float) -> float | None:
+    """After submit or a Pending answer: the countdown to the next poll, or None in webhook mode.
+
+    In webhook mode BFL calls back when the task ends, and no poll is scheduled at all (no
+    Celery message waits with a countdown): the job's lease is stretched to the safety net's
+    time instead, and if no webhook has ended the job by then, the sweep finds the lapsed lease
+    of a submitted job and polls it (``tasks.sweep``). A lease given back meanwhile (the webhook
+    came) is not taken again.
+    """
+    if rt.settings.bfl_webhook_mode:
+        until_s = rt.clock() + rt.settings.bfl_webhook_safety_poll_s
+        rt.limiter.lapse_at(job.job_id, job.group, until_s=until_s)
+        return None
+    return poll_delay_s(rt, job, elapsed_s=elapsed_s)
+
+
 def failure_reason(result: Result) -> str:
     """A sentence a person can act on, for each terminal status other than Ready."""
     if result.status in (Status.CONTENT_MODERATED, Status.REQUEST_MODERATED):
@@ -51,19 +67,31 @@ def failure_reason(result: Result) -> str:
     return f"unknown BFL status {result.raw_status!r}: treated as terminal"
 
 
-def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
+def on_ready(rt: Runtime, job: Job, result: Result, *, seen: tuple[float, float] | None) -> bool:
+    """BFL says Ready (a poll or a webhook): free the slot and save. False if already moved on.
+
+    ``seen`` is the interval in which Ready happened, in seconds after submit: the latency
+    model learns it (None when it is not known, as for a job recovered from uncertain).
+    """
     fields: dict[str, str | int | float] = {}
     if result.sample_url:
         fields[JobField.SAMPLE_URL] = result.sample_url
     if result.seed is not None:
         fields[JobField.SEED] = result.seed
-    if lifecycle.ready(rt, job, fields):
-        rt.limiter.count("ready")
-        # Ready happened after the last poll that saw Pending and by this one: the interval,
-        # not this poll's time, is what the latency model learns (no poll-delay bias).
-        pending_s = job.last_pending_s if job.last_pending_s is not None else 0.0
-        rt.latency.observe(job.endpoint, size_of(job), pending_s, elapsed_s)
-        rt.dispatch.save(job)
+    if not lifecycle.ready(rt, job, fields):
+        return False
+    rt.limiter.count("ready")
+    if seen is not None:
+        rt.latency.observe(job.endpoint, size_of(job), *seen)
+    rt.dispatch.save(job)
+    return True
+
+
+def _on_ready(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> None:
+    # Ready happened after the last poll that saw Pending and by this one: the interval, not
+    # this poll's time, is what the latency model learns (no poll-delay bias).
+    pending_s = job.last_pending_s if job.last_pending_s is not None else 0.0
+    on_ready(rt, job, result, seen=(pending_s, elapsed_s))
 
 
 def poll_job(rt: Runtime, job_id: str) -> float | None:
@@ -110,7 +138,7 @@ def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float
         if result.progress is not None:
             fields[JobField.PROGRESS] = result.progress
         rt.store.update(job_id, fields)
-        return poll_delay_s(rt, job, elapsed_s=elapsed_s)
+        return schedule_next_poll(rt, job, elapsed_s=elapsed_s)
     if result.status is Status.READY:
         _on_ready(rt, job, result, elapsed_s)
         return None

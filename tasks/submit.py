@@ -18,9 +18,9 @@ from config.errors import (
     ServerError,
     StopAndAlert,
 )
-from tasks import lifecycle
+from tasks import bfl_webhook, lifecycle
 from tasks.admission import admit_and_dispatch
-from tasks.poll import poll_delay_s
+from tasks.poll import schedule_next_poll
 from workers.bfl.responses import Submitted
 from workers.dispatch import runtime_of
 from workers.runtime import Runtime, flower_options
@@ -31,6 +31,9 @@ from workers.timing import backoff_s
 log = logging.getLogger("fluxq.submit")
 
 SUBMIT_BACKOFF_CAP_S = 60.0
+
+STANDBY_RETRY_S = 0.01
+"""The standby's task runs again at once after a wait with no slot freed (its lease renewed)."""
 
 
 def _give_back(rt: Runtime, job: Job, reason: str) -> None:
@@ -141,6 +144,9 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         fields[JobField.COST] = submitted.cost
     if submitted.output_mp is not None:
         fields[JobField.OUTPUT_MP] = submitted.output_mp
+    # In webhook mode the lease is stretched to the safety net's time before the job shows as
+    # submitted: a webhook (answered "retry" until then) can only free it afterwards.
+    countdown_s = schedule_next_poll(rt, job, elapsed_s=0.0)
     if not lifecycle.submitted(rt, job, fields) and not lifecycle.recover_uncertain(
         rt, job, fields
     ):
@@ -150,11 +156,35 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         )
         return
     rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-    rt.dispatch.poll(job, countdown_s=poll_delay_s(rt, job, elapsed_s=0.0))
+    if countdown_s is not None:
+        rt.dispatch.poll(job, countdown_s=countdown_s)
     if rt.limiter.probe_extra and rt.limiter.end_probe(job.job_id):
         # Accepted beyond the cap: BFL had finished one of ours. Probe again at once.
         rt.limiter.count("probe_accepted")
         admit_and_dispatch(rt)
+
+
+STANDBY_WAIT_S = 0.5
+"""How long the standby (webhook mode) waits for a freed slot per run of its task."""
+
+
+def _standby_waits(rt: Runtime, job: Job) -> bool:
+    """Webhook mode: the job admitted beyond the cap waits for a slot to be freed.
+
+    True when it is still waiting (its task runs again); False when it may POST now: a webhook
+    freed a slot, or fewer leases than the cap are held without it.
+    """
+    if not rt.settings.bfl_webhook_mode or rt.settings.probe_submits or not rt.limiter.probe_extra:
+        return False
+    if rt.limiter.probe() != job.job_id:
+        return False
+    if rt.limiter.held() <= rt.limiter.effective_cap(now_s=rt.clock()):
+        rt.limiter.clear_freed()  # the slot it signals is the one this POST takes
+        return False
+    if rt.limiter.wait_freed(STANDBY_WAIT_S):
+        return False
+    rt.limiter.renew_probe(job.job_id)
+    return True
 
 
 def submit_job(rt: Runtime, job_id: str) -> float | None:
@@ -162,13 +192,16 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     job = _claim(rt, job_id)
     if job is None:
         return None
+    if _standby_waits(rt, job):
+        return STANDBY_RETRY_S
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
     # The marker is the last write before the POST: a failure before it leaves a job that was
     # certainly not sent (requeued by the sweep), never a false "uncertain".
     rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
-            submitted = rt.client.submit_json(job.endpoint, job.request)
+            body = {**job.request, **bfl_webhook.submit_fields(rt, job)}
+            submitted = rt.client.submit_json(job.endpoint, body)
     except FluxqError as exc:
         return _on_error(rt, job, exc, attempt)
     _record(rt, job, submitted)

@@ -6,7 +6,10 @@ Every worker runs it on a timer, guarded by a Redis lock so one sweep runs per i
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 
 import redis
 
@@ -20,6 +23,12 @@ from workers.state.jobs import State
 from workers.state.limiter import PauseKind
 
 log = logging.getLogger("fluxq.sweep")
+
+FORGET_WORKERS_AFTER_S = 86_400.0
+"""A worker process silent this long leaves ``fluxq:workers``."""
+
+SAFETY_POLLED = "safety_polled"
+"""A submitted job in webhook mode polled because no webhook came by its safety-net time."""
 
 
 def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
@@ -35,10 +44,11 @@ def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
         rt.limiter.release(job_id, group)
         return "released"
     if job.state is State.SUBMITTED:
-        # The poll chain was lost (worker died): BFL still counts the task, so keep the slot.
+        # Webhook mode: no webhook ended the job by its safety-net time, so ask BFL. Otherwise
+        # the poll chain was lost (worker died). BFL still counts the task: keep the slot.
         rt.limiter.hold(job_id, group, now_s=now_s)
         rt.dispatch.poll(job, countdown_s=0.0)
-        return "repolled"
+        return SAFETY_POLLED if rt.settings.bfl_webhook_mode else "repolled"
     if job.state is State.READY:  # its save is watched separately (resend_lost_saves)
         rt.limiter.release(job_id, group)
         return "released"
@@ -91,7 +101,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
     done["resaved"] = resend_lost_saves(rt, now)
     _check_credits(rt, now)
     done["admitted"] = admit_and_dispatch(rt)
-    if any(v for k, v in done.items() if k != "admitted"):
+    if any(v for k, v in done.items() if k not in ("admitted", SAFETY_POLLED)):
         log.warning("sweep recovered %s", done)
     return done
 
@@ -106,7 +116,19 @@ class SweepTimer:
         self._thread = threading.Thread(target=self._run, name="fluxq-sweep", daemon=True)
 
     def start(self) -> None:
+        self._beat()
         self._thread.start()
+
+    def _beat(self) -> None:
+        """Say this worker process is alive (``fluxq:workers``); forget ones silent for a day."""
+        now = time.time()
+        try:
+            pipe = self.rt.redis.pipeline(transaction=False)
+            pipe.zadd(keys.WORKERS, {f"{socket.gethostname()}:{os.getpid()}": now})
+            pipe.zremrangebyscore(keys.WORKERS, 0, now - FORGET_WORKERS_AFTER_S)
+            pipe.execute()
+        except redis.RedisError:
+            log.info("worker heartbeat failed; will try again")
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,6 +137,7 @@ class SweepTimer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            self._beat()
             try:
                 lock_ms = max(1, int(self.interval_s * 900))
                 if self.rt.redis.set(keys.lock("sweep"), "1", nx=True, px=lock_ms):

@@ -27,6 +27,15 @@ from workers.state.jobs import State
 from workers.state.limiter import Caps, SlotLimiter
 from workers.state.store import JobStore
 
+WEBHOOK_COUNTERS = {
+    "authentic": "bfl_webhooks",
+    "forged": "bfl_webhooks_forged",
+    "ignored": "bfl_webhooks_ignored",
+    "recovered": "bfl_webhooks_recovered",
+    "retry": "bfl_webhooks_retry",
+}
+"""The ``outcome`` label of ``fluxq_bfl_webhooks`` and the ``fluxq:stats:{k}`` counter of each."""
+
 TOP_BATCHES = 20
 """Batches shown per scrape (the newest), so the ``batch`` label's cardinality stays bounded."""
 
@@ -137,7 +146,16 @@ class FluxqCollector(Collector):
             labels=["key"],
         )
         credits.add_metric([label], counters.get("credits_spent", 0.0))
-        yield from (limited, polls, ready, per_job, credits)
+        hooks = CounterMetricFamily(
+            "fluxq_bfl_webhooks",
+            "BFL's webhooks (webhook mode) by outcome: authentic (checked and read), forged "
+            "(refused: wrong token or secret), ignored (nothing to do), recovered (an uncertain "
+            "job's task proven by its webhook), retry (came before the POST's answer: 503)",
+            labels=["key", "outcome"],
+        )
+        for outcome, name in WEBHOOK_COUNTERS.items():
+            hooks.add_metric([label, outcome], counters.get(name, 0))
+        yield from (limited, polls, ready, per_job, credits, hooks)
 
     def _batches(self, now: float) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import KEY, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -37,8 +37,8 @@ def api_argv(*args: str) -> list[str]:
 class ApiServer:
     """One ``fluxq api`` process, stopped by its own pid."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], cwd: Path, *, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / "api.log"
         with self.log.open("wb") as out:
@@ -56,7 +56,7 @@ class ApiServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"fluxq api exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -94,6 +94,14 @@ def test_a_job_is_posted_waited_for_and_downloaded(
     served: tuple[Cluster, httpx.Client],
 ) -> None:
     _cluster, client = served
+    # Ready once the worker has beaten (each worker process says so at start and every sweep)
+    deadline = time.monotonic() + 30
+    ready = client.get("/readyz")
+    while ready.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()["redis"]) == (200, True), ready.text
+    assert ready.json()["workers"] >= 1
     assert client.get("/v1/jobs/heron", headers={"Authorization": "Bearer no"}).status_code == 401
     body = {
         "endpoint": "flux-dev",
@@ -120,11 +128,17 @@ def test_a_job_is_posted_waited_for_and_downloaded(
     assert client.delete("/v1/jobs/heron").status_code == 409  # done: nothing to cancel
 
 
-def test_a_200_line_batch_runs_to_the_end(served: tuple[Cluster, httpx.Client]) -> None:
-    _cluster, client = served
+LINES = 10_000
+
+
+@pytest.mark.timeout(600)
+def test_a_10000_line_batch_posted_over_http_runs_to_the_end(
+    served: tuple[Cluster, httpx.Client],
+) -> None:
+    cluster, client = served
     lines = (
-        json.dumps({"id": f"l{i:03d}", "prompt": f"a fox, take {i}", "seed": i}) + "\n"
-        for i in range(200)
+        json.dumps({"id": f"l{i:05d}", "prompt": f"a fox, take {i}", "seed": i}) + "\n"
+        for i in range(LINES)
     )
     body = "".join(lines).encode()
     created = client.post(
@@ -135,20 +149,22 @@ def test_a_200_line_batch_runs_to_the_end(served: tuple[Cluster, httpx.Client]) 
     )
     assert created.status_code == 201, created.text
     assert created.json() == {
-        "batch": "foxes", "added": 200, "already_there": 0, "conflicts": 0, "lines": 200,
+        "batch": "foxes", "added": LINES, "already_there": 0, "conflicts": 0, "lines": LINES,
     }  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 540
     status = client.get("/v1/batches/foxes").json()
     while not status["finished"] and time.monotonic() < deadline:
-        time.sleep(0.3)
+        time.sleep(1)
         status = client.get("/v1/batches/foxes").json()
-    assert status["counts"]["done"] == 200, status
+    assert status["counts"]["done"] == LINES, status
     report = client.get("/v1/batches/foxes/report")
     rows = [json.loads(line) for line in report.text.splitlines()]
-    assert len(rows) == 200
+    assert len(rows) == LINES
     assert {row["state"] for row in rows} == {"done"}
+    stats = cluster.sim.stats(KEY)
+    assert (stats["submits"], stats["duplicate_submits"]) == (LINES, 0)
     metrics = client.get("/metrics")
-    assert 'fluxq_batch_jobs{batch="foxes",state="done"} 200.0' in metrics.text
+    assert f'fluxq_batch_jobs{{batch="foxes",state="done"}} {LINES}.0' in metrics.text
 
 
 def test_refuses_every_interface_without_a_token(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,7 +132,9 @@ def test_malformed_bodies_are_422_too(make_client: MakeClient, raw: bytes, loc: 
 def test_a_token_is_required_when_set(make_client: MakeClient) -> None:
     client = make_client(api_token=TOKEN)
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").json() == {"redis": True}
+    # /readyz needs no token; with no worker seen it is 503, and says why
+    unready = client.get("/readyz")
+    assert (unready.status_code, unready.json()) == (503, {"redis": True, "workers": 0})
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         answer = client.get("/v1/jobs/x", headers=headers)
         assert answer.status_code == 401, headers
@@ -259,3 +262,15 @@ def test_committed_openapi_matches_the_app() -> None:
     assert committed == openapi_json(), "regenerate: python -m fluxq.api > docs/openapi.json"
     paths = json.loads(committed)["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/batches", "/healthz", "/metrics"} <= set(paths)
+
+
+def test_readyz_counts_workers_that_beat_lately(make_client: MakeClient) -> None:
+    client = make_client()
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    now = time.time()
+    # A worker process silent for longer than three sweep intervals does not count
+    rt.redis.zadd(keys.WORKERS, {"host-a:1": now - 4 * rt.settings.sweep_interval_s})
+    assert client.get("/readyz").status_code == 503
+    rt.redis.zadd(keys.WORKERS, {"host-b:2": now})
+    answer = client.get("/readyz")
+    assert (answer.status_code, answer.json()) == (200, {"redis": True, "workers": 1})

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from config.catalog import get_endpoint, request_to_json
 from config.errors import (
@@ -47,6 +47,8 @@ from workers.bfl.responses import (
     parse_result,
     parse_submitted,
 )
+from workers.bfl.webhooks import key_secret
+from workers.state.keys import key_label
 
 USER_AGENT = "fluxq/0.1"
 
@@ -189,6 +191,10 @@ class BFLClient:
     ) -> None:
         self._settings = settings
         self._secrets = secrets_of(settings)
+        if settings.bfl_webhook_secret is not None:
+            # The key's webhook secret goes out in every POST body: a server echoing it is redacted.
+            derived = key_secret(settings.bfl_webhook_secret, key_label(settings.bfl_api_key))
+            self._secrets = (*self._secrets, SecretStr(derived))
         self._clock = clock  # monotonic seconds: the download deadline is measured on it
         headers = {"user-agent": USER_AGENT, "accept": "application/json"}
         timeout = httpx.Timeout(
@@ -223,6 +229,11 @@ class BFLClient:
         # The key goes only to BFL API calls, never to delivery hosts.
         key = self._settings.bfl_api_key
         return {"x-key": key.get_secret_value()} if key else {}
+
+    @property
+    def secrets(self) -> Secrets:
+        """What this client redacts from outside text: the settings' secrets and derived ones."""
+        return self._secrets
 
     def _redact(self, text: str, *, max_chars: int = 200) -> str:
         return redact(text, self._secrets, max_chars=max_chars)

@@ -13,6 +13,8 @@
                                           every group; only nested caps are enforced)
     fluxq:probe:{k}               string  probe mode: the job admitted beyond the cap whose POST
                                           is out (or retrying after a 429); expires with a lease
+    fluxq:freed:{k}               list    webhook mode: at most one "a slot was freed" token (2 s
+                                          TTL) the standby job waits on before its POST
     fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
                                           probe_429, probe_accepted, polls, ready, credits_spent,
                                           bfl_webhooks(_forged, _ignored, _recovered, _retry)
@@ -25,6 +27,8 @@
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
                                           paused_until, pause_kind, pause_detail
+    fluxq:workers                 zset    worker processes ("host:pid"), score = last heartbeat
+                                          (each sweep tick): `/readyz` counts the recent ones
     fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain";
                                           a batch's priority, seq, created_at, started_at, and
                                           credits: budget, committed (admitted, unsent), spent;
@@ -64,6 +68,7 @@ DEFAULT_GROUP = "default"
 EVENTS_CHANNEL = f"{PREFIX}:events"
 SEQ = f"{PREFIX}:seq"
 BATCHES = f"{PREFIX}:batches"
+WORKERS = f"{PREFIX}:workers"
 
 
 def key_label(api_key: SecretStr | None) -> str:
@@ -144,6 +149,10 @@ def latency(endpoint: str, size: str | None = None) -> str:
     if size is None:
         return f"{PREFIX}:latency:{endpoint}"
     return f"{PREFIX}:latency:{endpoint}:{size}"
+
+
+def freed(label: str) -> str:
+    return f"{PREFIX}:freed:{label}"
 
 
 def lock(name: str) -> str:
