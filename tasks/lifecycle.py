@@ -170,6 +170,4 @@ def _estimate(job: Job) -> float:
 
 def _release(rt: Runtime, job: Job) -> None:
     if rt.limiter.release(job.job_id, job.group):
-        if rt.settings.bfl_webhook_mode:
-            rt.limiter.signal_freed()  # the standby, already claimed, POSTs at once
         admit_and_dispatch(rt)

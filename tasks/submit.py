@@ -32,9 +32,6 @@ log = logging.getLogger("fluxq.submit")
 
 SUBMIT_BACKOFF_CAP_S = 60.0
 
-STANDBY_RETRY_S = 0.01
-"""The standby's task runs again at once after a wait with no slot freed (its lease renewed)."""
-
 
 def _give_back(rt: Runtime, job: Job, reason: str) -> None:
     """Return the job to the head of its backlog: it was not submitted."""
@@ -164,36 +161,11 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         admit_and_dispatch(rt)
 
 
-STANDBY_WAIT_S = 0.5
-"""How long the standby (webhook mode) waits for a freed slot per run of its task."""
-
-
-def _standby_waits(rt: Runtime, job: Job) -> bool:
-    """Webhook mode: the job admitted beyond the cap waits for a slot to be freed.
-
-    True when it is still waiting (its task runs again); False when it may POST now: a webhook
-    freed a slot, or fewer leases than the cap are held without it.
-    """
-    if not rt.settings.bfl_webhook_mode or rt.settings.probe_submits or not rt.limiter.probe_extra:
-        return False
-    if rt.limiter.probe() != job.job_id:
-        return False
-    if rt.limiter.held() <= rt.limiter.effective_cap(now_s=rt.clock()):
-        rt.limiter.clear_freed()  # the slot it signals is the one this POST takes
-        return False
-    if rt.limiter.wait_freed(STANDBY_WAIT_S):
-        return False
-    rt.limiter.renew_probe(job.job_id)
-    return True
-
-
 def submit_job(rt: Runtime, job_id: str) -> float | None:
     """Submit one admitted job. Returns a countdown when the task should retry, else None."""
     job = _claim(rt, job_id)
     if job is None:
         return None
-    if _standby_waits(rt, job):
-        return STANDBY_RETRY_S
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
     # The marker is the last write before the POST: a failure before it leaves a job that was
     # certainly not sent (requeued by the sweep), never a false "uncertain".

@@ -83,18 +83,6 @@ class Runtime:
         self.redis.close()
 
 
-def _probe_extra(settings: Settings) -> int:
-    """Leases admission may hold beyond the cap: probe mode's, else one standby in webhook mode.
-
-    In webhook mode one job is admitted beyond the cap and waits, claimed, for a freed slot
-    (``tasks.submit``): it POSTs the moment a webhook frees one, without the Celery round trip
-    of a newly admitted job, and never draws a 429 (it waits; it does not knock).
-    """
-    if settings.probe_submits:
-        return settings.probe_extra
-    return 1 if settings.bfl_webhook_mode else 0
-
-
 def build_runtime(
     settings: Settings,
     *,
@@ -112,7 +100,7 @@ def build_runtime(
         lease_ttl_s=settings.lease_ttl_s,
         aimd_increase_interval_s=settings.aimd_increase_interval_s,
         aimd_decrease_factor=settings.aimd_decrease_factor,
-        probe_extra=_probe_extra(settings),
+        probe_extra=settings.probe_extra if settings.probe_submits else 0,
     )
     return Runtime(
         settings=settings,

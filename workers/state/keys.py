@@ -13,8 +13,6 @@
                                           every group; only nested caps are enforced)
     fluxq:probe:{k}               string  probe mode: the job admitted beyond the cap whose POST
                                           is out (or retrying after a 429); expires with a lease
-    fluxq:freed:{k}               list    webhook mode: at most one "a slot was freed" token (2 s
-                                          TTL) the standby job waits on before its POST
     fluxq:stats:{k}               hash    counters: cap_signal_429 (a 429 with a free slot),
                                           probe_429, probe_accepted, polls, ready, credits_spent,
                                           bfl_webhooks(_forged, _ignored, _recovered, _retry)
@@ -149,10 +147,6 @@ def latency(endpoint: str, size: str | None = None) -> str:
     if size is None:
         return f"{PREFIX}:latency:{endpoint}"
     return f"{PREFIX}:latency:{endpoint}:{size}"
-
-
-def freed(label: str) -> str:
-    return f"{PREFIX}:freed:{label}"
 
 
 def lock(name: str) -> str:

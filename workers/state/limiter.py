@@ -16,9 +16,6 @@ import redis
 from workers.state import keys
 from workers.state.scripts import Scripts
 
-FREED_TOKEN_TTL_S = 2.0
-"""How long a "slot freed" token waits for the standby (webhook mode) before it lapses."""
-
 LANE_SHARE = 0.25
 """Batch lanes may always fill this share of the cap first (6 of 24): jobs sent one by one
 (services) overtake waiting batch jobs, but never starve them."""
@@ -127,7 +124,6 @@ class SlotLimiter:
         self.probe_extra = probe_extra
         self._probe = keys.probe(label)
         self._stats = keys.stats(label)
-        self._freed = keys.freed(label)
         self._lane_slots = keys.lane_slots(label)
         self._slots = keys.slots(label)
         self._cap_state = keys.cap_state(label)
@@ -171,25 +167,6 @@ class SlotLimiter:
     def probe(self) -> str | None:
         """The job admitted beyond the cap whose POST is out or waiting to be retried, if any."""
         return self._redis.get(self._probe)
-
-    def signal_freed(self) -> None:
-        """Wake the standby (webhook mode): a slot was freed, so its POST will be accepted.
-
-        At most one token waits, for ``FREED_TOKEN_TTL_S``: a stale one costs one 429 at most.
-        """
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(self._freed, "1")
-        pipe.ltrim(self._freed, 0, 0)
-        pipe.pexpire(self._freed, int(FREED_TOKEN_TTL_S * 1000))
-        pipe.execute()
-
-    def clear_freed(self) -> None:
-        """Drop a waiting "slot freed" token: the standby used the slot without waiting."""
-        self._redis.delete(self._freed)
-
-    def wait_freed(self, timeout_s: float) -> bool:
-        """Block until a slot is freed (``signal_freed``) or ``timeout_s`` passes."""
-        return self._redis.blpop([self._freed], timeout=timeout_s) is not None
 
     def renew_probe(self, job_id: str) -> None:
         """Keep ``job_id`` the probe for another lease period (it is retrying after a 429)."""
