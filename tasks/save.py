@@ -5,6 +5,7 @@ and its metadata atomically, mark the job done, append the manifest line, then r
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from workers.files import (
 from workers.runtime import Runtime, flower_options
 from workers.state import keys
 from workers.state.jobs import Job, JobField, State
+from workers.storage import ObjectStore, StoreFailed, json_bytes, manifest_line, open_store
 from workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.save")
@@ -42,12 +44,17 @@ def final_path(rt: Runtime, job: Job) -> Path:
     with that stem, so no two jobs share a file. ``safe_name`` is idempotent: applied again here
     it keeps a stored stem as it is and still confines a record written before that rule.
     """
+    return batch_dir(rt, job.batch) / file_name(job)
+
+
+def file_name(job: Job) -> str:
+    """``<name>.<ext>``: the stored stem and the image's real format."""
     # The URL's suffix tells the real format; only without one is the request consulted.
     suffix = url_suffix(job.sample_url) or output_format(
         validate_request(job.endpoint, job.request)
     )
     stem = safe_name(job.name or job.job_id)
-    return batch_dir(rt, job.batch) / f"{stem}.{suffix}"
+    return f"{stem}.{suffix}"
 
 
 def batch_dir(rt: Runtime, batch: str) -> Path:
@@ -55,6 +62,20 @@ def batch_dir(rt: Runtime, batch: str) -> Path:
     path on the workers' machines), else ``<output_dir>/<batch>``."""
     out = rt.redis.hget(keys.batch(batch), "out")
     return Path(out) if out else rt.settings.output_dir / safe_name(batch)
+
+
+def output_store(rt: Runtime, batch: str) -> ObjectStore | None:
+    """The object store the batch's files go to (FLUXQ_OUTPUT_URL), or None for a local
+    directory: without FLUXQ_OUTPUT_URL, or for a batch given its own ``--out`` directory."""
+    if rt.settings.output_url is None or rt.redis.hget(keys.batch(batch), "out"):
+        return None
+    return open_store(rt.settings)
+
+
+def staging_path(job: Job) -> Path:
+    """Where an image bound for an object store is downloaded first (a local disk, so the
+    upload sends a complete, fsynced file)."""
+    return Path(tempfile.gettempdir()) / "fluxq-staging" / safe_name(job.batch) / file_name(job)
 
 
 def metadata(job: Job, image: Path, got: Downloaded, done_at_s: float) -> dict[str, Any]:
@@ -116,30 +137,22 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
     if not job.sample_url:
         lifecycle.fail(rt, job, "BFL said Ready without a sample URL")
         return None
-    image = final_path(rt, job)
+    try:
+        store = output_store(rt, job.batch)
+    except StoreFailed as exc:  # the backend refused FLUXQ_OUTPUT_OPTIONS
+        return _store_failed(rt, job, rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS), exc)
+    image = final_path(rt, job) if store is None else staging_path(job)
     if job.download_attempts:
         # An earlier attempt may have died (SIGKILL mid-download) and left its .part file. Only
         # then is the batch directory scanned: a first save, the hot path, never lists it.
         remove_stale_parts(image, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
     temp = temp_path_for(image)
     attempt = rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS)
-    try:
-        got = rt.client.download(job.sample_url, temp)
-    except DownloadFailed as exc:
-        if _refetch(rt, job, exc):
-            return 0.0
-        lifecycle.fail(rt, job, f"download failed: {exc}")
-        return None
-    except RetryLater as exc:
-        if attempt < rt.settings.download_max_attempts:
-            return backoff_s(
-                attempt, base_s=rt.settings.retry_backoff_base_s, cap_s=SAVE_BACKOFF_CAP_S
-            )
-        lifecycle.fail(rt, job, f"download failed {attempt} times: {exc}")
-        return None
-    except JobFailed as exc:
-        lifecycle.fail(rt, job, f"download refused: {exc}")
-        return None
+    got = _download(rt, job, temp, attempt)
+    if not isinstance(got, Downloaded):
+        return got
+    if store is not None:
+        return _save_to_store(rt, job, store, got, attempt)
     commit_file(temp, image)
     done_at = rt.clock()
     meta = metadata(job, image, got, done_at)
@@ -147,6 +160,66 @@ def save_job(rt: Runtime, job_id: str) -> float | None:
     _record_in_manifest(rt, job, image, meta)
     fields: dict[str, str | int | float] = {JobField.PATH: str(image), JobField.SHA256: got.sha256}
     lifecycle.end(rt, job, State.DONE, fields=fields)
+    return None
+
+
+def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | float | None:
+    """The downloaded file, else what ``save_job`` returns: a countdown to retry, or None once
+    the job has failed."""
+    assert job.sample_url is not None
+    try:
+        return rt.client.download(job.sample_url, temp)
+    except DownloadFailed as exc:
+        if _refetch(rt, job, exc):
+            return 0.0
+        lifecycle.fail(rt, job, f"download failed: {exc}")
+        return None
+    except RetryLater as exc:
+        if attempt < rt.settings.download_max_attempts:
+            return _retry_in(rt, attempt)
+        lifecycle.fail(rt, job, f"download failed {attempt} times: {exc}")
+        return None
+    except JobFailed as exc:
+        lifecycle.fail(rt, job, f"download refused: {exc}")
+        return None
+
+
+def _retry_in(rt: Runtime, attempt: int) -> float:
+    return backoff_s(attempt, base_s=rt.settings.retry_backoff_base_s, cap_s=SAVE_BACKOFF_CAP_S)
+
+
+def _save_to_store(
+    rt: Runtime, job: Job, store: ObjectStore, got: Downloaded, attempt: int
+) -> float | None:
+    """Upload the downloaded image (whole, then read back and checked), its sidecar and its
+    manifest line object, then mark the job done; a store failure retries the whole save."""
+    name = file_name(job)
+    folder = safe_name(job.batch)
+    url = store.url_of(folder, name)
+    try:
+        store.put_file(got.path, url, sha256=got.sha256, size=got.size_bytes)
+        meta = metadata(job, Path(name), got, rt.clock())
+        store.put_bytes(json_bytes(meta), store.url_of(folder, Path(name).stem + ".json"))
+        if not job.manifest_appended:
+            entry = _manifest_entry(job, Path(name), meta)
+            store.put_bytes(manifest_line(entry), store.manifest_url(folder, job.job_id))
+            rt.store.update(job.job_id, {JobField.MANIFEST_APPENDED: 1})
+    except StoreFailed as exc:
+        return _store_failed(rt, job, attempt, exc)
+    finally:
+        got.path.unlink(missing_ok=True)
+    fields: dict[str, str | int | float] = {JobField.PATH: url, JobField.SHA256: got.sha256}
+    lifecycle.end(rt, job, State.DONE, fields=fields)
+    return None
+
+
+def _store_failed(rt: Runtime, job: Job, attempt: int, exc: StoreFailed) -> float | None:
+    """Retry the whole save (a fresh download, a fresh upload) with backoff, up to
+    FLUXQ_DOWNLOAD_MAX_ATTEMPTS; then fail the job with the store's (redacted) reason."""
+    log.warning("saving to the store failed job=%s attempt=%d: %s", job.job_id, attempt, exc)
+    if attempt < rt.settings.download_max_attempts:
+        return _retry_in(rt, attempt)
+    lifecycle.fail(rt, job, f"could not save to FLUXQ_OUTPUT_URL ({attempt} tries): {exc}")
     return None
 
 

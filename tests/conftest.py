@@ -25,6 +25,21 @@ def settings_for(env: Mapping[str, str]) -> Settings:
         return load_settings()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test, and every process it starts, keeps fluxq's data dir (the embedded Redis of an
+    unset FLUXQ_REDIS_URL) in a temporary directory, never the real home; any server started
+    there is stopped by its pid at the end."""
+    data = tmp_path_factory.mktemp("xdg-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(data))
+        patch.delenv("FLUXQ_DATA_DIR", raising=False)
+        yield
+    from tests.integration.embedded import stop_embedded
+
+    stop_embedded(data / "fluxq")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One redis-server process for the whole session, stopped by its own pid at the end."""

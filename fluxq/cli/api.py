@@ -13,7 +13,13 @@ import socket
 import redis
 import typer
 
-from fluxq.cli.common import console, fail, redis_failure, settings_or_exit
+from fluxq.cli.common import (
+    console,
+    fail,
+    redis_failure,
+    settings_or_exit,
+    with_redis_or_exit,
+)
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -55,11 +61,8 @@ def api(
             f"api: refusing to serve {host} without a token: anyone who reaches it could spend "
             "your credits. Set FLUXQ_API_TOKEN, or listen on 127.0.0.1."
         )
-    if not settings.redis_url:
-        fail(
-            "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
-            "your workers use (`fluxq worker` prints it)."
-        )
+    settings = with_redis_or_exit(settings)  # FLUXQ_REDIS_URL, else the embedded Redis
+    assert settings.redis_url is not None
     client = redis.Redis.from_url(settings.redis_url)
     try:
         client.ping()

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -47,7 +47,9 @@ from fluxq.cli.common import (
     runtime_or_exit,
     settings_or_exit,
     store_or_exit,
+    with_redis_or_exit,
 )
+from fluxq.cli.waits import WaitWatch
 from workers.files import ID_HINT, ID_PATTERN
 from workers.state import keys
 from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
@@ -320,7 +322,7 @@ def _enqueue(
         raise typer.Exit(code=130) from None
 
 
-def _print_result(rt: Runtime, name: str, result: EnqueueResult) -> int:
+def _print_result(rt: Runtime, name: str, result: EnqueueResult, *, hints: bool = True) -> int:
     from tasks.batches import batch_status  # lazy: the pipeline loads only when acting
 
     conflicts = result.conflicts
@@ -339,8 +341,9 @@ def _print_result(rt: Runtime, name: str, result: EnqueueResult) -> int:
     status = batch_status(rt, name)
     if status is not None and status.paused == "budget":
         _say(f"paused: budget — `fluxq batch resume {name} --budget MORE`")
-    _say(f"watch it:  fluxq batch status {name} --watch")
-    _say(f"results:   fluxq batch report {name}")
+    if hints:
+        _say(f"watch it:  fluxq batch status {name} --watch")
+        _say(f"results:   fluxq batch report {name}")
     return 1 if conflicts else 0
 
 
@@ -424,8 +427,9 @@ def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
         fail(f"batch {name} was cancelled: submit the file under another --name")
 
 
-def _submit(settings: Settings, rt: Runtime | None, job: _Submit) -> int:
-    """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted)."""
+def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool = True) -> int:
+    """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted).
+    ``hints``: end with the commands that watch and report the batch."""
     from tasks.batches import set_output  # lazy: the pipeline loads only when acting
 
     _refuse_cancelled(rt, job.name)
@@ -457,7 +461,7 @@ def _submit(settings: Settings, rt: Runtime | None, job: _Submit) -> int:
         if job.out is not None:
             set_output(rt, job.name, job.out.resolve())
         result = _enqueue(rt, job.name, spool, scan, job.priority, job.budget)
-        return _print_result(rt, job.name, result)
+        return _print_result(rt, job.name, result, hints=hints)
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -477,12 +481,12 @@ def _one_line(status: BatchStatus) -> str:
     return text
 
 
-def _render(status: BatchStatus) -> RenderableType:
+def _render(status: BatchStatus, notes: Sequence[str] = ()) -> RenderableType:
     ended = status.total - status.waiting
     bar = ProgressBar(total=max(status.total, 1), completed=ended, width=50)
     head = Table.grid(padding=(0, 1))
     head.add_row(bar, Text(f"{ended:,} of {status.total:,} lines ended"))
-    return Group(head, Text("\n".join(_status_lines(status))))
+    return Group(head, Text("\n".join([*_status_lines(status), *(f"  {n}" for n in notes)])))
 
 
 class _Watched:
@@ -493,35 +497,64 @@ class _Watched:
         self.interrupted = False
 
 
-def _watch(store: JobStore, name: str, interval: float, *, as_json: bool) -> _Watched:
-    """Refresh until the batch is finished or Ctrl-C."""
+WaitsFor = Callable[[Callable[[str], None]], WaitWatch]
+"""Makes the ``WaitWatch`` of a watch (why it is not moving), given how to say a finding."""
+
+
+def _watch(
+    store: JobStore, name: str, interval: float, *, as_json: bool, waits: WaitsFor | None = None
+) -> _Watched:
+    """Refresh until the batch is finished, Ctrl-C, or the WaitWatch gave up."""
     watched = _Watched(_status_or_exit(store, name))
+    # Progress lines go to stderr when stdout is for the final JSON.
+    say = _warn if as_json else _say
+    wait: WaitWatch | None = None
     try:
         if console.is_terminal:
-            _watch_live(store, name, interval, watched)
+            wait = None if waits is None else waits(lambda _text: None)  # shown in the view
+            _watch_live(store, name, interval, watched, wait)
         else:
-            # Progress lines go to stderr when stdout is for the final JSON.
-            _watch_quietly(store, name, interval, watched, _warn if as_json else _say)
+            wait = None if waits is None else waits(say)
+            _watch_quietly(store, name, interval, watched, say, wait)
     except KeyboardInterrupt:
         watched.interrupted = True
+    finally:
+        if wait is not None:
+            wait.close()
     return watched
 
 
-def _watch_live(store: JobStore, name: str, interval: float, watched: _Watched) -> None:
-    with Live(_render(watched.status), console=console, auto_refresh=False, transient=True) as live:
-        while not watched.status.finished:
+def _going_on(watched: _Watched, wait: WaitWatch | None) -> bool:
+    return not watched.status.finished and not (wait is not None and wait.gave_up)
+
+
+def _watch_live(
+    store: JobStore, name: str, interval: float, watched: _Watched, wait: WaitWatch | None
+) -> None:
+    notes = wait.check() if wait is not None else []
+    view = _render(watched.status, notes)
+    with Live(view, console=console, auto_refresh=False, transient=True) as live:
+        while _going_on(watched, wait):
             time.sleep(interval)
             watched.status = _status_or_exit(store, name)
-            live.update(_render(watched.status), refresh=True)
+            notes = wait.check() if wait is not None else []
+            live.update(_render(watched.status, notes), refresh=True)
 
 
 def _watch_quietly(
-    store: JobStore, name: str, interval: float, watched: _Watched, say: Callable[[str], None]
+    store: JobStore,
+    name: str,
+    interval: float,
+    watched: _Watched,
+    say: Callable[[str], None],
+    wait: WaitWatch | None,
 ) -> None:
     """Without a terminal (a log file, a pipe): a line when counts change, now and then."""
     say(_one_line(watched.status))
     shown, shown_at = watched.status.counts, time.monotonic()
-    while not watched.status.finished:
+    while _going_on(watched, wait):
+        if wait is not None:
+            wait.check()
         time.sleep(interval)
         watched.status = status = _status_or_exit(store, name)
         if status.counts != shown and time.monotonic() - shown_at >= QUIET_WATCH_EVERY_S:
@@ -542,9 +575,17 @@ def status_command(
     if not interval > 0:
         fail(f"--interval {interval:g}: must be above 0 seconds")
     settings = settings_or_exit()
+    if watch:  # the watch pings the workers through Celery: it needs the URL
+        settings = with_redis_or_exit(settings)
     store = store_or_exit(settings)  # counters only: no Celery, a fast start
     status = _status_or_exit(store, name)
-    watched = _watch(store, name, interval, as_json=as_json) if watch else None
+    watched = None
+    if watch:
+
+        def waits(say: Callable[[str], None]) -> WaitWatch:
+            return WaitWatch(settings, store.redis, say=say, batch=name)
+
+        watched = _watch(store, name, interval, as_json=as_json, waits=waits)
     if watched is not None:
         status = watched.status
     if as_json:

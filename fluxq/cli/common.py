@@ -34,6 +34,8 @@ class Options:
 
     debug: bool = os.environ.get("FLUXQ_DEBUG", "") not in ("", "0")
     redis_url: str | None = None
+    embedded_said: bool = False
+    """Whether this command has said it uses the embedded Redis (it says so once)."""
 
 
 def one_line(message: str) -> str:
@@ -69,13 +71,41 @@ def settings_or_exit() -> Settings:
     return settings
 
 
-def runtime_or_exit(settings: Settings) -> Runtime:
-    """A producer-side Runtime on the workers' Redis; exits 2 when there is none to reach."""
-    if not settings.redis_url:
+def with_redis_or_exit(settings: Settings) -> Settings:
+    """``settings`` with a Redis URL: FLUXQ_REDIS_URL when set, else the embedded Redis of the
+    data dir (FLUXQ_DATA_DIR), started when none runs and said once on stderr; exits 2 when it
+    cannot start."""
+    if settings.redis_url:
+        return settings
+    from workers.process.embedded_redis import data_dir_of, ensure_shared  # lazy: unset URL only
+
+    data_dir = data_dir_of(settings)
+    try:
+        server, started = ensure_shared(data_dir)
+    except (ConfigError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         fail(
-            "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
-            "your workers use (`fluxq worker` prints it), or run `fluxq demo`."
+            f"FLUXQ_REDIS_URL is unset and the embedded Redis in {data_dir} cannot start: "
+            f"{reason} (set FLUXQ_REDIS_URL, or FLUXQ_DATA_DIR to another directory)",
+            cause=exc,
         )
+    Options.redis_url = server.url
+    if not Options.embedded_said:
+        Options.embedded_said = True
+        how = "started it; " if started else ""
+        err_console.print(
+            f"fluxq: using the embedded Redis at {shown_url(server.url)} ({how}data in "
+            f"{server.data_dir}; `fluxq redis stop` stops it)",
+            markup=False,
+            soft_wrap=True,
+        )
+    return settings.with_overrides(redis_url=server.url)
+
+
+def runtime_or_exit(settings: Settings) -> Runtime:
+    """A producer-side Runtime on the workers' Redis (``with_redis_or_exit``); exits 2 when it
+    cannot be reached."""
+    settings = with_redis_or_exit(settings)
     from workers.dispatch import celery_runtime  # lazy: Celery loads only for commands using it
 
     rt = celery_runtime(settings)
@@ -90,11 +120,8 @@ def runtime_or_exit(settings: Settings) -> Runtime:
 def store_or_exit(settings: Settings) -> JobStore:
     """Job and batch records on the workers' Redis without the pipeline (no Celery, no BFL
     client): what read-only commands such as ``fluxq batch status`` need, fast to start."""
-    if not settings.redis_url:
-        fail(
-            "FLUXQ_REDIS_URL is unset, so there is no shared Redis to use. Set it to the Redis "
-            "your workers use (`fluxq worker` prints it), or run `fluxq demo`."
-        )
+    settings = with_redis_or_exit(settings)
+    assert settings.redis_url is not None
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         client.ping()
@@ -121,7 +148,7 @@ def redis_failure(url: str | None, exc: BaseException) -> str:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return (
         f"cannot reach Redis at {shown_url(url)} ({reason}). Start it, or fix FLUXQ_REDIS_URL "
-        "(unset, `fluxq worker` and `fluxq demo` start an embedded one)."
+        "(unset, fluxq starts an embedded one of its own, shared by every command)."
     )
 
 

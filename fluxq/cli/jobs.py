@@ -11,6 +11,7 @@ from rich.table import Table
 
 from config.errors import InvalidRequest
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
+from fluxq.cli.waits import WaitWatch
 from workers.state.jobs import State
 
 if TYPE_CHECKING:
@@ -70,17 +71,31 @@ def enqueue_command(
         raise typer.Exit(code=_wait_for(rt, job, timeout_s))
 
 
+def _note(text: str) -> None:
+    err_console.print(f"fluxq: {text}", markup=False, soft_wrap=True)
+
+
 def _wait_for(rt: Runtime, job_id: str, timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = rt.store.get(job_id)
-        if job is not None and job.state.terminal:
-            if job.state is State.DONE:
-                console.print(f"done job={job_id} file={job.path} sha256={job.sha256}")
-                return 0
-            console.print(f"{job.state.value} job={job_id} reason={job.reason}")
-            return 1
-        time.sleep(WAIT_STEP_S)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    watch = WaitWatch(rt.settings, rt.redis, say=_note)  # no worker? paused? said within 10 s
+    shown: State | None = None
+    try:
+        while time.monotonic() < deadline:
+            job = rt.store.get(job_id)
+            if job is not None and job.state.terminal:
+                if job.state is State.DONE:
+                    console.print(f"done job={job_id} file={job.path} sha256={job.sha256}")
+                    return 0
+                console.print(f"{job.state.value} job={job_id} reason={job.reason}")
+                return 1
+            if job is not None and job.state is not shown:
+                shown = job.state
+                _note(f"job {job_id}: {shown.value} ({time.monotonic() - started:.0f} s)")
+            watch.check()
+            time.sleep(WAIT_STEP_S)
+    finally:
+        watch.close()
     err_console.print(f"fluxq: job {job_id} did not finish within {timeout_s:.0f} s")
     return 3
 

@@ -1,4 +1,4 @@
-"""``fluxq worker``, ``fluxq flower`` and ``fluxq demo``: the commands that run processes."""
+"""``fluxq worker`` and ``fluxq demo``: the commands that run processes (Flower: ``flower.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
 from config.settings import Settings
-from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
+from fluxq.cli.common import console, fail, runtime_or_exit, settings_or_exit
 
 if TYPE_CHECKING:
     from workers.process.supervisor import WorkerSpec
@@ -48,51 +48,23 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
-    from workers.process.embedded_redis import EmbeddedRedis  # lazy: only this command uses it
-    from workers.process.supervisor import Supervisor, default_specs  # lazy: likewise
+    from workers.process.supervisor import Supervisor, default_specs  # lazy: only this command
 
     settings = settings_or_exit()
     _require_bfl_target(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     env = dict(os.environ)
-    embedded = None
-    if settings.redis_url:
-        runtime_or_exit(settings).close()  # Redis unreachable: one line now, not retries forever
-    else:
-        embedded = EmbeddedRedis().start()
-        env["FLUXQ_REDIS_URL"] = embedded.url
-        err_console.print(
-            f"fluxq: FLUXQ_REDIS_URL is unset: started an embedded Redis at {embedded.url} "
-            "(this machine only; set FLUXQ_REDIS_URL to share work across machines)",
-            markup=False,
-        )
+    # Redis unreachable: one line now, not retries forever. Unset: the embedded Redis of the
+    # data dir, started if none runs; it outlives this worker (`fluxq redis stop` stops it).
+    rt = runtime_or_exit(settings)
+    assert rt.settings.redis_url is not None
+    env["FLUXQ_REDIS_URL"] = rt.settings.redis_url
+    rt.close()
     specs = default_specs(threads=threads, save_threads=save_threads)
     supervisor = Supervisor(
         specs, argv_for=lambda spec: worker_process_argv(spec, loglevel), env=env
     )
-    try:
-        code = supervisor.run()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    raise typer.Exit(code=code)
-
-
-def flower(
-    port: int = typer.Option(5555, help="Flower's port on 127.0.0.1."),
-    address: str = typer.Option("127.0.0.1", help="Flower's address."),
-) -> None:
-    """Run Flower on fluxq's broker (FLUXQ_REDIS_URL) to watch tasks by job and batch."""
-    settings = settings_or_exit()
-    if not settings.redis_url:
-        fail("set FLUXQ_REDIS_URL to the Redis your workers use")
-    # In this process, not a child: SIGTERM to `fluxq flower` stops Flower itself.
-    # --conf: never run a flowerconfig.py that happens to sit in the working directory.
-    argv = ["flower", f"--address={address}", f"--port={port}", f"--conf={os.devnull}"]
-    from workers.celery_app import make_celery  # lazy: Celery loads only for this command
-
-    code = make_celery(settings).start(argv)
-    raise typer.Exit(code=code or 0)
+    raise typer.Exit(code=supervisor.run())
 
 
 def demo(
@@ -153,5 +125,4 @@ def demo(
 
 def register(app: typer.Typer) -> None:
     app.command("worker")(worker)
-    app.command("flower")(flower)
     app.command("demo")(demo)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from fluxq.cli import api, batch, common, jobs, metrics, processes, setup
+from fluxq.cli import api, batch, common, flower, jobs, metrics, processes, redis_cmd, run, setup
 
 app = typer.Typer(
     name="fluxq",
@@ -35,9 +35,12 @@ def root(
 
 setup.register(app)
 processes.register(app)
+flower.register(app)
 jobs.register(app)
 metrics.register(app)
 batch.register(app)
+redis_cmd.register(app)
+run.register(app)
 api.register(app)
 
 

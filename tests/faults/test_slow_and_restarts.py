@@ -107,4 +107,7 @@ def test_redis_restarting_three_times_under_load_leaves_the_supervisor_running_a
     )
     assert finished, f"not finished: {report.states}\n{cluster.log_tail()}"
     assert_common(report, cluster)
-    assert report.failed == report.uncertain, report.failures
+    # (every failure is an uncertain job; an uncertain one whose late answer came is done, and
+    # keeps its flag, so failed may be below uncertain)
+    assert report.failed <= report.uncertain, report.failures
+    assert all(why.startswith("uncertain") for why in report.failures.values()), report.failures

@@ -136,6 +136,8 @@ def test_a_10000_line_batch_posted_over_http_runs_to_the_end(
     served: tuple[Cluster, httpx.Client],
 ) -> None:
     cluster, client = served
+    # 10 ms tasks: Ready at the first poll, so the run costs one poll per job, not three
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 1.0}})
     lines = (
         json.dumps({"id": f"l{i:05d}", "prompt": f"a fox, take {i}", "seed": i}) + "\n"
         for i in range(LINES)

@@ -48,8 +48,9 @@ def test_two_hundred_jobs_over_three_endpoints_finish_within_both_caps(
 ) -> None:
     # Given one worker (main + save processes) and the account's cap of 24 (6 for kontext-max)
     cluster = make_cluster()
-    # (a 30 s model, 300 ms here: long enough for the submits to fill the cap)
-    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 30.0}})
+    # (a 100 s model, 1 s here: long enough for the submits to fill the cap even on a slow
+    # machine, where enqueueing 24 jobs one by one took longer than a 300 ms task)
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 100.0}})
     cluster.start_worker()
     # When 200 jobs over three endpoints are enqueued
     for i in range(200):

@@ -22,6 +22,8 @@ import pytest
 from simulator.server import SimulatorServer
 from tasks.enqueue import enqueue
 from tests.integration.conftest import FAST_ENV, KEY, Cluster
+from tests.integration.embedded import stop_embedded
+from workers.process.embedded_redis import read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -125,12 +127,17 @@ def test_a_worker_started_in_a_directory_with_its_own_tasks_and_config_never_imp
     assert "user tasks imported" not in log, log[-3000:]
 
 
-def test_sigkill_of_a_worker_with_embedded_redis_leaves_no_child_and_no_redis_server(
+def test_sigkill_of_a_worker_leaves_no_child_and_the_shared_redis_keeps_the_work(
     sim: SimulatorServer, tmp_path: Path
 ) -> None:
-    # Given `fluxq worker` with no FLUXQ_REDIS_URL (so an embedded redis-server), workers ready
+    # Given `fluxq worker` with no FLUXQ_REDIS_URL: it uses the data dir's shared Redis, which is
+    # not its child (it outlives every command, until `fluxq redis stop`)
+    data_dir = tmp_path / "data"
     env = clean_env() | sim.env() | FAST_ENV
-    env |= {"BFL_API_KEY": KEY, "FLUXQ_OUTPUT_DIR": str(tmp_path / "out")}
+    env |= {
+        "BFL_API_KEY": KEY, "FLUXQ_OUTPUT_DIR": str(tmp_path / "out"),
+        "FLUXQ_DATA_DIR": str(data_dir),
+    }  # fmt: skip
     log = tmp_path / "worker.log"
     argv = [sys.executable, "-P", "-m", "fluxq", "worker", "--threads", "2", "--save-threads", "1"]
     with log.open("wb") as out:
@@ -145,26 +152,29 @@ def test_sigkill_of_a_worker_with_embedded_redis_leaves_no_child_and_no_redis_se
             children[:] = children_of(worker.pid)
             lines = [cmdline(pid) for pid in children]
             workers = [c for c in lines if "fluxq.worker_process" in c]
-            redis_servers = [c for c in lines if "redis-server" in c]
             ready = log.read_text(errors="replace").count(" ready.")
-            return len(workers) == 2 and len(redis_servers) == 1 and ready >= 2
+            return len(workers) == 2 and ready >= 2
 
         assert wait_until(started, timeout_s=30, interval_s=0.1), (
             f"children {children}: {[cmdline(p) for p in children]}\n{log.read_text()[-3000:]}"
         )
-        assert len(children) >= 3
+        assert not any("redis-server" in cmdline(pid) for pid in children)
+        shared = read_state(data_dir)
+        assert shared is not None
         # When the worker is killed with SIGKILL (no handler runs)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=5)
-        # Then within 5 s every child, the redis-server among them, is gone
+        # Then within 5 s every child is gone, and the shared Redis still answers
         gone = wait_until(lambda: not any(live(pid) for pid in children), timeout_s=5)
         assert gone, {pid: cmdline(pid) for pid in children if live(pid)}
         assert live_in_group(worker.pid) == []
+        assert live(shared.pid)
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=5)
         kill_left_over([*children, *live_in_group(worker.pid)])
+        stop_embedded(data_dir)
 
 
 def test_sigterm_stops_flower_and_leaves_no_child(redis_url: str, tmp_path: Path) -> None:

@@ -90,9 +90,18 @@ def test_resume_clears_a_credit_pause(redis_url: str) -> None:
     client.close()
 
 
-def test_enqueue_without_a_shared_redis_explains_what_to_do() -> None:
+def test_enqueue_without_a_redis_url_uses_the_shared_embedded_redis() -> None:
+    # With FLUXQ_REDIS_URL unset the job goes to fluxq's own Redis of the data dir (a temporary
+    # one in tests), which every later command finds: enqueue says so, and succeeds.
     result = runner.invoke(
-        app, ["enqueue", "--endpoint", "flux-dev", "--prompt", "x"], env={"COLUMNS": "200"}
+        app,
+        ["enqueue", "--endpoint", "flux-dev", "--prompt", "x", "--job-id", "shared-1"],
+        env={"COLUMNS": "200", "FLUXQ_REDIS_URL": ""},
     )
-    assert result.exit_code == 2
-    assert "FLUXQ_REDIS_URL" in result.output
+    assert result.exit_code == 0, result.output
+    assert "embedded Redis" in result.output
+    status = runner.invoke(
+        app, ["status"], env={"COLUMNS": "200", "FLUXQ_REDIS_URL": ""}
+    )
+    assert status.exit_code == 0, status.output
+    assert "queued" in status.output

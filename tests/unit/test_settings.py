@@ -230,3 +230,31 @@ def test_download_limits_have_safe_defaults_and_read_the_environment(
     monkeypatch.setenv("FLUXQ_DOWNLOAD_DEADLINE_S", "5")
     settings = load_settings()
     assert (settings.download_max_bytes, settings.download_deadline_s) == (1_048_576, 5)
+
+
+def test_an_empty_secret_is_unset_never_a_token_an_empty_header_matches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given FLUXQ_API_TOKEN= and BFL_API_KEY= set but empty (a copied .env.example, say)
+    monkeypatch.setenv("FLUXQ_API_TOKEN", "")
+    monkeypatch.setenv("BFL_API_KEY", "")
+    settings = load_settings()
+    # Then both are unset: `fluxq api` stays on loopback, and no empty bearer token matches
+    assert settings.api_token is None
+    assert settings.bfl_api_key is None
+    assert load_settings(api_token="").api_token is None
+
+
+def test_webhook_mode_needs_a_long_secret_and_a_plain_base_url() -> None:
+    with pytest.raises(ConfigError, match="FLUXQ_BFL_WEBHOOK_SECRET"):
+        load_settings(bfl_webhook_base_url="https://fluxq.example.com")
+    with pytest.raises(ConfigError, match="FLUXQ_BFL_WEBHOOK_SECRET"):
+        load_settings(bfl_webhook_base_url="https://fluxq.example.com", bfl_webhook_secret="short")
+    with pytest.raises(ConfigError, match="no user, password or query"):
+        load_settings(bfl_webhook_base_url="https://u:p@x.example.com", bfl_webhook_secret="s" * 20)
+    settings = load_settings(
+        bfl_webhook_base_url="https://x.example.com/", bfl_webhook_secret="s" * 20
+    )
+    assert settings.bfl_webhook_mode
+    assert settings.bfl_webhook_base_url == "https://x.example.com"
+    assert not load_settings().bfl_webhook_mode

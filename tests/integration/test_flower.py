@@ -1,0 +1,325 @@
+"""``fluxq flower`` as a user runs it, watching a real cluster: set up to be read.
+
+Flower starts as ``python -P -m fluxq flower`` in a session of its own, on a free loopback port,
+against the test Redis, while real ``fluxq worker`` processes run jobs on the simulator; everything
+is read over HTTP as a browser or a script would, and every process is stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tasks.enqueue import enqueue
+from tests.integration.conftest import Cluster
+from workers.process.embedded_redis import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+USER = "night-ops"
+PASSWORD = "heron-watch-" + secrets.token_urlsafe(16)
+"""This run's Flower password: it must show up in no argv and no log."""
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval_s)
+    return check()
+
+
+def flower_env(redis_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment less FLUXQ_*, FLOWER_* and the key, plus Redis and ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLUXQ_", "FLOWER_")) and k != "BFL_API_KEY"
+    }
+    env |= {"FLUXQ_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    env |= dict(extra or {})
+    return env
+
+
+AUTH_ENV = {"FLUXQ_FLOWER_USER": USER, "FLUXQ_FLOWER_PASSWORD": PASSWORD}
+
+
+def flower_argv(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-P", "-m", "fluxq", "flower", "--port", str(port), *args]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def in_group(pgrp: int) -> list[int]:
+    """Live processes of process group ``pgrp`` (Flower's session: it and anything it started)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[2]) == pgrp and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+@dataclass
+class Flower:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    exit_code: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def answers(self) -> bool:
+        try:
+            httpx.get(f"{self.base_url}/healthcheck", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def running_flower(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[Flower]:
+    """``fluxq flower`` until the block ends, then SIGTERM (SIGKILL after STOP_TIMEOUT_S)."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            flower_argv(port, *args), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    flower = Flower(process, port, log)
+    try:
+        up = wait_until(lambda: process.poll() is not None or flower.answers(), START_TIMEOUT_S)
+        assert up, f"no answer in {START_TIMEOUT_S} s\n{flower.log_text()[-3000:]}"
+        assert process.poll() is None, f"exit {process.poll()}\n{flower.log_text()[-3000:]}"
+        yield flower
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            flower.exit_code = process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        for pid in in_group(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def api_tasks(client: httpx.Client, **params: str) -> dict[str, dict[str, Any]]:
+    response = client.get("/api/tasks", params=params, auth=(USER, PASSWORD))
+    assert response.status_code == 200, response.text
+    tasks: dict[str, dict[str, Any]] = response.json()
+    return tasks
+
+
+def job_of(task: Mapping[str, Any]) -> str:
+    """The job id in a task's args text, ``job=<id> endpoint=… "…"``."""
+    first = str(task.get("args") or "").split(" ", 1)[0]
+    assert first.startswith("job="), task
+    return first.removeprefix("job=")
+
+
+def test_flower_lists_fluxq_tasks_with_their_args_and_kwargs_and_finds_a_batch(
+    make_cluster: Callable[..., Cluster], redis_url: str, tmp_path: Path
+) -> None:
+    # Given `fluxq flower` with basic auth from the environment, watching a cluster's Redis
+    cluster = make_cluster()
+    cwd = tmp_path / "flower-cwd"
+    cwd.mkdir()
+    env = flower_env(redis_url, AUTH_ENV)
+    with running_flower(env, cwd, tmp_path / "flower.log") as flower:
+        cluster.start_worker(threads=4, save_threads=0)
+        # When a batch "herons" of three jobs and a batch "egrets" of one run to the end
+        herons = {
+            enqueue(
+                cluster.rt, "flux-dev",
+                {"prompt": f"a grey heron fishing at dawn, study {i}", "seed": i}, batch="herons",
+            )
+            for i in range(3)
+        }  # fmt: skip
+        egret = enqueue(
+            cluster.rt, "flux-dev", {"prompt": "a white egret in reeds", "seed": 9}, batch="egrets"
+        )
+        assert cluster.wait_terminal("herons", 3, timeout_s=60).get("done") == 3
+        assert cluster.wait_terminal("egrets", 1, timeout_s=60).get("done") == 1
+
+        client = httpx.Client(base_url=flower.base_url, timeout=10.0)
+        try:
+            # Then without credentials, or with a wrong password, pages and API are 401
+            for path in ("/", "/tasks", "/api/tasks", "/tasks/datatable"):
+                assert client.get(path).status_code == 401, path
+                assert client.get(path, auth=(USER, "not-the-password")).status_code == 401, path
+
+            # And with them the task list has args and kwargs columns
+            page = client.get("/tasks", auth=(USER, PASSWORD))
+            assert page.status_code == 200, page.text[:500]
+            assert 'data-column="args"' in page.text
+            assert 'data-column="kwargs"' in page.text
+
+            # And Flower's search for the batch finds every heron job's tasks, and only those
+            def herons_saved() -> bool:  # every event in: the saves' are the last
+                found = api_tasks(client, search="batch=herons").values()
+                saves = [t for t in found if t["name"] == "fluxq.save" and t["state"] == "SUCCESS"]
+                return {job_of(task) for task in saves} >= herons
+
+            assert wait_until(herons_saved, timeout_s=30), api_tasks(client)
+            found = api_tasks(client, search="batch=herons")
+            assert {job_of(task) for task in found.values()} == herons
+            for task in found.values():
+                assert task["kwargs"] == "batch=herons", task
+                assert " endpoint=flux-dev " in task["args"], task
+                assert '"a grey heron fishing' in task["args"], task
+                assert task["name"].startswith("fluxq."), task
+            assert {task["name"] for task in found.values()} >= {"fluxq.submit", "fluxq.save"}
+
+            # And unfiltered, the egret is listed too: the search did the filtering
+            def egret_seen() -> bool:
+                listed = api_tasks(client).values()
+                return egret in {job_of(t) for t in listed if str(t.get("args")).startswith("job=")}
+
+            assert wait_until(egret_seen, timeout_s=30), api_tasks(client)
+
+            # And the page's own table (DataTables, server side) filters the same way
+            params = {"draw": "1", "start": "0", "length": "100", "search[value]": "batch=herons"}
+            params |= {"order[0][column]": "0", "order[0][dir]": "desc"}
+            params |= {"columns[0][data]": "received"}
+            table = client.get("/tasks/datatable", params=params, auth=(USER, PASSWORD)).json()
+            assert table.get("searchError") is None, table
+            assert table["recordsFiltered"] == len(found) == len(table["data"])
+            assert table["recordsTotal"] > table["recordsFiltered"]
+            assert {row["kwargs"] for row in table["data"]} == {"batch=herons"}
+
+            # And Flower only watches: revoking a task from it is refused
+            some_task = next(iter(found))
+            revoke = client.post(f"/api/task/revoke/{some_task}", auth=(USER, PASSWORD))
+            assert revoke.status_code == 403, revoke.text
+            assert "read only" in revoke.text.lower()
+        finally:
+            client.close()
+
+        # And the password is in no process's argv (what `ps` shows) nor in Flower's output
+        group = in_group(flower.process.pid)
+        assert flower.process.pid in group
+        for pid in group:
+            assert PASSWORD not in cmdline(pid), pid
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        log = flower.log_text()
+        assert PASSWORD not in log
+        assert token not in log
+        assert "basic auth required" in log
+
+    # And it stops on SIGTERM with exit 0, having written no state file (not --persistent)
+    assert flower.exit_code == 0, flower.log_text()[-3000:]
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "extra", "says"),
+    [
+        ("0.0.0.0", {}, "fluxq: flower: refusing to serve 0.0.0.0 without basic auth"),
+        ("::", {}, "fluxq: flower: refusing to serve :: without basic auth"),
+        (
+            "0.0.0.0",
+            {"FLUXQ_FLOWER_USER": USER},
+            "fluxq: flower: set both FLUXQ_FLOWER_USER and FLUXQ_FLOWER_PASSWORD",
+        ),
+        ("127.0.0.1", {"FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}, "fluxq: flower: FLOWER_BASIC"),
+    ],
+    ids=["any-ipv4", "any-ipv6", "user-without-password", "flower-own-variable"],
+)
+def test_flower_refuses_before_binding_an_address_beyond_loopback_without_basic_auth(
+    redis_url: str, tmp_path: Path, address: str, extra: dict[str, str], says: str
+) -> None:
+    # Given no (or half a) basic auth, and a safety net: were the refusal missing, Flower would
+    # listen on this Unix socket (FLOWER_UNIX_SOCKET), never on a TCP address beyond loopback
+    guard = tmp_path / "guard.sock"
+    env = flower_env(redis_url, extra) | {"FLOWER_UNIX_SOCKET": str(guard)}
+    argv = flower_argv(free_port(), "--address", address)
+    # When `fluxq flower --address …` starts
+    try:
+        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        pytest.fail(f"fluxq flower --address {address} started instead of refusing")
+    # Then it exits 2 with one line naming the fix, before binding or starting anything
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2, done.stderr.decode()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(says), lines
+    assert done.stdout == b""
+    assert not guard.exists()
+    assert PASSWORD not in lines[0]
+
+
+def test_flower_persistent_keeps_its_task_list_across_a_restart(
+    make_cluster: Callable[..., Cluster], redis_url: str, tmp_path: Path
+) -> None:
+    # Given `fluxq flower --persistent --db PATH` watching a worker that runs one job
+    cluster = make_cluster()
+    state = tmp_path / "state" / "flower"
+    state.parent.mkdir()
+    env = flower_env(redis_url, AUTH_ENV)
+    args = ("--persistent", "--db", str(state))
+    with running_flower(env, tmp_path, tmp_path / "flower-1.log", *args) as flower:
+        cluster.start_worker(threads=4, save_threads=0)
+        request = {"prompt": "a kept kingfisher", "seed": 1}
+        job = enqueue(cluster.rt, "flux-dev", request, batch="kept")
+        assert cluster.wait_terminal("kept", 1, timeout_s=60).get("done") == 1
+        with httpx.Client(base_url=flower.base_url, timeout=10.0) as client:
+
+            def all_succeeded() -> bool:  # so the state saved at exit is the state seen here
+                tasks = api_tasks(client, search="batch=kept").values()
+                names = {t["name"] for t in tasks}
+                return "fluxq.save" in names and all(t["state"] == "SUCCESS" for t in tasks)
+
+            assert wait_until(all_succeeded, timeout_s=30), api_tasks(client)
+            before = api_tasks(client, search="batch=kept")
+    # When it stops (SIGTERM), the workers stop, and it starts again on the same state file
+    assert flower.exit_code == 0, flower.log_text()[-3000:]
+    assert list(state.parent.iterdir()), "no state written"
+    cluster.stop()
+    with (
+        running_flower(env, tmp_path, tmp_path / "flower-2.log", *args) as again,
+        httpx.Client(base_url=again.base_url, timeout=10.0) as client,
+    ):
+        after = api_tasks(client, search="batch=kept")
+    # Then the job's tasks are listed again, with their text and states, though no event came
+    assert set(after) == set(before)
+    assert {job_of(task) for task in after.values()} == {job}
+    for task_id, task in after.items():
+        assert (task["state"], task["args"], task["kwargs"]) == (
+            before[task_id]["state"], before[task_id]["args"], "batch=kept"
+        )  # fmt: skip
+    assert again.exit_code == 0, again.log_text()[-3000:]
