@@ -5,7 +5,9 @@ No Celery app lives here: ``workers.celery_app.make_celery(settings)`` builds on
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 SUBMIT_QUEUE = "fluxq.submit"
 POLL_QUEUE = "fluxq.poll"
@@ -44,6 +46,31 @@ TASK_ROUTES = {
 }
 
 
+BROKER_SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+"""TLS options a ``rediss://`` URL may carry in its query, as redis-py and kombu name them."""
+
+CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def broker_ssl(broker_url: str) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` URL: check the server's certificate.
+
+    Without it kombu connects to a bare ``rediss://`` URL without checking the certificate (it
+    logs "defaulting to insecure SSL behaviour"), where redis-py, fluxq's other client, checks
+    it against the system's CAs. The URL's own options (``?ssl_ca_certs=/path/ca.pem``,
+    ``ssl_cert_reqs=none|optional|required``) are repeated here, so Flower's broker view, which
+    reads only this setting, uses the same CA.
+    """
+    parts = urlsplit(broker_url)
+    if parts.scheme != "rediss":
+        return None
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    options: dict[str, Any] = {key: query[key] for key in BROKER_SSL_OPTIONS if key in query}
+    wanted = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    options["ssl_cert_reqs"] = CERT_REQS.get(wanted, ssl.CERT_REQUIRED)
+    return options
+
+
 def celery_config(broker_url: str) -> dict[str, Any]:
     """The Celery configuration for a broker URL; each choice says why.
 
@@ -55,6 +82,8 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # Keep retrying a lost broker connection (a Redis restart) instead of giving up.
         "broker_connection_max_retries": None,
+        # rediss://: verify the certificate as redis-py does (kombu alone would not).
+        "broker_use_ssl": broker_ssl(broker_url),
         "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             # Fair round-robin across the queues a worker consumes.
