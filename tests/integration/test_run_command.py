@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -62,41 +63,65 @@ def done_count(data_dir: Path, batch: str) -> int:
         client.close()
 
 
+LINES = 200
+
+
+def processes_of(data_dir: Path) -> list[str]:
+    """Command lines of live processes started for ``data_dir``, but its shared redis-server
+    (which outlives every command by design, until `fluxq redis stop`)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if process.environ().get("FLUXQ_DATA_DIR") != str(data_dir):
+                continue
+            cmdline = " ".join(process.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if "redis-server" not in cmdline:
+            found.append(cmdline)
+    return found
+
+
 def test_run_with_simulate_runs_every_line_and_sums_up(data_dir: Path, tmp_path: Path) -> None:
-    # Given a file of 50 prompts and no key, no Redis URL
-    file = write_prompts(tmp_path / "fifty.jsonl", [f"a heron, study {i}" for i in range(50)])
+    # Given a file of 200 prompts and no key, no Redis URL
+    prompts = [f"a heron, study {i}" for i in range(LINES)]
+    file = write_prompts(tmp_path / "herons.jsonl", prompts)
     # When it is run against the simulator
     run = fluxq(env_for(data_dir, tmp_path), "run", str(file), "--endpoint", "flux-dev",
                 "--simulate", "--time-scale", "0.01", cwd=tmp_path, timeout_s=240)  # fmt: skip
     # Then every line is done, once, and the summary says so
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "batch fifty: 50 done, 0 failed, 0 cancelled, 0 waiting of 50" in run.stdout
-    assert "simulator saw: 50 submits, 0 duplicates" in run.stdout
+    assert f"batch herons: {LINES} done, 0 failed, 0 cancelled, 0 waiting of {LINES}" in run.stdout
+    assert f"simulator saw: {LINES} submits, 0 duplicates" in run.stdout
     assert "credits: spent" in run.stdout
     assert "--simulate: the local BFL simulator" in run.stderr
     assert "using the embedded Redis" in run.stderr
     # And the images are there, each with its sidecar, all in the manifest
-    batch_dir = tmp_path / "out" / "fifty"
+    batch_dir = tmp_path / "out" / "herons"
     assert f"images: {batch_dir}" in run.stdout
     sidecars = list(batch_dir.glob("*.json"))
-    assert len(sidecars) == 50
+    assert len(sidecars) == LINES
     for sidecar in sidecars:
         assert (batch_dir / json.loads(sidecar.read_text())["file"]).stat().st_size > 0
     manifest = (batch_dir / "manifest.jsonl").read_text().splitlines()
-    assert len({json.loads(line)["job_id"] for line in manifest}) == 50
+    assert len({json.loads(line)["job_id"] for line in manifest}) == LINES
+    # And no worker (nor anything else the run started) is left running
+    assert processes_of(data_dir) == []
 
 
 def test_run_exits_1_and_names_the_reason_when_a_line_fails(data_dir: Path, tmp_path: Path) -> None:
-    # Given a file whose second prompt makes the simulator fail its task
-    prompts = ["a heron", "a heron [error]", "a fox"]
+    # Given a file whose second prompt is moderated and whose third fails at BFL
+    prompts = ["a heron", "a heron [content-moderated]", "a fox [error]", "a fox"]
     file = write_prompts(tmp_path / "mixed.jsonl", prompts)
     run = fluxq(env_for(data_dir, tmp_path), "run", str(file), "--endpoint", "flux-dev",
                 "--simulate", "--time-scale", "0.01", timeout_s=240)  # fmt: skip
-    # Then it exits 1, and its summary counts the failure under BFL's reason
+    # Then it exits 1, and its summary counts each failure under BFL's reason
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "batch mixed: 2 done, 1 failed" in run.stdout
+    assert "batch mixed: 2 done, 2 failed" in run.stdout
     assert "failures by reason:" in run.stdout
+    assert re.search(r"^\s+1\s+Content Moderated", run.stdout, re.MULTILINE), run.stdout
     assert re.search(r"^\s+1\s+Error\s*$", run.stdout, re.MULTILINE), run.stdout
+    assert processes_of(data_dir) == []
 
 
 def test_run_without_a_key_or_simulate_names_both_in_one_line(
