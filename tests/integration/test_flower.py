@@ -14,7 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 from tasks.enqueue import enqueue
 from tests.integration.conftest import Cluster
+from tests.integration.embedded import wait_until
 from workers.process.embedded_redis import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -35,15 +35,6 @@ PASSWORD = "heron-watch-" + secrets.token_urlsafe(16)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval_s)
-    return check()
 
 
 def flower_env(redis_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -121,7 +112,9 @@ def running_flower(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Ite
         )  # fmt: skip
     flower = Flower(process, port, log)
     try:
-        up = wait_until(lambda: process.poll() is not None or flower.answers(), START_TIMEOUT_S)
+        up = wait_until(
+            lambda: process.poll() is not None or flower.answers(), timeout_s=START_TIMEOUT_S
+        )
         assert up, f"no answer in {START_TIMEOUT_S} s\n{flower.log_text()[-3000:]}"
         assert process.poll() is None, f"exit {process.poll()}\n{flower.log_text()[-3000:]}"
         yield flower

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from simulator.server import SimulatorServer
 from tasks.enqueue import enqueue
 from tests.integration.conftest import FAST_ENV, KEY, Cluster
-from tests.integration.embedded import stop_embedded
+from tests.integration.embedded import stop_embedded, wait_until
 from workers.process.embedded_redis import read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -70,15 +69,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (FileNotFoundError, ProcessLookupError):
         return ""
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval_s)
-    return check()
 
 
 def kill_left_over(pids: Iterable[int]) -> None:
