@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
-from config.settings import Settings
+from config.settings import DEFAULT_ALLOWED_URLS, Settings
 from fluxq.cli.common import console, fail, runtime_or_exit, settings_or_exit
 
 if TYPE_CHECKING:
@@ -18,11 +19,21 @@ if TYPE_CHECKING:
 
 
 def _require_bfl_target(settings: Settings) -> None:
-    """Refuse to start against the real API without a key (nothing would succeed)."""
+    """Refuse to start where nothing would succeed: the real API without a key, or a local server
+    (a simulator) whose polling and delivery hosts FLUXQ_ALLOWED_URLS would refuse after every
+    paid submit."""
     if settings.bfl_api_key is None and "bfl." in settings.bfl_base_url:
         fail(
             "BFL_API_KEY is unset. Set it, or point FLUXQ_BFL_BASE_URL at a simulator "
             "(`fluxq simulator`), or try `fluxq demo`."
+        )
+    host = urlsplit(settings.bfl_base_url).hostname or ""
+    local = host == "localhost" or host.startswith("127.")
+    if local and tuple(settings.allowed_urls) == DEFAULT_ALLOWED_URLS:
+        fail(
+            "FLUXQ_BFL_BASE_URL is a local server (a simulator?) but FLUXQ_ALLOWED_URLS is the "
+            "default (BFL's hosts only), so every task's polling URL would be refused after its "
+            "submit was paid: set FLUXQ_ALLOWED_URLS as `fluxq simulator` prints it."
         )
 
 

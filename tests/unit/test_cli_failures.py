@@ -100,6 +100,19 @@ def test_worker_without_a_key_against_the_real_api_names_bfl_api_key(tmp_path: P
     assert "fluxq simulator" in line  # one of the fixes
 
 
+def test_worker_against_a_local_simulator_without_its_allowed_urls_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    # Pointing at `fluxq simulator` but not allowing its polling host would pay every submit and
+    # then fail every job: refused before anything starts, naming the variable to set.
+    result = run_fluxq(
+        tmp_path, "worker", FLUXQ_BFL_BASE_URL="http://127.0.0.1:8080", BFL_API_KEY="sim-key"
+    )
+    message = one_line_failure(result)
+    assert "FLUXQ_ALLOWED_URLS" in message
+    assert "fluxq simulator" in message
+
+
 def test_debug_shows_the_traceback_of_an_unreachable_redis(tmp_path: Path) -> None:
     result = run_fluxq(tmp_path, "--debug", "status", FLUXQ_REDIS_URL=UNREACHABLE_REDIS)
     assert result.returncode != 0
