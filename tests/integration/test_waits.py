@@ -165,3 +165,28 @@ def test_a_wait_with_a_worker_running_shows_progress_and_no_missing_worker(
     assert "done job=" in run.stdout
     assert re.search(r"job \S+: submitted", run.stderr), run.stderr
     assert "no worker is consuming" not in run.stderr
+
+
+def test_a_batch_watch_with_no_worker_says_so_within_10_s(
+    redis_url: str, sim: SimulatorServer, tmp_path: Path
+) -> None:
+    # Given a batch submitted while no worker runs on this Redis
+    env = env_on(redis_url, sim, tmp_path)
+    lines_file = tmp_path / "night.jsonl"
+    lines_file.write_text('{"prompt": "a heron", "seed": 1}\n{"prompt": "a fox", "seed": 2}\n')
+    submitted = fluxq(env, "batch", "submit", str(lines_file), "--endpoint", "flux-dev",
+                      "--name", "night")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    # When its status is watched
+    argv = fluxq_argv("batch", "status", "night", "--watch")
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = Lines(process)
+    try:
+        # Then within 10 s of the command's start it says no worker is consuming
+        said = lines.wait_for("no worker is consuming", timeout_s=SAYS_WITHIN_S)
+        assert said is not None, lines.text()
+        assert process.poll() is None  # and it goes on watching
+    finally:
+        lines.stop()
