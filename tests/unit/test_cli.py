@@ -100,8 +100,6 @@ def test_enqueue_without_a_redis_url_uses_the_shared_embedded_redis() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "embedded Redis" in result.output
-    status = runner.invoke(
-        app, ["status"], env={"COLUMNS": "200", "FLUXQ_REDIS_URL": ""}
-    )
+    status = runner.invoke(app, ["status"], env={"COLUMNS": "200", "FLUXQ_REDIS_URL": ""})
     assert status.exit_code == 0, status.output
     assert "queued" in status.output
