@@ -232,6 +232,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest request body `fluxq api` accepts (a batch file too); larger: 413.",
     )
+    api_submits: bool = Field(
+        default=True,
+        description="`fluxq api` POSTs the jobs it admits itself (after a webhook frees a slot, "
+        "or an enqueue over HTTP), in its own threads; false sends them to the workers through "
+        "Celery. Needs BFL_API_KEY on the API.",
+    )
 
     flower_user: str | None = Field(
         default=None,

@@ -50,19 +50,17 @@ from tasks.batches import (
 from tasks.batchfile import Entry, scan_file
 from tasks.bfl_webhook import Answer, receive
 from tasks.enqueue import enqueue, prepare_job
+from tasks.inline_submit import InlineSubmits
+from tasks.sweep import workers_seen
 from workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
 from workers.dispatch import celery_runtime
 from workers.files import ID_HINT, ID_PATTERN
 from workers.metrics import registry_for
 from workers.runtime import Runtime
-from workers.state import keys
 from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
 from workers.state.jobs import MAX_PRIORITY, Job, State
 
 log = logging.getLogger("fluxq.api")
-
-WORKER_SEEN_SWEEPS = 3
-"""A worker counts for ``/readyz`` if it beat within this many sweep intervals."""
 
 MAX_WAIT_S = 60.0
 """The longest ``wait_s`` a long poll holds a request: under common proxies' idle timeouts."""
@@ -268,11 +266,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         rt = celery_runtime(settings)
+        # The slot a webhook frees is refilled from here, with no Celery hop (tasks.inline_submit).
+        inline = None
+        if settings.api_submits and settings.bfl_api_key is not None:
+            inline = InlineSubmits.install(rt)
         app.state.runtime = rt
         app.state.registry = registry_for(settings, rt.redis)
         try:
             yield
         finally:
+            if inline is not None:
+                inline.close()  # the POSTs in flight are answered and recorded first
             rt.close()
 
     app = FastAPI(
@@ -337,8 +341,7 @@ def _add_probes(app: FastAPI, auth: list[Any]) -> None:
     def readyz(rt: RuntimeDep) -> JSONResponse:
         """Ready when Redis answers and a worker process beat lately (each sweep tick)."""
         try:
-            since = time.time() - WORKER_SEEN_SWEEPS * rt.settings.sweep_interval_s
-            workers = int(rt.redis.zcount(keys.WORKERS, since, "+inf"))
+            workers = workers_seen(rt)
         except redis.RedisError:
             return JSONResponse({"redis": False, "workers": 0}, status_code=503)
         body = {"redis": True, "workers": workers}

@@ -106,6 +106,16 @@ def sweep(rt: Runtime) -> dict[str, int]:
     return done
 
 
+WORKER_SEEN_SWEEPS = 3
+"""A worker process counts as alive if it beat within this many sweep intervals."""
+
+
+def workers_seen(rt: Runtime) -> int:
+    """Worker processes that beat lately (``fluxq:workers``); raises RedisError if Redis is down."""
+    since = time.time() - WORKER_SEEN_SWEEPS * rt.settings.sweep_interval_s
+    return int(rt.redis.zcount(keys.WORKERS, since, "+inf"))
+
+
 class SweepTimer:
     """Runs the sweep every interval in a daemon thread; one sweep per interval across workers."""
 

@@ -33,8 +33,8 @@ class CeleryDispatcher:
             options["countdown"] = countdown_s
         self.app.send_task(name, args=[job.job_id], kwargs={"batch": job.batch}, **options)
 
-    def submit(self, job: Job) -> None:
-        self._send("fluxq.submit", job)
+    def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        self._send("fluxq.submit", job, countdown_s=countdown_s)
 
     def poll(self, job: Job, *, countdown_s: float) -> None:
         self._send("fluxq.poll", job, countdown_s=countdown_s)

@@ -80,6 +80,10 @@ def test_200_jobs_finish_through_their_webhooks_with_no_poll(
     assert (counters["bfl_webhooks"], counters["ready"]) == (200, 200)
     assert counters.get("polls", 0) == 0
     assert cluster.rt.limiter.held() == 0
+    # And past the first wave (sent by the producer's enqueue through Celery), every slot a
+    # webhook freed was refilled by fluxq api itself, with no Celery hop
+    cap = cluster.rt.settings.active_cap
+    assert 200 - cap <= counters.get("api_submits", 0) <= 200
     # And the metrics served by the API say so
     scrape = httpx.get(
         f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10

@@ -65,8 +65,8 @@ class InlineDispatcher:
             self.heap, Due(time.monotonic() + countdown_s, next(self._seq), kind, job_id, attempt)
         )
 
-    def submit(self, job: Job) -> None:
-        self._push("submit", job.job_id, 0.0)
+    def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        self._push("submit", job.job_id, countdown_s)
 
     def poll(self, job: Job, *, countdown_s: float) -> None:
         self._push("poll", job.job_id, countdown_s)

@@ -15,6 +15,8 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from config.settings import load_settings
 from fluxq.api import create_app, openapi_json
+from tasks.inline_submit import InlineSubmits
+from workers.dispatch import CeleryDispatcher
 from workers.state import keys
 
 with warnings.catch_warnings():
@@ -35,12 +37,9 @@ def make_client(redis_url: str, tmp_path: Path) -> Iterator[MakeClient]:
     opened: list[TestClient] = []
 
     def factory(**overrides: Any) -> TestClient:
+        options: dict[str, Any] = {"bfl_api_key": "offline-test-key", **overrides}
         settings = load_settings(
-            _env_file=None,
-            bfl_api_key="offline-test-key",
-            redis_url=redis_url,
-            output_dir=tmp_path / "out",
-            **overrides,
+            _env_file=None, redis_url=redis_url, output_dir=tmp_path / "out", **options
         )
         client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
@@ -274,3 +273,13 @@ def test_readyz_counts_workers_that_beat_lately(make_client: MakeClient) -> None
     rt.redis.zadd(keys.WORKERS, {"host-b:2": now})
     answer = client.get("/readyz")
     assert (answer.status_code, answer.json()) == (200, {"redis": True, "workers": 1})
+
+
+def test_the_api_runs_its_own_submits_unless_told_not_to_or_without_a_key(
+    make_client: MakeClient,
+) -> None:
+    assert isinstance(make_client().app.state.runtime.dispatch, InlineSubmits)
+    off = make_client(api_submits=False).app.state.runtime.dispatch
+    assert isinstance(off, CeleryDispatcher)
+    keyless = make_client(bfl_api_key=None).app.state.runtime.dispatch
+    assert isinstance(keyless, CeleryDispatcher)

@@ -1,0 +1,116 @@
+"""``fluxq api`` POSTs the jobs it admits itself, in its own threads: no Celery hop per slot turn.
+
+In webhook mode a slot is freed in the webhook's request, in ``fluxq api``. Handing the next job
+to a worker through Celery (the publish, the worker's consumer and pool, the ack) left the slot
+idle 28 ms at the median on a 2-core machine, against 21 ms when the same ``submit_job`` runs in
+a thread of the process that admitted the job (``docs/BENCHMARKS.md``). So the API's dispatcher
+is wrapped: submits run here, everything else (polls, saves, callbacks) still goes to the workers.
+
+The API pays for a task only while some worker is alive to save its image (the workers' heartbeat
+in ``fluxq:workers``, read at most once a second): with no worker seen, a submit goes to Celery
+and waits there, unpaid, as before. Anything the thread cannot finish also goes to the workers:
+a retry countdown, or an error that is not BFL's answer (the workers' claim then treats a POST
+that may have been sent as uncertain, as for a crashed worker). An API that dies with submits
+in its pool leaves admitted jobs holding leases; the sweep requeues them when the leases lapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from tasks.submit import submit_job
+from tasks.sweep import workers_seen
+from workers.runtime import Dispatcher, Runtime
+from workers.state.jobs import Job
+
+log = logging.getLogger("fluxq.inline_submit")
+
+THREADS = 8
+"""POSTs in flight from one API process at once: each takes milliseconds, and a POST that hangs
+holds one thread only until the HTTP timeouts end it."""
+
+WORKERS_CHECK_S = 1.0
+"""How long one reading of the workers' heartbeat is trusted."""
+
+COUNTER = "api_submits"
+"""The key's counter of submits ``fluxq api`` ran itself (``fluxq:stats:{k}``)."""
+
+
+class InlineSubmits:
+    """A Dispatcher that runs submits in this process's threads and sends everything else on."""
+
+    def __init__(self, rt: Runtime, inner: Dispatcher, *, threads: int = THREADS) -> None:
+        self.rt = rt
+        self.inner = inner
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fluxq-submit")
+        self._lock = threading.Lock()
+        self._workers_until = 0.0  # monotonic time until which workers count as seen
+
+    @classmethod
+    def install(cls, rt: Runtime, *, threads: int = THREADS) -> InlineSubmits:
+        """Wrap ``rt``'s dispatcher: from now on the submits it sends run in this process."""
+        inline = cls(rt, rt.dispatch, threads=threads)
+        rt.dispatch = inline
+        return inline
+
+    def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        if countdown_s > 0 or not self._workers_alive():
+            self.inner.submit(job, countdown_s=countdown_s)
+            return
+        try:
+            self._pool.submit(self._run, job)
+        except RuntimeError:  # shutting down: the workers take it
+            self.inner.submit(job)
+
+    def _workers_alive(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._workers_until:
+                return True
+        try:
+            alive = workers_seen(self.rt) > 0
+        except redis.RedisError:
+            return False  # Celery's own send will say what is wrong with Redis
+        if alive:
+            with self._lock:
+                self._workers_until = now + WORKERS_CHECK_S
+        return alive
+
+    def _run(self, job: Job) -> None:
+        try:
+            countdown_s = submit_job(self.rt, job.job_id)
+        except Exception:  # not BFL's answer (Redis down, a bug): the workers take the job over
+            log.exception("submit in fluxq api failed; the workers take it job=%s", job.job_id)
+            self._hand_over(job, 0.0)
+            return
+        if countdown_s is not None:  # a retry after a backoff: the workers' Celery countdown
+            self._hand_over(job, countdown_s)
+            return
+        self.rt.limiter.count(COUNTER)
+
+    def _hand_over(self, job: Job, countdown_s: float) -> None:
+        try:
+            self.inner.submit(job, countdown_s=countdown_s)
+        except Exception:  # Redis is down too: the lease lapses and the sweep requeues the job
+            log.exception("could not hand the submit to the workers job=%s", job.job_id)
+
+    def poll(self, job: Job, *, countdown_s: float) -> None:
+        self.inner.poll(job, countdown_s=countdown_s)
+
+    def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        self.inner.save(job, countdown_s=countdown_s)
+
+    def webhook(self, job: Job) -> None:
+        self.inner.webhook(job)
+
+    def callback(self, job: Job, payload: dict[str, object]) -> None:
+        self.inner.callback(job, payload)
+
+    def close(self) -> None:
+        """Wait until every submit taken is answered and recorded: none is cut off mid-POST."""
+        self._pool.shutdown(wait=True)
