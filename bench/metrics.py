@@ -31,6 +31,18 @@ def _spread(values: Sequence[float], prefix: str, qs: Sequence[int]) -> dict[str
     return {f"{prefix}_p{q}_s": percentile(values, q) for q in qs}
 
 
+def refill_gaps(tasks: Sequence[Mapping[str, Any]], cap: int) -> list[float]:
+    """Seconds each freed slot stood idle: the k-th Ready to the (k + cap)-th submit.
+
+    With the cap full, the (k + cap)-th task can only start once k tasks have ended, so the gap
+    between the k-th end and that start is the time a client took to refill the slot (the
+    oracle's is 0). Its sum over the run is what separates a side from the oracle.
+    """
+    created = sorted(task["created_at"] for task in tasks)
+    ready = sorted(task["ready_at"] for task in tasks)
+    return [created[k + cap] - ready[k] for k in range(len(created) - cap)]
+
+
 def side_metrics(
     run: SideRun,
     tasks: Sequence[Mapping[str, Any]],
@@ -77,6 +89,7 @@ def side_metrics(
         "polls_per_job": _ratio(account.get("polls", 0), n),
         "downloads_per_job": _ratio(account.get("downloads", 0), n),
         **_spread(detected, "detected", (50, 95)),
+        **_spread(refill_gaps(tasks, cap), "refill", (50, 90)),
         **_spread(saved, "saved", (50, 95, 99)),
         "cpu_s": run.cpu_s,
         "cpu_s_per_job": _ratio(run.cpu_s, n),

@@ -71,6 +71,9 @@ BUILTIN_SIDES = {
     "fluxq": Side("fluxq", "fluxq"),
     "fluxq-probe": Side("fluxq-probe", "fluxq", {"FLUXQ_PROBE_SUBMITS": "true"}),
     "fluxq-webhook": Side("fluxq-webhook", "fluxq", webhook=True),
+    "fluxq-webhook-celery": Side(
+        "fluxq-webhook-celery", "fluxq", {"FLUXQ_API_SUBMITS": "false"}, webhook=True
+    ),
     "fluxq-webhook-probe": Side(
         "fluxq-webhook-probe", "fluxq", {"FLUXQ_PROBE_SUBMITS": "true"}, webhook=True
     ),

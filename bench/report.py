@@ -28,6 +28,8 @@ ROWS: tuple[tuple[str, str, Format], ...] = (
     ("max active", "max_active", str),
     ("polls/job", "polls_per_job", _fixed(2)),
     ("downloads/job", "downloads_per_job", _fixed(2)),
+    ("slot refill p50 s (Ready→next submit)", "refill_p50_s", _fixed(3)),
+    ("slot refill p90 s", "refill_p90_s", _fixed(3)),
     ("Ready→detected p50 s", "detected_p50_s", _fixed(3)),
     ("Ready→detected p95 s", "detected_p95_s", _fixed(3)),
     ("Ready→saved p50 s", "saved_p50_s", _fixed(3)),

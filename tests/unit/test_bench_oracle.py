@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.metrics import refill_gaps
 from bench.oracle import list_schedule, percentile, utilisation
 from bench.plan import SCENARIOS, Side, choose_sides, parse_side
 
@@ -74,3 +75,15 @@ def test_custom_sides_carry_their_environment_and_run_after_the_named_ones() -> 
         choose_sides(["nope"], [])
     with pytest.raises(ValueError, match="ENV=VALUE"):
         parse_side("x:NOVALUE")
+
+
+def test_refill_gaps_measure_each_freed_slot_until_the_next_submit() -> None:
+    # cap 2: tasks a, b start at 0; c starts 0.05 s after a ends (1.0), d 0.2 s after b (2.0)
+    tasks = [
+        {"created_at": 0.0, "ready_at": 1.0},
+        {"created_at": 0.0, "ready_at": 2.0},
+        {"created_at": 1.05, "ready_at": 3.0},
+        {"created_at": 2.2, "ready_at": 4.0},
+    ]
+    assert [round(gap, 6) for gap in refill_gaps(tasks, 2)] == [0.05, 0.2]
+    assert refill_gaps(tasks[:2], 2) == []
