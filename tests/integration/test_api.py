@@ -138,8 +138,18 @@ def test_a_10000_line_batch_posted_over_http_runs_to_the_end(
     cluster, client = served
     # 10 ms tasks: Ready at the first poll, so the run costs one poll per job, not three
     cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 1.0}})
+    # 256x256 images: the simulator renders each one, and 10,000 full-size JPEGs cost it minutes
     lines = (
-        json.dumps({"id": f"l{i:05d}", "prompt": f"a fox, take {i}", "seed": i}) + "\n"
+        json.dumps(
+            {
+                "id": f"l{i:05d}",
+                "prompt": f"a fox, take {i}",
+                "seed": i,
+                "width": 256,
+                "height": 256,
+            }
+        )
+        + "\n"
         for i in range(LINES)
     )
     body = "".join(lines).encode()
