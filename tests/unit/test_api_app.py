@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -239,6 +240,24 @@ def test_redis_down_is_503_and_never_a_traceback(make_client: MakeClient) -> Non
     assert answer.status_code == 503
     assert answer.json() == {"detail": "redis unavailable"}
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_redis_that_hangs_is_503_after_the_timeout_not_a_stalled_api(
+    make_client: MakeClient,
+) -> None:
+    # A loopback listener that accepts connections and never answers (a hung Redis)
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        client = make_client(redis_timeout_s=0.3)
+        kwargs = client.app.state.runtime.redis.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+        kwargs["port"] = hung.getsockname()[1]
+        client.app.state.runtime.redis.connection_pool.disconnect()  # type: ignore[attr-defined]
+        started = time.monotonic()
+        answer = client.get("/v1/jobs/x")
+        waited_s = time.monotonic() - started
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "redis unavailable"}
+    # 0.3 s per attempt, redis-py's retries with backoff: seconds, never the 120 s test timeout
+    assert waited_s < 15, waited_s
 
 
 def test_an_unexpected_error_is_500_internal_error(
