@@ -73,21 +73,25 @@ class ApiServer:
             self.process.wait(timeout=5)
 
 
-@pytest.fixture
-def served(
-    make_cluster: Callable[..., Cluster], tmp_path: Path
-) -> Iterator[tuple[Cluster, httpx.Client]]:
-    """A cluster with one worker and a ``fluxq api`` (token set) in front of it."""
-    cluster = make_cluster()
-    cluster.start_worker()
-    server = ApiServer(cluster.env | {"FLUXQ_API_TOKEN": TOKEN}, tmp_path)
+def _serve(cluster: Cluster, cwd: Path, port: int) -> Iterator[tuple[Cluster, httpx.Client]]:
+    """A worker and a ``fluxq api`` (token set) on ``port`` for ``cluster``; both stopped after."""
+    server = ApiServer(cluster.env | {"FLUXQ_API_TOKEN": TOKEN}, cwd, port=port)
     try:
         server.wait_up()
+        cluster.start_worker()
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=70) as client:
             yield cluster, client
     finally:
         server.stop()
     assert server.process.returncode == 0, server.log.read_text()
+
+
+@pytest.fixture
+def served(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> Iterator[tuple[Cluster, httpx.Client]]:
+    """A cluster with one worker and a ``fluxq api`` (token set) in front of it."""
+    yield from _serve(make_cluster(), tmp_path, free_port())
 
 
 def test_a_job_is_posted_waited_for_and_downloaded(
@@ -140,17 +144,8 @@ def served_hooked(
     cluster = make_cluster(
         FLUXQ_BFL_WEBHOOK_BASE_URL=f"http://127.0.0.1:{port}",
         FLUXQ_BFL_WEBHOOK_SECRET="integration-webhook-secret-0123456789",
-        FLUXQ_API_TOKEN=TOKEN,
     )
-    server = ApiServer(cluster.env, tmp_path, port=port)
-    try:
-        server.wait_up()
-        cluster.start_worker()
-        with httpx.Client(base_url=server.url, headers=AUTH, timeout=70) as client:
-            yield cluster, client
-    finally:
-        server.stop()
-    assert server.process.returncode == 0, server.log.read_text()
+    yield from _serve(cluster, tmp_path, port)
 
 
 @pytest.mark.timeout(1500)
