@@ -2,8 +2,9 @@
 
 In webhook mode a slot is freed in the webhook's request, in ``fluxq api``. Handing the next job
 to a worker through Celery (the publish, the worker's consumer and pool, the ack) left the slot
-idle 28 ms at the median on a 2-core machine, against 21 ms when the same ``submit_job`` runs in
-a thread of the process that admitted the job (``docs/BENCHMARKS.md``). So the API's dispatcher
+idle 39 ms at the median at 1 s latencies on a 2-core machine, against 25 ms when the same
+``submit_job`` runs in a thread of the process that admitted the job (``docs/BENCHMARKS.md``,
+same run). So the API's dispatcher
 is wrapped: submits run here, everything else (polls, saves, callbacks) still goes to the workers.
 
 The API pays for a task only while some worker is alive to save its image (the workers' heartbeat
@@ -11,7 +12,8 @@ in ``fluxq:workers``, read at most once a second): with no worker seen, a submit
 and waits there, unpaid, as before. Anything the thread cannot finish also goes to the workers:
 a retry countdown, or an error that is not BFL's answer (the workers' claim then treats a POST
 that may have been sent as uncertain, as for a crashed worker). An API that dies with submits
-in its pool leaves admitted jobs holding leases; the sweep requeues them when the leases lapse.
+in its pool leaves admitted jobs holding leases; when the leases lapse the sweep requeues them,
+or settles as uncertain one whose POST had gone (its webhook, if it comes, recovers it).
 """
 
 from __future__ import annotations
