@@ -6,7 +6,7 @@ It lives in ``config`` because ``config`` is the bottom layer that every other p
     ├── ConfigError                 stop: a setting is wrong (names every bad variable)
     ├── RetryLater                  try the same thing again later; never a job failure by itself
     │   ├── RateLimited             429: the active-task cap is reached (retry_after_s when sent)
-    │   ├── ServerError             500/503 and other 5xx
+    │   ├── ServerError             5xx (503: refused, nothing created; others: unknown)
     │   ├── NotSent                 transport failure before the request left: safe to resend
     │   └── ReadFailed              a read-only call broke off: resending is harmless
     ├── OutcomeUnknown              a request was sent but no answer came (timeout, dropped
@@ -55,9 +55,12 @@ class RateLimited(RetryLater):
 class ServerError(RetryLater):
     """Raised on HTTP 5xx: BFL failed or is temporarily unavailable."""
 
-    def __init__(self, message: str, *, status_code: int) -> None:
+    def __init__(
+        self, message: str, *, status_code: int, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s
 
 
 class NotSent(RetryLater):

@@ -215,7 +215,21 @@ class Settings(BaseSettings):
     )
     submit_retry_5xx: bool = Field(
         default=False,
-        description="Resend a POST that BFL answered with a 5xx (BFL may have billed it already).",
+        description="Resend a POST that BFL answered with a 5xx other than 503 (BFL may have "
+        "billed it already); a 503 is always a refusal and always tried again.",
+    )
+    doubt_hold_factor: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=100.0,
+        description="A slot whose POST's outcome is unknown stays held this many times the "
+        "endpoint's learned 99th-percentile generation time after the POST ended.",
+    )
+    doubt_hold_floor_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=86_400,
+        description="The shortest hold of a slot whose POST's outcome is unknown.",
     )
     job_ttl_s: float = Field(
         default=7 * 86_400, gt=0, description="Terminal jobs expire after this."

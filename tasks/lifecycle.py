@@ -14,9 +14,11 @@ from config.catalog import estimate_credits, validate_request
 from config.errors import InvalidRequest
 from tasks.admission import admit_and_dispatch
 from tasks.callbacks import notify_terminal
+from workers.bfl.outcomes import doubt_hold_s
 from workers.runtime import Runtime
 from workers.state import timings
 from workers.state.jobs import Job, JobField, State
+from workers.state.latency_book import size_class
 
 log = logging.getLogger("fluxq.lifecycle")
 
@@ -120,13 +122,19 @@ def fail(rt: Runtime, job: Job, reason: str) -> bool:
 def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
     """The POST may have created a task we cannot see: flag and count it, and fail it.
 
-    Its slot stays held until the poll deadline after the POST (``uncertain_hold_until_s``): a
-    task BFL may have started counts against the cap, and after that deadline fluxq would have
-    given up on it anyway. A late answer recovers the job (``recover_uncertain``).
+    Its slot stays held while such a task could still run (``doubt_hold_until_s``), and is
+    counted among the doubtful holds. A late answer recovers the job (``recover_uncertain``).
     """
     rt.store.mark_uncertain(job.job_id)
-    rt.limiter.hold_until(job.job_id, job.group, until_s=uncertain_hold_until_s(rt, job))
-    log.error("submit outcome unknown job=%s batch=%s detail=%s", job.job_id, job.batch, detail)
+    until_s = doubt_hold_until_s(rt, job)
+    rt.limiter.hold_doubtful(job.job_id, job.group, until_s=until_s)
+    log.error(
+        "submit outcome unknown, slot held %.0f s job=%s batch=%s detail=%s",
+        until_s - rt.clock(),
+        job.job_id,
+        job.batch,
+        detail,
+    )
     reason = UNCERTAIN_REASON.format(detail=detail)
     moved = end(rt, job, State.FAILED, reason=reason, keep_slot=True)
     if moved and job.est is not None:
@@ -134,16 +142,25 @@ def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
     return moved
 
 
-def uncertain_hold_until_s(rt: Runtime, job: Job) -> float:
-    """Until when an uncertain job's slot stays held: the poll deadline after its POST began."""
-    sent_at_s = job.submitting_at if job.submitting_at is not None else rt.clock()
-    return sent_at_s + rt.settings.poll_deadline_s
+def doubt_hold_until_s(rt: Runtime, job: Job) -> float:
+    """Until when the slot of a job whose POST's outcome is unknown stays held: from now (the POST
+    has ended, or its worker is gone), as long as a task of its endpoint could still run."""
+    size = size_class(job.request.get("width"), job.request.get("height"))
+    model = rt.latency.model(job.endpoint, size)
+    hold_s = doubt_hold_s(
+        model,
+        factor=rt.settings.doubt_hold_factor,
+        floor_s=rt.settings.doubt_hold_floor_s,
+        ceiling_s=rt.settings.poll_deadline_s,
+    )
+    return rt.clock() + hold_s
 
 
 def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
     """A job failed as uncertain got its POST's answer after all: it goes on to be polled.
 
-    Its slot is held again at once (BFL runs the task). False when the job was not failed as
+    Its slot is held again at once (BFL runs the task), as an ordinary lease, and its failure
+    is no longer counted among the batch's reasons. False when the job was not failed as
     uncertain (then nothing changes).
     """
     current = rt.store.get(job.job_id)
@@ -154,6 +171,8 @@ def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
         job.job_id, State.SUBMITTED, from_states=(State.FAILED,), now_s=rt.clock(), fields=fields
     )
     if moved:
+        rt.limiter.clear_doubt(job.job_id)
+        rt.store.uncount_reason(job.batch, current.reason or "unknown")
         log.warning("late submit answer recovered job=%s batch=%s", job.job_id, job.batch)
     return moved
 

@@ -11,16 +11,15 @@ from celery import Task, shared_task
 
 from config.errors import (
     FluxqError,
-    OutcomeUnknown,
     OutOfCredits,
     RateLimited,
-    RetryLater,
     ServerError,
     StopAndAlert,
 )
 from tasks import bfl_webhook, lifecycle
 from tasks.admission import admit_and_dispatch
 from tasks.poll import schedule_next_poll
+from workers.bfl.outcomes import PostOutcome, post_outcome
 from workers.bfl.responses import Submitted
 from workers.dispatch import runtime_of
 from workers.runtime import Runtime, flower_options
@@ -31,6 +30,13 @@ from workers.timing import backoff_s
 log = logging.getLogger("fluxq.submit")
 
 SUBMIT_BACKOFF_CAP_S = 60.0
+
+REFUSED_BACKOFF_S = (1.0, 8.0)
+"""The first and the longest wait before a refused POST (503, not sent) is tried again: when BFL
+comes back, every waiting slot is sending again within 8 s."""
+
+REFUSED_RETRY_AFTER_MAX_S = 300.0
+"""A Retry-After longer than this is not believed: the job tries again after this long."""
 
 
 def _give_back(rt: Runtime, job: Job, reason: str) -> None:
@@ -66,7 +72,7 @@ def _claim(rt: Runtime, job_id: str) -> Job | None:
         # A previous attempt reached the POST and never recorded an answer (worker crash).
         settle_uncertain(rt, job, "a previous submit attempt was interrupted after sending")
         return None
-    rt.limiter.hold(job_id, job.group, now_s=rt.clock())
+    rt.limiter.hold(job_id, job.group, now_s=rt.clock(), ttl_s=rt.leases.lease_s)
     return job
 
 
@@ -103,22 +109,50 @@ def _on_rate_limited(rt: Runtime, job: Job, exc: RateLimited) -> float | None:
     return None
 
 
+def _on_unavailable(rt: Runtime, job: Job, exc: FluxqError, refusals: int) -> float:
+    """A 503, or a POST that never left: nothing was created, so the same POST is safe to send
+    again. The job keeps its slot (BFL runs nothing for it, and a slot freed now would only be
+    refused too) and tries again after a backoff of its own, 1 s doubling to 8 s, or after
+    Retry-After: BFL's advice for a 503 ("retry with backoff"). It never fails for it: an outage
+    of an hour costs 3 refused POSTs a second at a cap of 24, and no job, slot or credit."""
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+    rt.limiter.refused(now_s=rt.clock(), detail=str(exc))
+    retry_after = exc.retry_after_s if isinstance(exc, ServerError) else None
+    if retry_after is not None:
+        countdown_s = min(retry_after, REFUSED_RETRY_AFTER_MAX_S)
+    else:
+        countdown_s = backoff_s(refusals, base_s=REFUSED_BACKOFF_S[0], cap_s=REFUSED_BACKOFF_S[1])
+    log.warning(
+        "BFL refused a submit, nothing created; retrying in %.1f s job=%s: %s",
+        countdown_s,
+        job.job_id,
+        exc,
+    )
+    return countdown_s
+
+
 def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
-    """Act on a failed POST; returns a countdown when the same job should retry."""
-    if isinstance(exc, RateLimited):
+    """Act on a failed POST by what it proves (``workers.bfl.outcomes``); returns a countdown
+    when the same job should retry."""
+    outcome = post_outcome(exc)
+    if outcome is PostOutcome.RATE_LIMITED:
+        assert isinstance(exc, RateLimited)
         return _on_rate_limited(rt, job, exc)
     if rt.limiter.probe_extra:
         rt.limiter.end_probe(job.job_id)  # whatever happens to it now, the next probe may go
-    if isinstance(exc, StopAndAlert):
+    if outcome is PostOutcome.STOPPED:
+        assert isinstance(exc, StopAndAlert)
         _paused(rt, job, exc)
-    elif isinstance(exc, OutcomeUnknown) or (
-        isinstance(exc, ServerError) and not rt.settings.submit_retry_5xx
+    elif outcome is PostOutcome.UNAVAILABLE:
+        refusals = rt.store.incr(job.job_id, JobField.REFUSED)
+        return _on_unavailable(rt, job, exc, refusals)
+    elif outcome is PostOutcome.UNKNOWN and not (
+        isinstance(exc, ServerError) and rt.settings.submit_retry_5xx
     ):
-        # A 5xx to a POST does not say whether BFL created (and billed) the task, and BFL has
-        # no idempotency key: like a lost answer, it is settled as uncertain, never resent by
-        # surprise (BFL's own SDK does the same). FLUXQ_SUBMIT_RETRY_5XX=true resends instead.
+        # BFL has no idempotency key: a task may exist, so the POST is never resent by
+        # surprise (BFL's own SDK does the same); the slot is held while the task could run.
         settle_uncertain(rt, job, str(exc))
-    elif isinstance(exc, RetryLater):  # 5xx, or never sent: the same POST is safe to repeat
+    elif outcome is PostOutcome.UNKNOWN:  # a 5xx, and the user allows resending it
         rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
         if attempt < rt.settings.submit_max_attempts:
             return backoff_s(
@@ -127,7 +161,7 @@ def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | N
         lifecycle.fail(rt, job, f"submit failed {attempt} times: {exc}")
     else:
         rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-        lifecycle.fail(rt, job, f"BFL rejected the request: {exc}")
+        lifecycle.fail(rt, job, f"not submitted: {exc}")
     return None
 
 
@@ -143,6 +177,9 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         fields[JobField.OUTPUT_MP] = submitted.output_mp
     # In webhook mode the lease is stretched to the safety net's time before the job shows as
     # submitted: a webhook (answered "retry" until then) can only free it afterwards.
+    if not rt.settings.bfl_webhook_mode:
+        # The POST's short lease becomes an ordinary one, renewed by each poll from now on.
+        rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
     countdown_s = schedule_next_poll(rt, job, elapsed_s=0.0)
     if not lifecycle.submitted(rt, job, fields) and not lifecycle.recover_uncertain(
         rt, job, fields
@@ -167,15 +204,19 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     if job is None:
         return None
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
+    body = {**job.request, **bfl_webhook.submit_fields(rt, job)}
     # The marker is the last write before the POST: a failure before it leaves a job that was
     # certainly not sent (requeued by the sweep), never a false "uncertain".
     rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
-            body = {**job.request, **bfl_webhook.submit_fields(rt, job)}
             submitted = rt.client.submit_json(job.endpoint, body)
     except FluxqError as exc:
-        return _on_error(rt, job, exc, attempt)
+        countdown_s = _on_error(rt, job, exc, attempt)
+        if countdown_s is not None:  # the job keeps its slot until it tries again
+            ttl_s = countdown_s + rt.leases.lease_s
+            rt.limiter.hold(job_id, job.group, now_s=rt.clock(), ttl_s=ttl_s)
+        return countdown_s
     _record(rt, job, submitted)
     return None
 

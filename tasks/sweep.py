@@ -14,7 +14,6 @@ import time
 import redis
 
 from config.errors import FluxqError
-from tasks import lifecycle
 from tasks.admission import admit_and_dispatch
 from tasks.submit import settle_uncertain
 from workers.runtime import Runtime
@@ -34,12 +33,8 @@ SAFETY_POLLED = "safety_polled"
 def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
     """Decide the fate of one lapsed lease; returns what was done (for counting)."""
     job = rt.store.get(job_id)
-    if job is not None and job.state is State.FAILED and job.uncertain:
-        # A task BFL may have created unseen: held until the poll deadline after its POST.
-        until_s = lifecycle.uncertain_hold_until_s(rt, job)
-        if now_s < until_s:
-            rt.limiter.hold_until(job_id, group, until_s=until_s)
-            return "held"
+    # A doubtful hold lapses when a task its POST may have created would have ended: released
+    # below like any lease of a terminal job.
     if job is None or job.state.terminal or job.state is State.QUEUED:
         rt.limiter.release(job_id, group)
         return "released"
@@ -53,8 +48,8 @@ def _recover(rt: Runtime, job_id: str, group: str, now_s: float) -> str:
         rt.limiter.release(job_id, group)
         return "released"
     if job.submitting_at is not None:
-        # Its worker died during the POST (a live worker keeps the lease renewed): BFL may run
-        # the task, so the slot is not freed on a guess; settle_uncertain keeps it held.
+        # Its worker died during the POST (a live worker renews the lease every few seconds):
+        # BFL may run the task, so settle_uncertain holds the slot while such a task could run.
         return settle_uncertain(rt, job, "the worker was lost while a submit may have been sent")
     rt.limiter.requeue_front(job_id, group, now_s=now_s, reason="lease lapsed before submit")
     return "requeued"

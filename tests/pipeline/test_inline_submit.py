@@ -85,16 +85,16 @@ def test_a_retry_after_backoff_is_handed_to_the_workers_with_its_countdown(
     pipeline = make_pipeline(submit_retry_5xx=True, retry_backoff_base_s=0.5)
     inline = InlineSubmits.install(pipeline.rt)
     _worker_seen(pipeline)
-    pipeline.sim.configure(submit_503_rate=1.0)
+    pipeline.sim.configure(submit_500_rate=1.0)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "flaky"})
     inline.close()
-    # The API's one POST drew a 503: the retry waits in the workers' queue with a countdown
+    # The API's one POST drew a 500: the retry waits in the workers' queue with a countdown
     assert pipeline.dispatch.kinds(job_id) == ["submit"]
     [due] = pipeline.dispatch.heap
     assert due.at_s - time.monotonic() > 0.1
     job = pipeline.job(job_id)
     assert (job.state, job.submit_attempts, job.submitting_at) == (State.ADMITTED, 1, None)
-    pipeline.sim.configure(submit_503_rate=0.0)
+    pipeline.sim.configure(submit_500_rate=0.0)
     pipeline.drain()
     assert pipeline.job(job_id).state is State.DONE
 

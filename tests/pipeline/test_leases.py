@@ -1,7 +1,7 @@
 """Leases never free a slot on a guess: slow POSTs, lost workers and late answers.
 
 Invariant 1 (the cap) and invariant 2 (one POST per job) meet here: a slot is freed only when the
-task behind it is known to be over, or after the poll deadline when it cannot be known.
+task behind it is known to be over, or once a task it may have created would have ended.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tasks.poll import poll_job
 from tasks.submit import submit_job
 from tasks.sweep import sweep
 from tests.pipeline.conftest import Pipeline
+from workers.bfl.outcomes import doubt_hold_s
 from workers.state.jobs import JobField, State
 from workers.state.lease_keeper import LeaseKeeper
 
@@ -26,7 +27,7 @@ SLOW_POST_S = 1.2
 def shorten_lease(pipeline: Pipeline, *, keeper: bool) -> None:
     """Make leases lapse within a test's time: far shorter than the simulator's slow POST."""
     pipeline.rt.limiter.lease_ttl_s = SHORT_LEASE_S
-    pipeline.rt.leases = LeaseKeeper(pipeline.rt.limiter, clock=time.time)
+    pipeline.rt.leases = LeaseKeeper(pipeline.rt.limiter, clock=time.time, lease_s=SHORT_LEASE_S)
     if not keeper:  # what main did: nothing renewed a lease while its POST was in flight
 
         @contextmanager
@@ -106,33 +107,47 @@ def test_without_renewal_the_same_slow_post_would_free_no_slot_and_recover_its_l
     assert stats["duplicate_submits"] == 0
 
 
-def test_a_worker_lost_mid_post_keeps_the_slot_until_the_poll_deadline(
+def test_a_worker_lost_mid_post_holds_the_slot_while_its_task_could_run_not_the_poll_deadline(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    # Given a cap of 1, a job whose worker died during its POST (marker set, lease lapsed)
-    pipeline = make_pipeline(active_cap=1, poll_deadline_s=30.0)
+    # Given a cap of 1, the shipped poll deadline (900 s), and a job whose worker died during its
+    # POST (marker set, lease lapsed); nothing is learned yet, so the prior's times apply
+    pipeline = make_pipeline(active_cap=1, poll_deadline_s=900.0)
     lost = enqueue(pipeline.rt, "flux-dev", {"prompt": "lost worker"})
     waiting = enqueue(pipeline.rt, "flux-dev", {"prompt": "next in line"})
     pipeline.dispatch.heap.clear()
-    sent_at = pipeline.rt.clock()
-    pipeline.rt.store.update(lost, {JobField.SUBMITTING_AT: sent_at})
+    pipeline.rt.store.update(lost, {JobField.SUBMITTING_AT: pipeline.rt.clock()})
+    settings = pipeline.rt.settings
+    hold_s = doubt_hold_s(
+        pipeline.rt.latency.model("flux-dev", "default"),
+        factor=settings.doubt_hold_factor,
+        floor_s=settings.doubt_hold_floor_s,
+        ceiling_s=settings.poll_deadline_s,
+    )
+    assert 15.0 <= hold_s < 120.0  # the prior's bound: far below the 900 s poll deadline
     real_clock = pipeline.rt.clock
+    found_at = real_clock() + settings.lease_ttl_s + 1
     try:
-        # When the sweep runs after the lease lapsed, and again just before the deadline
-        pipeline.rt.clock = lambda: real_clock() + pipeline.rt.settings.lease_ttl_s + 1
+        # When the sweep finds the lapsed lease, and again just before the hold ends
+        pipeline.rt.clock = lambda: found_at
         sweep(pipeline.rt)
         failed = pipeline.job(lost)
-        pipeline.rt.clock = lambda: sent_at + 29.0
+        pipeline.rt.clock = lambda: found_at + hold_s - 1
         sweep(pipeline.rt)
-        # Then the job is failed as uncertain, but its slot is held: nothing else was admitted
+        # Then the job is failed as uncertain and its slot held as a doubtful hold
         assert failed.state is State.FAILED
         assert failed.uncertain
         assert pipeline.job(waiting).state is State.QUEUED
         assert pipeline.rt.limiter.held() == 1
-        # And after the poll deadline the slot is freed and the next job admitted
-        pipeline.rt.clock = lambda: sent_at + 31.0
+        doubt = pipeline.rt.limiter.doubt()
+        assert doubt.count == 1
+        assert doubt.last_end_s is not None
+        assert abs(doubt.last_end_s - (found_at + hold_s)) < 0.5
+        # And once a task it may have created would have ended, the slot goes to the next job
+        pipeline.rt.clock = lambda: found_at + hold_s + 1
         sweep(pipeline.rt)
         assert pipeline.job(waiting).state is State.ADMITTED
+        assert pipeline.rt.limiter.doubt().count == 0
     finally:
         pipeline.rt.clock = real_clock
     assert pipeline.stats()["submits"] == 0

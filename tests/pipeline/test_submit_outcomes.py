@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -18,9 +20,25 @@ from tasks.enqueue import enqueue
 from tasks.submit import submit_job
 from tasks.sweep import sweep
 from tests.pipeline.conftest import KEY, Pipeline
+from workers.bfl.client import BFLClient
 from workers.state import keys
 from workers.state.jobs import NewJob, State
 from workers.state.limiter import PauseKind
+
+
+def answer_submits_with(
+    pipeline: Pipeline, status: int, headers: Mapping[str, str] | None = None
+) -> None:
+    """Every POST is answered ``status`` (what the simulator has no knob for); GETs go through."""
+    real = httpx.HTTPTransport()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(status, json={"detail": "busy"}, headers=headers)
+        return real.handle_request(request)
+
+    pipeline.rt.client.close()
+    pipeline.rt.client = BFLClient(pipeline.rt.settings, transport=httpx.MockTransport(handler))
 
 
 def test_a_job_flows_from_enqueue_to_a_saved_image_with_a_matching_sidecar(
@@ -194,35 +212,85 @@ def test_a_422_from_bfl_fails_the_job_naming_the_field(pipeline: Pipeline) -> No
     assert pipeline.stats()["invalid_422"] == 1
 
 
+@pytest.mark.parametrize("status", [500, 502, 504])
 def test_a_server_error_on_submit_is_settled_as_uncertain_and_never_resent_by_default(
-    pipeline: Pipeline,
+    make_pipeline: Callable[..., Pipeline], status: int
 ) -> None:
-    # Given BFL answers the POST with a 503 (it may or may not have created the task)
-    pipeline.sim.configure(submit_503_rate=1.0)
+    # Given BFL answers the POST with a 5xx other than 503 (it may have created the task)
+    pipeline = make_pipeline()
+    answer_submits_with(pipeline, status)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "maybe billed"}, batch="5xx")
     pipeline.drain()
-    # Then the job fails as uncertain after one POST, naming the 503, and keeps its slot
+    # Then the job fails as uncertain after one POST, naming the status, and its slot is held
+    # as a doubtful hold (bounded by the learned generation times, not the poll deadline)
     job = pipeline.job(job_id)
     assert job.state is State.FAILED
     assert job.uncertain
     assert job.reason is not None
-    assert "503" in job.reason
+    assert str(status) in job.reason
     assert job.submit_attempts == 1
     assert pipeline.rt.store.batch_counts("5xx")["uncertain"] == 1
     assert pipeline.rt.limiter.held() == 1
+    doubt = pipeline.rt.limiter.doubt()
+    assert doubt.count == 1
+    assert doubt.last_end_s is not None
+    assert doubt.last_end_s - pipeline.rt.clock() < pipeline.rt.settings.poll_deadline_s / 5
+
+
+def test_a_503_on_submit_is_a_refusal_the_job_retries_and_is_sent_once_bfl_is_back(
+    pipeline: Pipeline,
+) -> None:
+    # Given BFL answers every POST with a 503 ("temporary service capacity": nothing created)
+    pipeline.sim.configure(submit_503_rate=1.0)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "busy"}, batch="503")
+    for _ in range(3):
+        assert pipeline.step()
+    # Then the job is never uncertain: it keeps its slot, carries no marker, and its next try
+    # waits a backoff that doubles (1 s, then 2 s, then 4 s, jittered down to half)
+    job = pipeline.job(job_id)
+    assert job.state is State.ADMITTED
+    assert not job.uncertain
+    assert job.submitting_at is None
+    assert pipeline.rt.limiter.held() == 1
+    assert pipeline.rt.limiter.doubt().count == 0
+    [due] = pipeline.dispatch.heap
+    assert 2.0 - 0.1 <= due.at_s - time.monotonic() <= 4.0
+    refusal = pipeline.rt.limiter.last_refusal()
+    assert refusal is not None
+    assert "503" in refusal.detail
+    assert pipeline.rt.store.batch_counts("503")["uncertain"] == 0
+    # When BFL is back, the job is sent once more and done; nothing was created before
+    pipeline.sim.configure(submit_503_rate=0.0)
+    pipeline.drain()
+    assert pipeline.job(job_id).state is State.DONE
+    stats = pipeline.stats()
+    assert stats["submits"] == 1  # one task created and billed, after three refusals
+    assert stats["duplicate_submits"] == 0
+
+
+def test_a_503_with_retry_after_is_tried_again_after_that_long(pipeline: Pipeline) -> None:
+    answer_submits_with(pipeline, 503, headers={"Retry-After": "7"})
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "busy"})
+    assert pipeline.step()
+    [due] = pipeline.dispatch.heap
+    assert 6.5 < due.at_s - time.monotonic() <= 7.0
+    assert pipeline.job(job_id).state is State.ADMITTED
+    # The slot's lease outlasts the wait, so the sweep does not take it back meanwhile
+    [(_, expiry)] = pipeline.rt.redis.zrange(keys.slots(pipeline.rt.label), 0, -1, withscores=True)
+    assert expiry - pipeline.rt.clock() > 7.0
 
 
 def test_server_errors_on_submit_are_retried_with_backoff_when_the_user_allows_it(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
     pipeline = make_pipeline(submit_retry_5xx=True)
-    pipeline.sim.configure(submit_503_rate=1.0)
+    pipeline.sim.configure(submit_500_rate=1.0)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "flaky"})
     for _ in range(2):
         assert pipeline.step()
     assert pipeline.job(job_id).state is State.ADMITTED
     assert pipeline.job(job_id).submit_attempts == 2
-    pipeline.sim.configure(submit_503_rate=0.0)
+    pipeline.sim.configure(submit_500_rate=0.0)
     pipeline.drain()
     assert pipeline.job(job_id).state is State.DONE
 

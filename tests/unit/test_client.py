@@ -455,7 +455,10 @@ def test_unreadable_answers_echoing_the_key_are_redacted(call: str, body: object
         "poll": lambda: client.get_result("https://api.bfl.ai/v1/get_result?id=1"),
         "credits": client.credits,
     }
-    with pytest.raises(UnexpectedResponse) as caught:
+    # A submit's 2xx that cannot be read is an unknown outcome (a task may exist), the others
+    # are unexpected answers: either way the key is redacted.
+    expected = OutcomeUnknown if call == "submit" else UnexpectedResponse
+    with pytest.raises(expected) as caught:
         calls[call]()
     assert KEY not in str(caught.value)
     assert "[redacted]" in str(caught.value)
@@ -664,7 +667,24 @@ def test_get_result_only_ever_requests_allowed_hosts(url: str) -> None:
 @pytest.mark.parametrize(
     "polling_url", [123, ["https://api.bfl.ai/x"], {"u": 1}, "http://[::1", "not a url", "https://"]
 )
-def test_a_submit_answer_with_an_unusable_polling_url_is_unexpected(polling_url: object) -> None:
+def test_a_submit_answer_with_an_unusable_polling_url_is_an_unknown_outcome(
+    polling_url: object,
+) -> None:
+    # A 200 with a task id: BFL created the task, so the job must not fail and free its slot
     client = make_client(answer(200, {"id": "t", "polling_url": polling_url}))
-    with pytest.raises(UnexpectedResponse, match="polling_url"):
+    with pytest.raises(OutcomeUnknown, match="polling_url"):
         client.submit_json("flux-dev", {"prompt": "p"})
+
+
+def test_a_body_that_cannot_be_encoded_is_refused_before_anything_is_sent() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"id": "t"})
+
+    client = make_client(handler)
+    with pytest.raises(InvalidRequest) as caught:
+        client.submit_json("flux-dev", {"prompt": "ok", "extra": {"list": ["fine", "a \ud800"]}})
+    assert caught.value.errors[0].field == "extra.list.1"
+    assert sent == []

@@ -288,6 +288,52 @@ def test_a_429_halves_the_cap_from_what_is_held_and_it_climbs_back_one_per_inter
     assert limiter.effective_cap(now_s=later_s + 1000 * INTERVAL_S) == 24
 
 
+def test_doubtful_holds_are_left_out_of_the_aimd_cut_and_never_freeze_admission(
+    store: JobStore, limiter: SlotLimiter
+) -> None:
+    # Given 8 held slots: 4 for doubtful POSTs (until far ahead), 4 for tasks known to run
+    ids = fill(store, 20)
+    held = limiter.admit(now_s=NOW_S, max_jobs=8)
+    for job_id in held[:4]:
+        limiter.hold_doubtful(job_id, DEFAULT, until_s=NOW_S + 60.0)
+    assert limiter.doubt().count == 4
+    # When BFL answers 429 (someone else on the key, or a doubtful task that does exist)
+    cap = limiter.rate_limited(now_s=NOW_S)
+    # Then the cut is half of the 4 known tasks, not of the 8 held
+    assert cap == 2
+    # And once 3 of the known tasks end, a slot is free at once (2 known + 4 holds = 6 allowed):
+    # counting the holds in the cut froze the key here until the cap grew back above them
+    release_all(limiter, store, held[4:7])
+    assert limiter.admit(now_s=NOW_S + 0.1) == [ids[8]]
+    # And a released doubtful hold leaves the doubt set with its slot
+    assert limiter.release(held[0], DEFAULT)
+    doubt = limiter.doubt()
+    assert doubt.count == 3
+    assert doubt.first_end_s == doubt.last_end_s == NOW_S + 60.0
+
+
+def test_a_doubtful_hold_is_set_exactly_and_cleared_when_its_task_is_known(
+    store: JobStore, limiter: SlotLimiter
+) -> None:
+    fill(store, 1)
+    [job_id] = limiter.admit(now_s=NOW_S)
+    # A hold shorter than the admission lease replaces it (the old rule only ever lengthened)
+    limiter.hold_doubtful(job_id, DEFAULT, until_s=NOW_S + 5.0)
+    assert limiter.expired(now_s=NOW_S + 5.001) == [(job_id, DEFAULT)]
+    limiter.clear_doubt(job_id)
+    assert limiter.doubt().count == 0
+    assert limiter.held() == 1  # still leased: its task is known to run
+
+
+def test_a_refusal_is_recorded_for_status_and_counted(limiter: SlotLimiter) -> None:
+    assert limiter.last_refusal() is None
+    limiter.refused(now_s=NOW_S, detail="BFL answered 503")
+    refusal = limiter.last_refusal()
+    assert refusal is not None
+    assert (refusal.at_s, refusal.detail) == (NOW_S, "BFL answered 503")
+    assert limiter.counters()["refused_unavailable"] == 1
+
+
 def test_a_429_with_nothing_held_leaves_a_cap_of_one(limiter: SlotLimiter) -> None:
     assert limiter.rate_limited(now_s=NOW_S) == 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -145,7 +146,11 @@ def raise_for_status(response: httpx.Response, *, secrets: Secrets = ()) -> None
             retry_after_s=retry_after_s(response.headers.get("retry-after")),
         )
     if code >= 500:
-        raise ServerError(f"{what}: {detail}", status_code=code)
+        raise ServerError(
+            f"{what}: {detail}",
+            status_code=code,
+            retry_after_s=retry_after_s(response.headers.get("retry-after")),
+        )
     raise UnexpectedResponse(f"{what}: {detail}")
 
 
@@ -170,6 +175,41 @@ def translate_transport_errors(
         if read_only:
             raise ReadFailed(text) from cause
         raise OutcomeUnknown(text) from cause
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as the UTF-8 JSON BFL receives; InvalidRequest names a field that cannot be
+    encoded (a lone surrogate from a careless export), before anything is sent."""
+    try:
+        return json.dumps(dict(body), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        field = _unencodable_field(body, ("body",)) or ("body",)
+        raise InvalidRequest(
+            "the request cannot be sent as UTF-8 JSON",
+            errors=[FieldError(loc=field, msg=f"cannot be encoded: {type(exc).__name__}")],
+        ) from None
+
+
+def _unencodable_field(value: object, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...]:
+    """The path of the first string in ``value`` that UTF-8 cannot encode, else ()."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc
+        return ()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _unencodable_field(key, (*loc, "<key>")) or _unencodable_field(
+                item, (*loc, str(key))
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if found := _unencodable_field(item, (*loc, index)):
+                return found
+    return ()
 
 
 def _shown(exc: Exception, secrets: Secrets) -> tuple[str, Exception | None]:
@@ -281,15 +321,26 @@ class BFLClient:
         return self.submit_json(endpoint, request_to_json(request))
 
     def submit_json(self, endpoint: str, body: Mapping[str, Any]) -> Submitted:
-        """POST a raw JSON body without local validation."""
+        """POST a raw JSON body without local validation.
+
+        The body is encoded before anything is sent: a body that cannot be encoded is an
+        ``InvalidRequest`` (never an unknown outcome). A 2xx that cannot be read is an
+        ``OutcomeUnknown``: BFL accepted something, so a task may exist.
+        """
         url = f"{self._settings.bfl_base_url}/v1/{endpoint}"
-        with translate_transport_errors(
-            f"POST /v1/{endpoint}", read_only=False, secrets=self._secrets
-        ):
-            response = self._http.post(url, json=dict(body), headers=self._auth())
-        data = self._json(response)
-        fallback = f"{self._settings.bfl_base_url}/v1/get_result"
-        return parse_submitted(data, fallback_polling_url=fallback, secrets=self._secrets)
+        content = encode_body(body)
+        what = f"POST /v1/{endpoint}"
+        with translate_transport_errors(what, read_only=False, secrets=self._secrets):
+            headers = {**self._auth(), "content-type": "application/json"}
+            response = self._http.post(url, content=content, headers=headers)
+        try:
+            data = self._json(response)
+            fallback = f"{self._settings.bfl_base_url}/v1/get_result"
+            return parse_submitted(data, fallback_polling_url=fallback, secrets=self._secrets)
+        except UnexpectedResponse as exc:
+            if response.is_success:
+                raise OutcomeUnknown(f"{what}: answered {response.status_code}: {exc}") from None
+            raise
 
     def get_result(self, polling_url: str) -> Result:
         """GET the polling URL exactly as BFL gave it, if its host is allowed."""

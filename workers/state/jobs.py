@@ -103,6 +103,7 @@ class JobField(StrEnum):
     # Submit.
     SUBMITTING_AT = "submitting_at"
     SUBMIT_ATTEMPTS = "submit_attempts"
+    REFUSED = "refused"  # POSTs BFL refused before creating anything (503, not sent)
     BFL_ID = "bfl_id"
     POLLING_URL = "polling_url"
     COST = "cost"

@@ -22,6 +22,9 @@
     fluxq:lanes:{k}:{g}           zset    batches with a lane in the group, score = priority band
                                           + arrival (a batch paused for its budget leaves it)
     fluxq:laneslots:{k}           set     lease holders that came from a lane (the batch share)
+    fluxq:doubt:{k}               zset    slots held for doubtful POSTs (a job failed as
+                                          uncertain), score = when the hold ends; each member
+                                          is also in fluxq:slots:{k} (the AIMD cut leaves them out)
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
                                           paused_until, pause_kind, pause_detail
@@ -122,6 +125,10 @@ def lane(label: str, group: str, batch: str) -> str:
 
 def lanes(label: str, group: str) -> str:
     return f"{PREFIX}:lanes:{label}:{group}"
+
+
+def doubt(label: str) -> str:
+    return f"{PREFIX}:doubt:{label}"
 
 
 def lane_slots(label: str) -> str:

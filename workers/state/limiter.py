@@ -43,6 +43,23 @@ PAUSE_TEXT = {
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The last POST BFL refused before creating anything (503, unreachable): when, and why."""
+
+    at_s: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """Slots held for doubtful POSTs: how many, and when the first and the last hold end."""
+
+    count: int
+    first_end_s: float | None
+    last_end_s: float | None
+
+
+@dataclass(frozen=True)
 class Pause:
     """A pause in force: its kind, what BFL said (redacted), until when (None: until resumed)."""
 
@@ -125,6 +142,7 @@ class SlotLimiter:
         self._probe = keys.probe(label)
         self._stats = keys.stats(label)
         self._lane_slots = keys.lane_slots(label)
+        self._doubt = keys.doubt(label)
         self._slots = keys.slots(label)
         self._cap_state = keys.cap_state(label)
         self._groups = keys.groups(label)
@@ -140,6 +158,7 @@ class SlotLimiter:
                 self._probe,
                 self._lane_slots,
                 keys.SEQ,
+                self._doubt,
             ],
             args=[
                 now_s,
@@ -193,11 +212,20 @@ class SlotLimiter:
     def counters(self) -> dict[str, float]:
         return {name: float(value) for name, value in self._redis.hgetall(self._stats).items()}
 
-    def hold(self, job_id: str, group: str, *, now_s: float, count: str | None = None) -> None:
-        """Renew the job's lease, or take it back with no cap check if it was released: its BFL
-        task is (about to be) running, so BFL counts it either way. One round trip, which also
-        adds 1 to the key's counter ``count`` when given (a poll counts itself this way)."""
-        expiry: dict[str | bytes, float] = {job_id: now_s + self.lease_ttl_s}
+    def hold(
+        self,
+        job_id: str,
+        group: str,
+        *,
+        now_s: float,
+        count: str | None = None,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Renew the job's lease for ``ttl_s`` (default: the lease TTL), or take it back with no
+        cap check if it was released: its BFL task is (about to be) running, so BFL counts it
+        either way. One round trip, which also adds 1 to the key's counter ``count`` when given
+        (a poll counts itself this way)."""
+        expiry: dict[str | bytes, float] = {job_id: now_s + (ttl_s or self.lease_ttl_s)}
         pipe = self._redis.pipeline(transaction=True)
         pipe.zadd(self._slots, expiry)
         pipe.zadd(keys.group_slots(self.label, group), expiry)
@@ -205,30 +233,53 @@ class SlotLimiter:
             pipe.hincrby(self._stats, count, 1)
         pipe.execute()
 
-    def hold_many(self, held: list[tuple[str, str]], *, now_s: float) -> None:
+    def hold_many(
+        self, held: list[tuple[str, str]], *, now_s: float, ttl_s: float | None = None
+    ) -> None:
         """``hold`` for many (job_id, group) pairs in one round trip."""
-        expiry_s = now_s + self.lease_ttl_s
+        expiry_s = now_s + (ttl_s or self.lease_ttl_s)
         pipe = self._redis.pipeline(transaction=False)
         for job_id, group in held:
             pipe.zadd(self._slots, {job_id: expiry_s})
             pipe.zadd(keys.group_slots(self.label, group), {job_id: expiry_s})
         pipe.execute()
 
-    def hold_until(self, job_id: str, group: str, *, until_s: float) -> None:
-        """Keep the job's slot held until ``until_s`` at least (never shortens a later expiry)."""
-        self._expire_at(job_id, group, until_s, gt=True)
+    def hold_doubtful(self, job_id: str, group: str, *, until_s: float) -> None:
+        """Hold the slot of a job whose POST may have created a task until ``until_s`` exactly,
+        and count it among the doubtful holds (``doubt``), which the AIMD cut leaves out."""
+        expiry: dict[str | bytes, float] = {job_id: until_s}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(self._slots, expiry)
+        pipe.zadd(keys.group_slots(self.label, group), expiry)
+        pipe.zadd(self._doubt, expiry)
+        pipe.execute()
+
+    def clear_doubt(self, job_id: str) -> None:
+        """The job's task is known after all: its slot, if held, is an ordinary lease again."""
+        self._redis.zrem(self._doubt, job_id)
+
+    def doubt(self) -> Doubt:
+        """Slots held now for doubtful POSTs (a lapsed hold counts until the sweep frees it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(self._doubt)
+        pipe.zrange(self._doubt, 0, 0, withscores=True)
+        pipe.zrange(self._doubt, -1, -1, withscores=True)
+        count, first, last = pipe.execute()
+        return Doubt(
+            count=int(count),
+            first_end_s=float(first[0][1]) if first else None,
+            last_end_s=float(last[0][1]) if last else None,
+        )
 
     def lapse_at(self, job_id: str, group: str, *, until_s: float) -> None:
         """Make a lease still held lapse at ``until_s``; a lease given back stays freed."""
         self._expire_at(job_id, group, until_s, xx=True)
 
-    def _expire_at(
-        self, job_id: str, group: str, until_s: float, *, gt: bool = False, xx: bool = False
-    ) -> None:
+    def _expire_at(self, job_id: str, group: str, until_s: float, *, xx: bool = False) -> None:
         expiry: dict[str | bytes, float] = {job_id: until_s}
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zadd(self._slots, expiry, gt=gt, xx=xx)
-        pipe.zadd(keys.group_slots(self.label, group), expiry, gt=gt, xx=xx)
+        pipe.zadd(self._slots, expiry, xx=xx)
+        pipe.zadd(keys.group_slots(self.label, group), expiry, xx=xx)
         pipe.execute()
 
     def release(self, job_id: str, group: str) -> bool:
@@ -237,6 +288,7 @@ class SlotLimiter:
         pipe.zrem(self._slots, job_id)
         pipe.zrem(keys.group_slots(self.label, group), job_id)
         pipe.srem(self._lane_slots, job_id)
+        pipe.zrem(self._doubt, job_id)
         return bool(pipe.execute()[0])
 
     def requeue_front(self, job_id: str, group: str, *, now_s: float, reason: str) -> bool:
@@ -260,7 +312,7 @@ class SlotLimiter:
     def rate_limited(self, *, now_s: float, retry_after_s: float | None = None) -> int:
         """After a 429 despite a free slot: cut the effective cap from what is held; returns it."""
         cap: int = self._scripts.rate_limited(
-            keys=[self._cap_state, self._slots],
+            keys=[self._cap_state, self._slots, self._doubt],
             args=[
                 now_s,
                 self.caps.key_cap,
@@ -281,6 +333,18 @@ class SlotLimiter:
             now_s,
             self.increase_interval_s,
         )
+
+    def refused(self, *, now_s: float, detail: str) -> None:
+        """Record that BFL refused a POST before creating anything (for status and metrics)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(self._cap_state, mapping={"refused_at": repr(now_s), "refused_detail": detail})
+        pipe.hincrby(self._stats, "refused_unavailable", 1)
+        pipe.execute()
+
+    def last_refusal(self) -> Refusal | None:
+        """The last POST refused before creating anything, if any was."""
+        at, detail = self._redis.hmget(self._cap_state, "refused_at", "refused_detail")
+        return None if at is None else Refusal(at_s=float(at), detail=detail or "")
 
     def pause(self, kind: PauseKind, detail: str = "", *, until_s: float | None = None) -> None:
         """Stop admission until ``until_s``, or until ``resume()`` when None."""

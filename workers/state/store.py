@@ -384,6 +384,12 @@ class JobStore:
         """Count one failed job under the first clause of its reason (for batch status)."""
         self._redis.hincrby(keys.reasons(batch), reason_kind(reason), 1)
 
+    def uncount_reason(self, batch: str, reason: str) -> None:
+        """Take back ``count_reason`` for a job that did not fail after all (a late answer)."""
+        key, kind = keys.reasons(batch), reason_kind(reason)
+        if self._redis.hincrby(key, kind, -1) <= 0:
+            self._redis.hdel(key, kind)
+
     def reasons(self, batch: str) -> dict[str, int]:
         raw: dict[str, str] = self._redis.hgetall(keys.reasons(batch))
         return {kind: int(count) for kind, count in raw.items()}

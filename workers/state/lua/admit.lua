@@ -7,6 +7,7 @@
 -- KEYS[4] probe marker      fluxq:probe:{k}          (the job admitted beyond the cap, if any)
 -- KEYS[5] lane slots set    fluxq:laneslots:{k}      (lease holders that came from a lane)
 -- KEYS[6] arrival counter   fluxq:seq
+-- KEYS[7] doubt zset        fluxq:doubt:{k}          (slots held for doubtful POSTs)
 -- ARGV[1] now (s)   ARGV[2] max jobs to admit   ARGV[3] max stale entries to drop
 -- ARGV[4] lease TTL (s)   ARGV[5] key cap   ARGV[6] AIMD increase interval (s)
 -- ARGV[7] job hash prefix   ARGV[8] batch prefix   ARGV[9] backlog prefix (this key's)
@@ -34,7 +35,10 @@ end
 local max_jobs = tonumber(ARGV[2])
 local max_stale = tonumber(ARGV[3])
 local expiry = now + tonumber(ARGV[4])
-local effective = fluxq_effective(KEYS[3], tonumber(ARGV[5]), now, tonumber(ARGV[6]))
+-- The AIMD cap limits the tasks known to run; slots held for doubtful POSTs count on top of it,
+-- up to the key cap (a 429 after a hold does not keep the key frozen until AIMD regrows).
+local effective = math.min(tonumber(ARGV[5]),
+  fluxq_effective(KEYS[3], tonumber(ARGV[5]), now, tonumber(ARGV[6])) + redis.call('ZCARD', KEYS[7]))
 local job_prefix, batch_prefix, backlog_prefix, gslots_prefix = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local channel = ARGV[11]
 local probe_extra = tonumber(ARGV[12])

@@ -1,12 +1,15 @@
 -- rate_limited.lua: after a 429, cut the key's effective cap (AIMD decrease) and honour Retry-After.
 -- KEYS[1] cap state hash    fluxq:cap:{k}
 -- KEYS[2] key slots zset    fluxq:slots:{k}
+-- KEYS[3] doubt zset        fluxq:doubt:{k}          (slots held for doubtful POSTs)
 -- ARGV[1] now (s)   ARGV[2] key cap   ARGV[3] AIMD increase interval (s)   ARGV[4] decrease factor
 -- ARGV[5] Retry-After (s), "" when none   ARGV[6] the pause kind to record with it
 -- Returns the new effective cap.
 local now = tonumber(ARGV[1])
 local effective = fluxq_effective(KEYS[1], tonumber(ARGV[2]), now, tonumber(ARGV[3]))
-local held = redis.call('ZCARD', KEYS[2])
+-- Slots held for doubtful POSTs are left out: the cut is half of the tasks known to run, and
+-- admission counts the holds on top of it (admit.lua), so a hold never freezes the key.
+local held = redis.call('ZCARD', KEYS[2]) - redis.call('ZCARD', KEYS[3])
 local last_at = tonumber(redis.call('HGET', KEYS[1], 'reduced_at') or '')
 local reduced = effective
 -- One decrease per interval: a burst of 429s from submits already in flight is one signal, not
