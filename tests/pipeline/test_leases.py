@@ -103,6 +103,9 @@ def test_without_renewal_the_same_slow_post_would_free_no_slot_and_recover_its_l
     done = pipeline.job(first)
     assert done.state is State.DONE
     assert done.uncertain  # counted: its outcome was unknown for a while
+    # ...but no longer among the batch's failures, and its slot is no doubtful hold any more
+    assert pipeline.rt.store.reasons("late") == {}
+    assert pipeline.rt.limiter.doubt().count == 0
     stats = pipeline.stats()
     assert stats["duplicate_submits"] == 0
 
