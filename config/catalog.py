@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from config.errors import FieldError, InvalidRequest
 from config.requests import (
@@ -50,6 +51,14 @@ FILL_ASSUMED_SIDE_PX = 1024
 
 ASSUMED_INPUT_IMAGE_MEGAPIXELS = 1.0
 """Megapixels assumed per given input image: URLs and base64 images are too costly to measure."""
+
+NOT_UTF8 = (
+    "holds a lone surrogate (\\ud800-\\udfff, half of a character), which cannot be sent as "
+    "UTF-8 JSON"
+)
+"""Why a string that does not encode as UTF-8 is refused. Only a lone surrogate does not: JSON's
+``"\\ud800"`` escape reads as one (valid JSON), and so do argv bytes that are not UTF-8; httpx
+sends JSON as UTF-8, so the POST would fail at submit, after the job was queued."""
 
 Sizing = Literal["pixels", "aspect_ratio", "image"]
 
@@ -154,8 +163,21 @@ def validate_request(endpoint: str, data: Mapping[str, Any]) -> BaseModel:
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
-        errors = [FieldError(("body", *e["loc"]), e["msg"]) for e in exc.errors()]
+        errors = [error for e in exc.errors() for error in _field_errors(e, data)]
         raise InvalidRequest(message, errors=errors) from None
+
+
+def _field_errors(error: ErrorDetails, data: Mapping[str, Any]) -> list[FieldError]:
+    """fluxq's errors for one of pydantic's. A string pydantic cannot read (a lone surrogate)
+    is said as fluxq says it; one in a key fails the whole body, so the key is named instead."""
+    if error["type"] != "string_unicode":
+        return [FieldError(("body", *error["loc"]), error["msg"])]
+    if error["loc"]:
+        return [FieldError(("body", *error["loc"]), NOT_UTF8)]
+    keys = [key for key in data if isinstance(key, str) and not _is_utf8(key)]
+    return [FieldError(("body", escape_surrogates(key)), NOT_UTF8) for key in keys] or [
+        FieldError(("body",), NOT_UTF8)
+    ]
 
 
 def output_size(endpoint: str, request: BaseModel) -> tuple[int, int]:
@@ -237,5 +259,46 @@ def output_format(request: BaseModel) -> str:
 
 
 def request_to_json(request: BaseModel) -> dict[str, Any]:
-    """The JSON body to POST: unset and None fields are left out, so BFL applies its defaults."""
+    """The JSON body to POST: unset and None fields are left out, so BFL applies its defaults.
+
+    It may still hold a string that does not encode as UTF-8 (``not_utf8_at`` finds it)."""
     return request.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate written as its ``\\udXXX`` escape: for a key an error
+    names, or an error's text, which must be printed, logged, stored and sent as UTF-8."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def not_utf8_at(value: object) -> tuple[str | int, ...] | None:
+    """Where the first string of a JSON value (a key or a value) that does not encode as UTF-8
+    is, such as ``("prompt",)`` or ``("kwargs", "tags", 2)``; None when every string encodes.
+
+    Cheap when there is none: an ASCII string (most) is checked without encoding it."""
+    if isinstance(value, str):
+        return None if _is_utf8(value) else ()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and not _is_utf8(key):
+                return (escape_surrogates(key),)
+            found = not_utf8_at(item)
+            if found is not None:
+                return (escape_surrogates(str(key)), *found)
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = not_utf8_at(item)
+            if found is not None:
+                return (index, *found)
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

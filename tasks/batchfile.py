@@ -29,12 +29,14 @@ from pydantic import BaseModel
 
 from config.catalog import (
     CATALOG,
+    NOT_UTF8,
     estimate_credits,
     get_endpoint,
+    not_utf8_at,
     request_to_json,
     validate_request,
 )
-from config.errors import InvalidRequest
+from config.errors import FieldError, InvalidRequest
 from config.redact import redact
 from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
 
@@ -61,7 +63,6 @@ _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, 
 _SIGNED_BY_FLUXQ = (
     "secrets are never stored in jobs; fluxq signs its own webhooks (FLUXQ_WEBHOOK_SECRET)"
 )
-_LONE_SURROGATE = "holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Gives the text of ``json.dumps(x, separators=(",", ":"), ensure_ascii=False)`` without
 building an encoder per line."""
@@ -386,11 +387,17 @@ class _Checker:
         if endpoint is None:
             endpoint = self.default
         model = self._request(line, endpoint, data, cells, errors)
-        if errors or model is None or endpoint is None:
+        if model is None or endpoint is None:
             return errors
-        request_json = _ENCODER.encode(request_to_json(model))
+        body = request_to_json(model)
+        request_json = _ENCODER.encode(body)
+        # The spool holds what BFL is sent, as UTF-8: its text is checked once, and only a line
+        # that fails is walked to name the field (a lone surrogate, from a "\ud800" escape).
         if not request_json.isascii() and not _is_utf8(request_json):
-            return [LineError(line, "line", _LONE_SURROGATE)]
+            error = FieldError(("body", *(not_utf8_at(body) or ())), NOT_UTF8)
+            errors.append(LineError(line, error.field, error.msg))
+        if errors:
+            return errors
         line_id = given_id if given_id is not None else _digest_id(endpoint, request_json)
         # An id fullmatches ID_PATTERN, which is exactly what safe_name keeps as it is.
         name = line_id if given_name is None else safe_name(given_name)

@@ -15,6 +15,8 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -169,6 +171,21 @@ def job_payload(job: Job) -> dict[str, Any]:
     }
 
 
+def full_signature(callback: Mapping[str, Any]) -> dict[str, Any]:
+    """A Celery signature's dict with ``args``, ``kwargs`` and ``options`` (empty when not given).
+
+    Celery takes a signature's dict as it is (``signature(d)`` is ``Signature(d)``, a dict with
+    no defaults filled in), and sending one without ``options`` or ``kwargs`` fails with a
+    TypeError; ``{"task": "myapp.on_image"}`` means "that task, nothing more".
+    """
+    return {
+        **callback,
+        "args": list(callback.get("args") or ()),
+        "kwargs": dict(callback.get("kwargs") or {}),
+        "options": dict(callback.get("options") or {}),
+    }
+
+
 def sign(secret: bytes, body: bytes) -> str:
     """``sha256=<hex HMAC-SHA256(secret, body)>``, the same scheme BFL uses for its webhooks."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
@@ -188,7 +205,9 @@ def notify_terminal(rt: Runtime, before: Job) -> None:
         return
     if job.callback_json:
         try:
-            rt.dispatch.callback(job, job_payload(job))
+            # Stored whole at enqueue; a job enqueued before that may lack options or kwargs.
+            full = json.dumps(full_signature(json.loads(job.callback_json)))
+            rt.dispatch.callback(replace(job, callback_json=full), job_payload(job))
         except Exception:  # a broken user signature must not break the pipeline
             log.exception("callback signature failed job=%s", job_id)
     if job.webhook_url:

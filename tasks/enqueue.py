@@ -22,11 +22,19 @@ from typing import Any
 from celery import Task, shared_task
 from pydantic import BaseModel
 
-from config.catalog import EndpointSpec, get_endpoint, request_to_json, validate_request
+from config.catalog import (
+    NOT_UTF8,
+    EndpointSpec,
+    escape_surrogates,
+    get_endpoint,
+    not_utf8_at,
+    request_to_json,
+    validate_request,
+)
 from config.errors import FieldError, InvalidRequest
 from config.redact import redact, secrets_of
 from tasks.admission import admit_and_dispatch
-from tasks.callbacks import webhook_url_problem
+from tasks.callbacks import full_signature, webhook_url_problem
 from workers.dispatch import runtime_of
 from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
 from workers.runtime import Runtime
@@ -103,10 +111,19 @@ def _callback_json(callback: object, errors: list[FieldError]) -> str | None:
     if problem is not None:
         return _refuse_callback(problem, errors)
     try:
-        return json.dumps(dict(callback), default=str)
-    except (TypeError, ValueError):  # a key JSON cannot hold, a cycle
+        # args, kwargs and options are stored even when not given: Celery reads a signature's
+        # dict as it is, and one without options fails when it is sent (see full_signature).
+        text = json.dumps(full_signature(callback), default=str)
+        where = not_utf8_at(json.loads(text))
+    except (TypeError, ValueError, RecursionError):  # a key JSON cannot hold, a cycle
         msg = "must be JSON: a dict of lists, dicts, strings, numbers and null"
         return _refuse_callback(msg, errors)
+    if where is not None:
+        # Celery would send it escaped, but a queue or routing key in options would not encode,
+        # and a service reading it gets no text: refused like a request's string.
+        errors.append(FieldError(loc=("callback", *where), msg=NOT_UTF8))
+        return None
+    return text
 
 
 def _webhook_url(url: object, errors: list[FieldError]) -> str | None:
@@ -124,7 +141,8 @@ def _unknown_options(options: Mapping[str, object], errors: list[FieldError]) ->
     known = ", ".join(("endpoint", "request", *OPTIONS))
     for option in options:
         if option not in OPTIONS:
-            errors.append(FieldError(loc=(str(option),), msg=f"unknown option; known: {known}"))
+            msg = f"unknown option; known: {known}"
+            errors.append(FieldError(loc=(escape_surrogates(str(option)),), msg=msg))
 
 
 def _endpoint(endpoint: object, errors: list[FieldError]) -> EndpointSpec | None:
@@ -165,12 +183,25 @@ def _request(
         return None
 
 
+def _body(model: BaseModel | None, errors: list[FieldError]) -> dict[str, Any] | None:
+    """The JSON body BFL will be sent, when every string in it encodes as UTF-8 (httpx sends it
+    so: a lone surrogate would fail at submit, after the job was queued); else the field."""
+    if model is None:
+        return None
+    body = request_to_json(model)
+    where = not_utf8_at(body)
+    if where is not None:
+        errors.insert(0, FieldError(loc=("body", *where), msg=NOT_UTF8))  # the body's errors first
+        return None
+    return body
+
+
 def _prepare(rt: Runtime, endpoint: object, request: object, options: Mapping[str, Any]) -> NewJob:
     """Validate one job from untrusted values; InvalidRequest names every bad field at once."""
     errors: list[FieldError] = []
     _unknown_options(options, errors)
     spec = _endpoint(endpoint, errors)
-    model = _request(spec, endpoint, request, errors)
+    body = _body(_request(spec, endpoint, request, errors), errors)
     given_id = options.get("job_id")
     job_id = _text(
         "job_id", uuid.uuid4().hex if given_id is None else given_id, ID_PATTERN, ID_HINT, errors
@@ -187,13 +218,13 @@ def _prepare(rt: Runtime, endpoint: object, request: object, options: Mapping[st
     priority = _priority(DEFAULT_PRIORITY if given_priority is None else given_priority, errors)
     webhook_url = _webhook_url(options.get("webhook_url"), errors)
     callback_json = _callback_json(options.get("callback"), errors)
-    if errors or spec is None or model is None or not isinstance(endpoint, str):
+    if errors or spec is None or body is None or not isinstance(endpoint, str):
         where = f" for {endpoint}" if spec is not None else ""
         raise InvalidRequest(f"invalid job{where}", errors=errors)
     return NewJob(
         job_id=job_id,
         endpoint=endpoint,
-        request_json=json.dumps(request_to_json(model)),
+        request_json=json.dumps(body),
         batch=batch,
         name=safe_name(name or job_id),
         priority=priority,
@@ -286,7 +317,11 @@ def refuse_message(
         batch = DEFAULT_BATCH
     endpoint = kwargs.get("endpoint")
     fields = {"endpoint": endpoint} if isinstance(endpoint, str) and len(endpoint) <= 100 else {}
-    reason = redact(f"refused: {exc}", secrets_of(rt.settings))
+    if not_utf8_at(fields) is not None:  # Redis stores text as UTF-8: that would not
+        fields = {}
+    # The reason names fields, never their values; should one hold a lone surrogate anyway,
+    # it is escaped, or recording the refusal would fail the way sending the job would have.
+    reason = escape_surrogates(redact(f"refused: {exc}", secrets_of(rt.settings)))
     rt.store.record_refused(job_id, batch=batch, reason=reason, now_s=rt.clock(), fields=fields)
     return job_id
 

@@ -8,6 +8,7 @@ The ways in that exist: ``tasks.enqueue.enqueue(rt, endpoint, request, **options
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from config.catalog import CATALOG
 from config.errors import InvalidRequest
-from tasks.enqueue import enqueue, enqueue_message
+from tasks.enqueue import enqueue, enqueue_message, refuse_message
 from tasks.save import final_path
 from workers.files import safe_name
 from workers.runtime import Runtime
@@ -216,3 +217,85 @@ def test_accepted_jobs_of_a_batch_never_share_a_file(
     jobs = [runtime.store.get(job_id) for job_id in stems.values()]
     paths = {str(final_path(runtime, job)).lower() for job in jobs if job is not None}
     assert len(paths) == len(stems)
+
+
+# --- Text that cannot be sent: lone surrogates anywhere ----------------------------------------
+
+surrogates = st.sampled_from(["\ud800", "\udbff", "\udc80", "\udfff"])
+"""Lone surrogates: what JSON's "\\ud800" escapes and argv bytes that are not UTF-8 read as."""
+texts = st.lists(st.text(max_size=3) | surrogates, max_size=4).map("".join)
+"""Strings that hold a lone surrogate about half of the time (st.text never makes one)."""
+sometimes_json = st.recursive(
+    st.none() | st.integers() | texts,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(texts, inner, max_size=2),
+    max_leaves=4,
+)
+text_requests = st.fixed_dictionaries(
+    {"prompt": texts},
+    optional={
+        "image_prompt": texts,
+        "input_image": texts,
+        "finetune_id": texts,
+        "aspect_ratio": st.sampled_from(["1:1", "16:9"]) | texts,
+        "output_format": st.sampled_from(["jpeg", "png"]) | texts,
+    },
+)
+text_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "job_id": ids | texts,
+        "batch": ids | texts,
+        "name": ids | texts,
+        "webhook_url": st.just("https://hooks.example.com/") | texts.map(lambda s: "https://" + s),
+        "callback": st.fixed_dictionaries(
+            {"task": st.just("myapp.on_image")},
+            optional={
+                "args": st.lists(sometimes_json, max_size=2),
+                "kwargs": st.dictionaries(texts, sometimes_json, max_size=2),
+                "options": st.dictionaries(texts, sometimes_json, max_size=2),
+            },
+        ),
+    },
+)
+
+
+def sendable(rt: Runtime, job_id: str) -> None:
+    """The job's request goes out as httpx sends JSON (UTF-8), and its callback as Celery does."""
+    job = rt.store.get(job_id)
+    assert job is not None
+    json.dumps(job.request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if job.callback_json is not None:
+        json.dumps(json.loads(job.callback_json), ensure_ascii=False).encode("utf-8")
+
+
+@SETTINGS
+@given(
+    endpoint=st.sampled_from(["flux-dev", "flux-2-pro", "flux-pro-1.1-ultra-finetuned"]) | texts,
+    request=text_requests,
+    opts=text_options,
+    unknown=mostly(st.just({}), st.dictionaries(texts, sometimes_json, max_size=2)),
+)
+def test_text_that_cannot_be_sent_is_refused_at_enqueue_by_every_way_in(
+    runtime: Runtime, endpoint: Any, request: Any, opts: dict[str, Any], unknown: dict[str, Any]
+) -> None:
+    flush(runtime)
+    # The Python API: a job that can be sent, or an error that can itself be shown
+    got = outcome(lambda: enqueue(runtime, endpoint, request, **opts, **unknown))
+    if isinstance(got, InvalidRequest):
+        assert got.errors
+        str(got).encode("utf-8")
+    else:
+        sendable(runtime, got)
+    # The fluxq.enqueue task: the same verdict, and a refusal is recorded as a failed job
+    flush(runtime)
+    message = {**unknown, **opts, "endpoint": endpoint, "request": request}
+    task_id = uuid.uuid4().hex
+    by_task = outcome(lambda: enqueue_message(runtime, message, message_id=task_id))
+    assert isinstance(by_task, InvalidRequest) == isinstance(got, InvalidRequest)
+    if isinstance(by_task, InvalidRequest):
+        job_id = refuse_message(runtime, message, by_task, message_id=task_id)
+        job = runtime.store.get(job_id)
+        assert job is not None
+        assert job.reason is not None
+    else:
+        sendable(runtime, by_task)

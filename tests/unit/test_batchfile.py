@@ -120,7 +120,10 @@ def test_a_line_number_counts_blank_lines_and_a_bom_is_tolerated(tmp_path: Path)
         ("{not json", "flux-dev", "json", "not JSON"),
         ('{"prompt": NaN}', "flux-dev", "json", "NaN"),
         ("[" * 100_000, "flux-dev", "json", "nested too deeply"),
-        ('{"prompt": "a \\ud800 b"}', "flux-dev", "line", "lone surrogate"),
+        ('{"prompt": "a \\ud800 b"}', "flux-dev", "prompt", "lone surrogate"),
+        ('{"prompt": "a", "image_prompt": "\\udfff"}', "flux-dev", "image_prompt", "surrogate"),
+        ('{"prompt": "\\ud83d", "endpoint": "flux-2-pro"}', None, "prompt", "lone surrogate"),
+        ('{"prompt": "a", "w\\udc80": 1}', "flux-dev", "w\\udc80", "lone surrogate"),
         ('["prompt"]', "flux-dev", "line", "must be a JSON object, not an array"),
         ("42", "flux-dev", "line", "not a number"),
         ({"prompt": PROMPT, "widht": 512}, "flux-dev", "widht", "Extra inputs"),
@@ -165,6 +168,16 @@ def test_one_line_may_have_several_errors_but_counts_once(tmp_path: Path) -> Non
     # The rejected file keeps the line's text, but never a secret in it.
     assert "hunter22" not in rejected[0]["text"]
     assert "[redacted]" in rejected[0]["text"]
+
+
+def test_a_lone_surrogate_is_named_with_the_lines_other_errors(tmp_path: Path) -> None:
+    line = '{"prompt": "a heron \\udc80", "id": "-x", "webhook_secret": "hunter22"}'
+    path = write_jsonl(tmp_path / "surrogate.jsonl", [line, {"prompt": "fine"}])
+    result, entries, rejected = scan(path)
+    assert (result.lines, result.valid, result.error_count) == (2, 1, 1)
+    assert sorted(fields(result)) == [(1, "id"), (1, "prompt"), (1, "webhook_secret")]
+    assert len(entries) == 1
+    assert rejected[0]["text"].count("[redacted]") == 1
 
 
 def test_a_line_that_is_not_utf8_is_an_error_of_that_line(tmp_path: Path) -> None:

@@ -103,3 +103,25 @@ def test_enqueue_without_a_redis_url_uses_the_shared_embedded_redis() -> None:
     status = runner.invoke(app, ["status"], env={"COLUMNS": "200", "FLUXQ_REDIS_URL": ""})
     assert status.exit_code == 0, status.output
     assert "queued" in status.output
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        # A lone surrogate: what Python makes of argv bytes that are not UTF-8 ...
+        (["--prompt", "a heron \udcff"], "prompt"),
+        # ... or of a JSON \ud800 escape in a --param value
+        (["--prompt", "a heron", "--param", 'image_prompt="\\ud800"'], "image_prompt"),
+    ],
+)
+def test_enqueue_refuses_text_that_is_not_utf8_naming_the_field_and_enqueues_nothing(
+    redis_url: str, args: list[str], field: str
+) -> None:
+    env = {"FLUXQ_REDIS_URL": redis_url, "BFL_API_KEY": "k", "COLUMNS": "200"}
+    result = runner.invoke(app, ["enqueue", "--endpoint", "flux-dev", *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"{field}: holds a lone surrogate" in result.output
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.keys("fluxq:job:*") == []
+    assert client.llen("fluxq.submit") == 0
+    client.close()

@@ -6,6 +6,9 @@ of the batch holds is refused at enqueue, naming that job.
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.errors import InvalidRequest
-from tasks.enqueue import enqueue, enqueue_message, prepare_job
+from config.settings import Settings, load_settings
+from tasks import lifecycle
+from tasks.enqueue import enqueue, enqueue_message, prepare_job, refuse_message
+from workers.dispatch import celery_runtime
 from workers.files import safe_name
 from workers.runtime import Runtime
 from workers.state import keys
+from workers.state.jobs import State
 
 REQUEST = {"prompt": "a heron at dawn"}
 
@@ -27,6 +34,15 @@ REQUEST = {"prompt": "a heron at dawn"}
 def rt(runtime: Runtime) -> Runtime:
     """The shared offline Runtime (tests/conftest.py): a real Redis, no broker, no BFL."""
     return runtime
+
+
+@pytest.fixture
+def runtime_settings(redis_url: str, tmp_path: Path) -> Settings:
+    """Settings of a producer or worker on the test Redis: Celery's broker is that Redis too."""
+    return load_settings(
+        _env_file=None, bfl_api_key="offline-test-key", redis_url=redis_url,
+        output_dir=tmp_path / "out",
+    )  # fmt: skip
 
 
 def refused(rt: Runtime, *args: Any, **options: Any) -> InvalidRequest:
@@ -267,3 +283,189 @@ def test_a_null_option_means_not_given(rt: Runtime) -> None:
     job = rt.store.get(job_id)
     assert job is not None
     assert (job.batch, job.priority, job.name) == ("default", 5, job_id)
+
+
+# --- Strings that cannot be sent: a lone surrogate ---------------------------------------------
+# JSON's "\ud800" escape is valid JSON and reads as a Python str holding a lone surrogate, which
+# does not encode as UTF-8: httpx would fail to send it at submit, after the job was queued.
+
+HERON = json.loads('{"prompt": "a heron \\ud800"}')
+"""What a service's JSON ``{"prompt": "a heron \\ud800"}`` reads as: a lone surrogate."""
+
+
+def no_job_anywhere(rt: Runtime) -> None:
+    assert list(rt.redis.scan_iter("fluxq:job:*")) == []
+    assert rt.store.batch_counts("default")["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "request_", "field"),
+    [
+        ("flux-dev", HERON, "prompt"),
+        ("flux-dev", {"prompt": "a heron", "image_prompt": "\udfff"}, "image_prompt"),
+        ("flux-2-pro", {"prompt": "a heron", "input_image_2": "x\udc80y"}, "input_image_2"),
+        ("flux-kontext-max", {"prompt": "\ud83d"}, "prompt"),
+        (
+            "flux-pro-1.1-ultra-finetuned",
+            {"prompt": "a heron", "finetune_id": "ft-\udcff"},
+            "finetune_id",
+        ),
+    ],
+)
+def test_a_string_that_is_not_utf8_is_refused_at_enqueue_naming_its_field(
+    rt: Runtime, endpoint: str, request_: dict[str, Any], field: str
+) -> None:
+    exc = refused(rt, endpoint, request_)
+    assert exc.fields == (field,)
+    assert "lone surrogate" in str(exc)
+    str(exc).encode("utf-8")  # the error itself can be printed, logged and sent
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue(rt, endpoint, request_, job_id="j1")
+    assert caught.value.fields == (field,)
+    no_job_anywhere(rt)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        ({"prompt": "a heron", "colour\ud800": "red"}, "colour\\ud800"),  # a key: named escaped
+        ({"prompt": "a heron", "output_format": "png\udfff"}, "output_format"),
+        ({"prompt": "a heron", "webhook_url": "https://hooks.example.com/\ud800"}, "webhook_url"),
+    ],
+)
+def test_a_lone_surrogate_pydantic_cannot_read_is_named_the_same_way(
+    rt: Runtime, request_: dict[str, Any], field: str
+) -> None:
+    exc = refused(rt, "flux-dev", request_)
+    assert exc.fields == (field,)
+    assert "lone surrogate" in str(exc)
+    str(exc).encode("utf-8")
+
+
+def test_a_surrogate_pair_from_json_is_one_character_and_is_accepted(rt: Runtime) -> None:
+    request_ = json.loads('{"prompt": "a heron \\ud83e\\udd86 at dawn"}')
+    job = prepare_job(rt, "flux-dev", request_)
+    assert json.loads(job.request_json) == {"prompt": "a heron \U0001f986 at dawn"}
+
+
+def test_it_is_named_with_every_other_bad_field(rt: Runtime) -> None:
+    exc = refused(rt, "flux-dev", HERON, priority=11, batch="no spaces")
+    assert set(exc.fields) == {"prompt", "priority", "batch"}
+
+
+@pytest.mark.parametrize(
+    ("callback", "field"),
+    [
+        ({"task": "myapp.on_image", "args": ["\ud800"]}, "callback.args.0"),
+        ({"task": "myapp.on_image", "kwargs": {"note": "a \udfff"}}, "callback.kwargs.note"),
+        ({"task": "myapp.on_image", "options": {"queue": "q\ud800"}}, "callback.options.queue"),
+        ({"task": "myapp.on_image", "kwargs": {"k\ud800": 1}}, "callback.kwargs.k\\ud800"),
+    ],
+)
+def test_a_callback_holding_a_lone_surrogate_is_refused_naming_where(
+    rt: Runtime, callback: dict[str, Any], field: str
+) -> None:
+    exc = refused(rt, "flux-dev", REQUEST, callback=callback)
+    assert exc.fields == (field,)
+    str(exc).encode("utf-8")
+
+
+def test_an_unknown_option_whose_name_is_not_utf8_is_named_escaped(rt: Runtime) -> None:
+    exc = refused(rt, "flux-dev", REQUEST, **{"colour\ud800": "red"})
+    assert exc.fields == ("colour\\ud800",)
+    str(exc).encode("utf-8")
+
+
+def test_the_enqueue_task_refuses_it_as_a_failed_job_naming_the_field(
+    runtime_settings: Settings,
+) -> None:
+    # Given the fluxq.enqueue task as a worker runs it, and a message as a service sends it
+    rt = celery_runtime(runtime_settings)
+    task = rt.dispatch.app.tasks["fluxq.enqueue"]  # type: ignore[attr-defined]
+    kwargs = {"endpoint": "flux-dev", "request": HERON, "batch": "svc"}
+    try:
+        # When it runs
+        assert task.apply(kwargs=kwargs, task_id="msg-1").get() == "msg-1"
+        # Then the message is a failed job under its task id, the reason naming the field
+        job = rt.store.get("msg-1")
+        assert job is not None
+        assert job.state is State.FAILED
+        assert job.reason is not None
+        assert "prompt" in job.reason
+        assert "lone surrogate" in job.reason
+        assert rt.store.batch_counts("svc")["failed"] == 1
+        assert rt.store.batch_counts("svc")["queued"] == 0
+        # And nothing was sent to BFL: no submit message went to the broker
+        assert rt.redis.llen("fluxq.submit") == 0
+    finally:
+        rt.close()
+
+
+def test_a_refused_message_whose_endpoint_is_not_utf8_is_still_recorded(rt: Runtime) -> None:
+    message = {"endpoint": "flux-dev\ud800", "request": REQUEST, "colour\udfff": 1}
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_message(rt, message, message_id="msg-2")
+    assert refuse_message(rt, message, caught.value, message_id="msg-2") == "msg-2"
+    job = rt.store.get("msg-2")
+    assert job is not None
+    assert job.state is State.FAILED
+    assert job.reason is not None
+    assert "endpoint" in job.reason
+    assert "colour\\udfff" in job.reason
+
+
+# --- A callback without options ----------------------------------------------------------------
+
+
+def test_a_callback_without_options_is_sent_when_the_job_ends(
+    runtime_settings: Settings, redis_client: redis.Redis[str]
+) -> None:
+    # Given a job enqueued with a signature's dict that gives only its task (no options, no
+    # args, no kwargs), on a runtime that sends callbacks through Celery as workers do
+    rt = celery_runtime(runtime_settings)
+    try:
+        job_id = enqueue(rt, "flux-dev", REQUEST, callback={"task": "some.service.done"})
+        job = rt.store.get(job_id)
+        assert job is not None
+        redis_client.delete("fluxq.control")
+        # When the job ends (the completion path: lifecycle.end -> notify_terminal)
+        assert lifecycle.fail(rt, job, "moderated")
+    finally:
+        rt.close()
+    # Then the callback task was sent with the job's outcome
+    messages = [json.loads(raw) for raw in redis_client.lrange("fluxq.control", 0, -1)]
+    sent = [m for m in messages if m["headers"]["task"] == "some.service.done"]
+    assert len(sent) == 1, messages
+    args, kwargs, _ = json.loads(base64.b64decode(sent[0]["body"]))
+    assert args == []
+    assert kwargs["fluxq_job"]["job_id"] == job_id
+    assert kwargs["fluxq_job"]["state"] == "failed"
+
+
+def test_a_stored_callback_lacking_options_is_completed_when_it_is_sent(
+    runtime_settings: Settings, redis_client: redis.Redis[str]
+) -> None:
+    # A job enqueued before callbacks were stored whole still gets its callback
+    rt = celery_runtime(runtime_settings)
+    try:
+        job_id = enqueue(rt, "flux-dev", REQUEST, callback={"task": "some.service.done"})
+        rt.redis.hset(keys.job(job_id), "callback_json", '{"task": "some.service.done"}')
+        job = rt.store.get(job_id)
+        assert job is not None
+        redis_client.delete("fluxq.control")
+        assert lifecycle.fail(rt, job, "moderated")
+    finally:
+        rt.close()
+    messages = [json.loads(raw) for raw in redis_client.lrange("fluxq.control", 0, -1)]
+    assert [m["headers"]["task"] for m in messages].count("some.service.done") == 1
+
+
+def test_a_callback_is_stored_with_args_kwargs_and_options(rt: Runtime) -> None:
+    job = prepare_job(rt, "flux-dev", REQUEST, callback={"task": "some.service.done"})
+    assert job.callback_json is not None
+    assert json.loads(job.callback_json) == {
+        "task": "some.service.done",
+        "args": [],
+        "kwargs": {},
+        "options": {},
+    }

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from config.catalog import get_endpoint, request_to_json
+from config.catalog import NOT_UTF8, get_endpoint, not_utf8_at, request_to_json
 from config.errors import (
     DisallowedURL,
     DownloadFailed,
@@ -183,33 +183,12 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     try:
         return json.dumps(dict(body), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeEncodeError, ValueError, TypeError) as exc:
-        field = _unencodable_field(body, ("body",)) or ("body",)
+        where = not_utf8_at(body)
+        field = ("body", *where) if where is not None else ("body",)
+        msg = NOT_UTF8 if where is not None else f"cannot be encoded: {type(exc).__name__}"
         raise InvalidRequest(
-            "the request cannot be sent as UTF-8 JSON",
-            errors=[FieldError(loc=field, msg=f"cannot be encoded: {type(exc).__name__}")],
+            "the request cannot be sent as UTF-8 JSON", errors=[FieldError(loc=field, msg=msg)]
         ) from None
-
-
-def _unencodable_field(value: object, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...]:
-    """The path of the first string in ``value`` that UTF-8 cannot encode, else ()."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return loc
-        return ()
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = _unencodable_field(key, (*loc, "<key>")) or _unencodable_field(
-                item, (*loc, str(key))
-            )
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            if found := _unencodable_field(item, (*loc, index)):
-                return found
-    return ()
 
 
 def _shown(exc: Exception, secrets: Secrets) -> tuple[str, Exception | None]:
