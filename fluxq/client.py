@@ -204,7 +204,8 @@ def _json_line(position: int, request: object) -> str:
     try:
         if not isinstance(request, Mapping):
             raise TypeError(f"a request is a dict of fields, not {type(request).__name__}")
-        return json.dumps(dict(request), ensure_ascii=False, allow_nan=False) + "\n"
+        # ASCII escapes: a lone surrogate reaches scan_file, which names its field.
+        return json.dumps(dict(request), ensure_ascii=True, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(
             "invalid request", errors=[FieldError((f"[{position}]",), str(exc))]

@@ -225,6 +225,11 @@ def test_enqueue_many_validates_everything_first_then_adds_once(
         _enqueue_many(rt, "flux-dev", bad[:7], "many", 2, None)
     assert refused.value.fields == ("[6].prompt", "[7].widht")
     assert rt.store.batch_record("many") == {}  # nothing enqueued
+    # A lone surrogate (a careless export) is named by position and field, not a crash
+    with pytest.raises(InvalidRequest) as refused:
+        _enqueue_many(rt, "flux-dev", [*good[:2], {"prompt": "a heron \ud800"}], "many", 2, None)
+    assert refused.value.fields == ("[3].prompt",)
+    assert rt.store.batch_record("many") == {}
     first = _enqueue_many(rt, "flux-dev", good, "many", 2, None)
     again = _enqueue_many(rt, "flux-dev", good, "many", 2, None)
     assert (first.added, again.added, again.present) == (30, 0, 30)
