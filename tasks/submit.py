@@ -16,6 +16,7 @@ from config.errors import (
     ServerError,
     StopAndAlert,
 )
+from config.redact import redact
 from tasks import bfl_webhook, lifecycle
 from tasks.admission import admit_and_dispatch
 from tasks.poll import schedule_next_poll
@@ -37,6 +38,10 @@ comes back, every waiting slot is sending again within 8 s."""
 
 REFUSED_RETRY_AFTER_MAX_S = 300.0
 """A Retry-After longer than this is not believed: the job tries again after this long."""
+
+
+class SubmitCrashed(RuntimeError):
+    """Raised when a submit failed with an error that is not BFL's answer (its text redacted)."""
 
 
 def _give_back(rt: Runtime, job: Job, reason: str) -> None:
@@ -204,7 +209,8 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     if job is None:
         return None
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
-    body = {**job.request, **bfl_webhook.submit_fields(rt, job)}
+    hook_fields = bfl_webhook.submit_fields(rt, job)
+    body = {**job.request, **hook_fields}
     # The marker is the last write before the POST: a failure before it leaves a job that was
     # certainly not sent (requeued by the sweep), never a false "uncertain".
     rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
@@ -217,13 +223,20 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
             ttl_s = countdown_s + rt.leases.lease_s
             rt.limiter.hold(job_id, job.group, now_s=rt.clock(), ttl_s=ttl_s)
         return countdown_s
+    except Exception as exc:
+        # Not BFL's answer (a bug): the job stays admitted with its marker, and the sweep or a
+        # redelivery settles it. Celery logs an exception's text and Flower shows it, and this
+        # one may quote the body: the key's webhook secret and the job's URL token come out.
+        secrets = (*rt.client.secrets, *hook_fields.values())
+        shown = redact(f"{type(exc).__name__}: {exc}", secrets)
+        raise SubmitCrashed(f"submit of job {job_id} failed: {shown}") from None
     _record(rt, job, submitted)
     return None
 
 
 @shared_task(name="fluxq.submit", bind=True, max_retries=None, acks_late=True)
 def submit(self: Task, job_id: str, batch: str = "") -> None:
-    """Celery task: submit the job; retry with backoff on 5xx and unsent requests."""
+    """Celery task: submit the job; retry after a refusal (503, not sent), or a 5xx if allowed."""
     countdown = submit_job(runtime_of(self.app), job_id)
     if countdown is not None:
         raise self.retry(countdown=countdown, **flower_options(self))

@@ -14,8 +14,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from pydantic import SecretStr
 
-from tasks.bfl_webhook import Answer, receive
+from tasks.bfl_webhook import Answer, receive, submit_fields
 from tasks.enqueue import enqueue
+from tasks.submit import SubmitCrashed, submit_job
 from tasks.sweep import SAFETY_POLLED, sweep
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_metrics import scrape
@@ -236,3 +237,28 @@ def test_a_missed_webhook_is_caught_by_the_safety_poll_after_its_time(
     stats = pipeline.stats()
     assert (stats["submits"], stats["polls"]) == (1, 1)
     assert pipeline.rt.limiter.held() == 0
+
+
+def test_a_submit_that_crashes_never_shows_the_webhook_secret_or_the_job_token(
+    hooked: tuple[Pipeline, WebhookReceiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given webhook mode, and a bug that quotes the whole request body in its exception
+    pipeline, _ = hooked
+
+    def crash(endpoint: str, body: dict[str, object]) -> object:
+        raise TypeError(f"cannot handle {body!r}")
+
+    monkeypatch.setattr(pipeline.rt.client, "submit_json", crash)
+    job_id = enqueue(pipeline.rt, "flux-dev", REQUEST)
+    job = pipeline.job(job_id)
+    fields = submit_fields(pipeline.rt, job)
+    # When the submit runs, what Celery would log and Flower show is redacted of both secrets
+    with pytest.raises(SubmitCrashed) as crashed:
+        submit_job(pipeline.rt, job_id)
+    text = str(crashed.value) + repr(crashed.value)
+    assert fields["webhook_secret"] not in text
+    token = fields["webhook_url"].rsplit("/", 1)[1]
+    assert token not in text
+    assert "a heron at dawn" in text  # the rest stays, to debug with
+    assert crashed.value.__cause__ is None  # not chained: no traceback repeats the body
+    assert crashed.value.__suppress_context__
