@@ -37,9 +37,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config.catalog import get_endpoint
+from config.catalog import escape_surrogates, get_endpoint
 from config.errors import FieldError, InvalidRequest
 from config.settings import Settings, load_settings
+from fluxq.cli.batch_view import _as_json
+from fluxq.cli.waits import read_batch_view
 from tasks.batches import (
     batch_status,
     cancel_batch,
@@ -134,6 +136,68 @@ class BatchCreated(BaseModel):
     already_there: int
     conflicts: int
     lines: int
+
+
+class KeySlotsOut(BaseModel):
+    """The batch's API key's slots now: what holds them, and the cap admission uses."""
+
+    key_cap: int = Field(description="The key's active-task cap (FLUXQ_ACTIVE_CAP).")
+    effective_cap: int = Field(
+        description="The AIMD cap (below key_cap after a 429): it limits the tasks known to run."
+    )
+    allowed: int = Field(
+        description="Leases admission allows now: effective_cap plus the doubtful holds, at "
+        "most key_cap."
+    )
+    held: int = Field(description="Leases held: at_bfl + sending + doubtful + stale.")
+    at_bfl: int = Field(description="Tasks running at BFL.")
+    sending: int = Field(
+        description="POSTs being sent, or tried again after BFL refused them (nothing created)."
+    )
+    doubtful: int = Field(
+        description="Slots held for doubtful POSTs: jobs failed as uncertain whose task may "
+        "still run at BFL."
+    )
+    doubtful_next_end: float | None = Field(
+        description="When the first doubtful hold ends (Unix time); null when none is held."
+    )
+    doubtful_until: float | None = Field(
+        description="When the last doubtful hold ends (Unix time); null when none is held."
+    )
+    stale: int = Field(description="Leases of jobs that ended: the next sweep frees them.")
+    by_batch: dict[str, int] = Field(
+        description="Slots held by each batch's jobs (at BFL or being sent)."
+    )
+    pause: str | None = Field(description="Why admission is paused, if it is.")
+    pause_until: float | None = Field(
+        description="When the pause ends (Unix time); null for none, or until resumed."
+    )
+
+
+class BatchOut(BaseModel):
+    """A batch as ``GET /v1/batches/{name}`` shows it (``fluxq batch status --json``)."""
+
+    batch: str
+    counts: dict[str, int] = Field(description="Jobs by state, and how many are uncertain.")
+    total: int
+    priority: int
+    created_at: float | None
+    started_at: float | None
+    budget: float | None
+    committed: float
+    spent: float
+    paused: str | None = Field(description="The batch's own pause: budget or cancelled.")
+    reasons: dict[str, int] = Field(description="Failed jobs by the first clause of the reason.")
+    images_per_minute: float | None
+    eta_s: float | None
+    waiting: int
+    finished: bool
+    slots: KeySlotsOut
+    wait_reason: str | None = Field(
+        description="Why the batch does not move, in one line with when admission expects to "
+        "take a job again: its lines wait, none of its jobs holds a slot, and admission takes "
+        "none (a pause, or every slot taken: by what, for which batches). Null otherwise."
+    )
 
 
 class BatchCancelled(BaseModel):
@@ -391,7 +455,10 @@ def create_job(rt: Runtime, body: object) -> tuple[int, JobCreated]:
         raise InvalidRequest("invalid job", errors=[FieldError((), "must be a JSON object")])
     options = {k: v for k, v in body.items() if k not in ("endpoint", "request")}
     unknown = [
-        FieldError((str(k),), f"unknown field; known: endpoint, request, {', '.join(JOB_OPTIONS)}")
+        FieldError(
+            (escape_surrogates(str(k)),),
+            f"unknown field; known: endpoint, request, {', '.join(JOB_OPTIONS)}",
+        )
         for k in options
         if k not in JOB_OPTIONS
     ]
@@ -574,11 +641,10 @@ def submit_batch(
     return JSONResponse(created.model_dump(), status_code=201)
 
 
-def status_json(status: BatchStatus) -> dict[str, Any]:
-    data = asdict(status)
-    data["waiting"] = status.waiting
-    data["finished"] = status.finished
-    return data
+def batch_out(rt: Runtime, status: BatchStatus) -> BatchOut:
+    """The status with its key's slots and why it is blocked, as ``fluxq batch status --json``."""
+    view = read_batch_view(rt.redis, rt.settings, status, now_s=time.time())
+    return BatchOut.model_validate(_as_json(status, view))
 
 
 def _report_lines(rt: Runtime, name: str) -> Iterator[bytes]:
@@ -626,15 +692,18 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         "/v1/batches/{name}",
         tags=["batches"],
         dependencies=auth,
+        response_model=BatchOut,
         responses={404: {"model": Problem}},
     )
-    def get_batch(name: str, rt: RuntimeDep) -> dict[str, Any]:
-        """The batch's counters by state, credits, rate and ETA (``fluxq batch status --json``)."""
+    def get_batch(name: str, rt: RuntimeDep) -> BatchOut:
+        """The batch's counters by state, credits, rate and ETA, its key's slots (at BFL apart
+        from the slots held for doubtful POSTs) and why it is blocked, if it is (``fluxq batch
+        status --json``)."""
 
         status = batch_status(rt, name)
         if status is None:
             raise HTTPException(404, f"no batch {name}")
-        return status_json(status)
+        return batch_out(rt, status)
 
     @app.get(
         "/v1/batches/{name}/report",

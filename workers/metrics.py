@@ -39,6 +39,12 @@ WEBHOOK_COUNTERS = {
 TOP_BATCHES = 20
 """Batches shown per scrape (the newest), so the ``batch`` label's cardinality stays bounded."""
 
+MAX_HOLDERS = 1000
+"""Lease holders read per scrape at most: the cap, probes and lapsed leases stay far below it."""
+
+SLOT_HOLDERS = ("at_bfl", "sending", "doubtful_post", "ended")
+"""The ``holder`` label of ``fluxq_slots``: its values add up to ``fluxq_leases_held``."""
+
 
 def registry_for(settings: Settings, client: redis.Redis[str]) -> CollectorRegistry:
     """A registry holding fluxq's collector for the key in ``settings`` (nothing else)."""
@@ -75,13 +81,18 @@ class FluxqCollector(Collector):
 
     def _admission(self, label: str, now: float) -> Iterator[Metric]:
         held = GaugeMetricFamily(
-            "fluxq_leases_held", "Slot leases held (tasks admitted or at BFL)", labels=["key"]
+            "fluxq_leases_held",
+            "Slot leases held: tasks at BFL, POSTs being sent, and slots held for doubtful POSTs "
+            "(fluxq_slots tells them apart)",
+            labels=["key"],
         )
         held.add_metric([label], self._limiter.held())
         cap = GaugeMetricFamily(
-            "fluxq_effective_cap", "The cap admission uses now (below the key's after a 429)",
+            "fluxq_effective_cap",
+            "The AIMD cap (below the key's after a 429): it limits the tasks known to run; "
+            "admission allows it plus the slots held for doubtful POSTs, up to fluxq_active_cap",
             labels=["key"],
-        )  # fmt: skip
+        )
         cap.add_metric([label], self._limiter.effective_cap(now_s=now))
         configured = GaugeMetricFamily(
             "fluxq_active_cap", "The key's configured active-task cap", labels=["key"]
@@ -103,13 +114,56 @@ class FluxqCollector(Collector):
         paused = GaugeMetricFamily(
             "fluxq_admission_paused",
             "1 while admission is paused, by why (out_of_credits 402, not_authorised 401/403, "
-            "retry_after)",
+            "retry_after, and any other kind the limiter records)",
             labels=["key", "kind"],
         )
         pause = self._limiter.paused(now_s=now)
         if pause is not None:
             paused.add_metric([label, pause.kind.value], 1)
         yield from (held, cap, configured, by_group, backlog, paused)
+        yield from self._slots(label)
+
+    def _slots(self, label: str) -> Iterator[Metric]:
+        """The leases held, told apart by what holds them, and when the doubtful holds end."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrange(keys.slots(label), 0, MAX_HOLDERS - 1)
+        pipe.zrange(keys.doubt(label), 0, MAX_HOLDERS - 1, withscores=True)
+        holders: list[str]
+        doubt: list[tuple[str, float]]
+        holders, doubt = pipe.execute()
+        doubtful = {job_id for job_id, _ in doubt}
+        running = [job_id for job_id in holders if job_id not in doubtful]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in running:
+            pipe.hget(keys.job(job_id), "state")
+        counts = dict.fromkeys(SLOT_HOLDERS, 0)
+        counts["doubtful_post"] = len(doubt)
+        for state in pipe.execute() if running else []:
+            if state == State.SUBMITTED.value:
+                counts["at_bfl"] += 1
+            elif state == State.ADMITTED.value:
+                counts["sending"] += 1
+            else:
+                counts["ended"] += 1
+        slots = GaugeMetricFamily(
+            "fluxq_slots",
+            "Slot leases by holder: at_bfl (tasks running at BFL), sending (POSTs being sent or "
+            "tried again after BFL refused them), doubtful_post (held for a POST whose outcome "
+            "is unknown: a job failed as uncertain), ended (jobs ended, freed by the next sweep)",
+            labels=["key", "holder"],
+        )
+        for holder, count in counts.items():
+            slots.add_metric([label, holder], count)
+        ends = GaugeMetricFamily(
+            "fluxq_slots_doubtful_end_timestamp_seconds",
+            "When slots held for doubtful POSTs are freed (Unix time): the next one and the last "
+            "one to end; absent while none is held",
+            labels=["key", "which"],
+        )
+        if doubt:
+            ends.add_metric([label, "next"], doubt[0][1])
+            ends.add_metric([label, "last"], doubt[-1][1])
+        yield from (slots, ends)
 
     def _lane_lines(self, label: str, group: str) -> int:
         batches: list[str] = self._redis.zrange(keys.lanes(label, group), 0, -1)
@@ -146,6 +200,13 @@ class FluxqCollector(Collector):
             labels=["key"],
         )
         credits.add_metric([label], counters.get("credits_spent", 0.0))
+        refused = CounterMetricFamily(
+            "fluxq_submits_refused",
+            "POSTs BFL refused before creating anything (503, or never sent): tried again, "
+            "never failed for it",
+            labels=["key"],
+        )
+        refused.add_metric([label], counters.get("refused_unavailable", 0))
         hooks = CounterMetricFamily(
             "fluxq_bfl_webhooks",
             "BFL's webhooks (webhook mode) by outcome: authentic (checked and read), forged "
@@ -155,7 +216,7 @@ class FluxqCollector(Collector):
         )
         for outcome, name in WEBHOOK_COUNTERS.items():
             hooks.add_metric([label, outcome], counters.get(name, 0))
-        yield from (limited, polls, ready, per_job, credits, hooks)
+        yield from (limited, polls, ready, per_job, credits, refused, hooks)
 
     def _batches(self, now: float) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(

@@ -39,7 +39,15 @@ from rich.table import Table
 from rich.text import Text
 
 from config.settings import Settings
-from fluxq.cli.batch_view import _as_json, _credits, _duration, _status_lines, no_batch_message
+from fluxq.cli.batch_view import (
+    KeySlots,
+    KeyView,
+    _as_json,
+    _credits,
+    _duration,
+    _status_lines,
+    no_batch_message,
+)
 from fluxq.cli.common import (
     console,
     err_console,
@@ -49,7 +57,7 @@ from fluxq.cli.common import (
     store_or_exit,
     with_redis_or_exit,
 )
-from fluxq.cli.waits import WaitWatch
+from fluxq.cli.waits import WaitWatch, read_batch_view
 from workers.files import ID_HINT, ID_PATTERN
 from workers.state import keys
 from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
@@ -71,8 +79,9 @@ MAX_SHOWN_CONFLICTS = 20
 REJECTED_FILE = "rejected.jsonl"
 UNPRICED_ENDPOINTS = frozenset({"flux-pro-1.0-expand"})
 """Endpoints whose per-image price is not on BFL's price list: charged like fill, an estimate."""
-QUIET_WATCH_EVERY_S = 30.0
-"""Without a terminal, ``status --watch`` prints a line when counts change, at most this often."""
+QUIET_WATCH_EVERY_S = 10.0
+"""Without a terminal, ``status --watch`` prints a line when counts change, at most this often
+(why it does not move, if it does not, is said apart by its ``WaitWatch``, within seconds)."""
 
 batch_app = typer.Typer(
     name="batch",
@@ -121,6 +130,13 @@ def _dollars(credits: float) -> str:
 
 def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _say_plain(text: str) -> None:
+    """A line of ``batch status`` as given, emoji codes too: rich would turn a ``:name:`` it
+    knows (in a failure reason, say) into an emoji, and the fast path, which prints the same
+    bytes without rich, cannot tell which names it knows."""
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _warn(text: str) -> None:
@@ -481,12 +497,18 @@ def _one_line(status: BatchStatus) -> str:
     return text
 
 
-def _render(status: BatchStatus, notes: Sequence[str] = ()) -> RenderableType:
+def _render(
+    status: BatchStatus, notes: Sequence[str] = (), slots: KeySlots | None = None
+) -> RenderableType:
+    """The live view: a bar, the status with the key's slots, and the wait's findings (which
+    say why it is blocked, if it is)."""
     ended = status.total - status.waiting
     bar = ProgressBar(total=max(status.total, 1), completed=ended, width=50)
     head = Table.grid(padding=(0, 1))
     head.add_row(bar, Text(f"{ended:,} of {status.total:,} lines ended"))
-    return Group(head, Text("\n".join([*_status_lines(status), *(f"  {n}" for n in notes)])))
+    view = None if slots is None else KeyView(slots, None)
+    lines = [*_status_lines(status, view), *(f"  {n}" for n in notes)]
+    return Group(head, Text("\n".join(lines)))
 
 
 class _Watched:
@@ -532,13 +554,14 @@ def _watch_live(
     store: JobStore, name: str, interval: float, watched: _Watched, wait: WaitWatch | None
 ) -> None:
     notes = wait.check() if wait is not None else []
-    view = _render(watched.status, notes)
+    view = _render(watched.status, notes, wait.slots if wait is not None else None)
     with Live(view, console=console, auto_refresh=False, transient=True) as live:
         while _going_on(watched, wait):
             time.sleep(interval)
             watched.status = _status_or_exit(store, name)
             notes = wait.check() if wait is not None else []
-            live.update(_render(watched.status, notes), refresh=True)
+            slots = wait.slots if wait is not None else None
+            live.update(_render(watched.status, notes, slots), refresh=True)
 
 
 def _watch_quietly(
@@ -571,7 +594,8 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
     interval: float = typer.Option(1.0, "--interval", help="--watch: seconds between refreshes."),
 ) -> None:
-    """A batch's lines by state, speed, ETA, credits and failures (exit 1 when some failed)."""
+    """A batch's lines by state, speed, ETA, credits, failures, and its key's slots: at BFL,
+    held for doubtful POSTs, and why the batch is blocked if it is (exit 1 when some failed)."""
     if not interval > 0:
         fail(f"--interval {interval:g}: must be above 0 seconds")
     settings = settings_or_exit()
@@ -588,11 +612,12 @@ def status_command(
         watched = _watch(store, name, interval, as_json=as_json, waits=waits)
     if watched is not None:
         status = watched.status
+    view = read_batch_view(store.redis, settings, status, now_s=time.time())
     if as_json:
-        typer.echo(json.dumps(_as_json(status)))
+        typer.echo(json.dumps(_as_json(status, view)))
     else:
-        for line in _status_lines(status):
-            _say(line)
+        for line in _status_lines(status, view):
+            _say_plain(line)
     if watched is not None and not watched.interrupted:
         failed = status.counts.get(State.FAILED.value, 0)
         raise typer.Exit(code=1 if failed else 0)

@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from config.errors import InvalidRequest
+from fluxq.cli.batch_view import KeyView, clock
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
-from fluxq.cli.waits import WaitWatch
+from fluxq.cli.waits import WaitWatch, read_key_view
 from workers.state.jobs import State
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ def _note(text: str) -> None:
 def _wait_for(rt: Runtime, job_id: str, timeout_s: float) -> int:
     started = time.monotonic()
     deadline = started + timeout_s
-    watch = WaitWatch(rt.settings, rt.redis, say=_note)  # no worker? paused? said within 10 s
+    # No worker? Paused? Every slot held (by what, until when)? Said within 10 s.
+    watch = WaitWatch(rt.settings, rt.redis, say=_note, job=job_id)
     shown: State | None = None
     try:
         while time.monotonic() < deadline:
@@ -101,7 +103,8 @@ def _wait_for(rt: Runtime, job_id: str, timeout_s: float) -> int:
 
 
 def status(batch: str = typer.Option("default", help="The batch to show.")) -> None:
-    """Show a batch's counts by state and the key's admission state."""
+    """Show a batch's counts by state and the key's admission state: tasks at BFL apart from
+    slots held for doubtful POSTs, and why waiting jobs wait when admission takes none."""
     settings = settings_or_exit()
     rt = runtime_or_exit(settings)
     counts = rt.store.batch_counts(batch)
@@ -110,13 +113,34 @@ def status(batch: str = typer.Option("default", help="The batch to show.")) -> N
         table.add_row(state, str(count))
     console.print(table)
     now = time.time()
-    pause = rt.limiter.paused(now_s=now)
-    console.print(
-        f"in flight={rt.limiter.held()} effective cap={rt.limiter.effective_cap(now_s=now)} "
-        f"waiting={sum(rt.limiter.backlog_sizes().values())} "
-        f"paused={'no' if pause is None else pause}",
-        markup=False,
-    )
+    waiting = sum(rt.limiter.backlog_sizes().values())
+    queued = waiting + counts.get(State.QUEUED.value, 0)
+    view = read_key_view(rt.redis, settings, now_s=now, waiting=queued > 0)
+    for line in _admission_lines(view, waiting):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _admission_lines(view: KeyView, waiting: int) -> list[str]:
+    """The key's slots in ``key=value`` words (``at BFL`` and ``held for doubtful POSTs``
+    apart), then, when jobs wait and admission takes none, why."""
+    slots = view.slots
+    doubtful = f"held for doubtful POSTs={slots.doubtful}"
+    if slots.doubtful_until is not None:
+        doubtful += f" (until {clock(slots.doubtful_until)})"
+    held = [f"at BFL={slots.at_bfl}"]
+    if slots.sending:
+        held.append(f"being sent={slots.sending}")
+    held.append(doubtful)
+    if slots.stale:
+        held.append(f"ended, freed by the next sweep={slots.stale}")
+    cap = f"effective cap={slots.effective_cap}"
+    if slots.allowed != slots.effective_cap:
+        cap += f" (admits {slots.allowed} with the doubtful holds)"
+    paused = slots.pause_text or "no"
+    lines = [f"{'  '.join(held)}  {cap}  waiting={waiting}  paused={paused}"]
+    if view.reason is not None:
+        lines.append(f"why nothing is admitted: {view.reason}")
+    return lines
 
 
 def resume() -> None:

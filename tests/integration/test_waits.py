@@ -190,3 +190,45 @@ def test_a_batch_watch_with_no_worker_says_so_within_10_s(
         assert process.poll() is None  # and it goes on watching
     finally:
         lines.stop()
+
+
+def test_a_batch_watch_blocked_by_doubtful_holds_says_what_holds_them_and_until_when(
+    redis_url: str, sim: SimulatorServer, tmp_path: Path
+) -> None:
+    # Given every slot of the key held for doubtful POSTs (jobs failed as uncertain), the first
+    # hold ending in 5 minutes, and a batch submitted behind them (nothing can be admitted)
+    client: redis.Redis[str] = redis.Redis.from_url(redis_url, decode_responses=True)
+    env = env_on(redis_url, sim, tmp_path) | {"FLUXQ_ACTIVE_CAP": "3"}
+    limiter = SlotLimiter(
+        client, label=key_label(SecretStr(KEY)), caps=Caps(key_cap=3, group_caps={})
+    )
+    first = time.time() + 300
+    for i in range(3):
+        limiter.hold_doubtful(f"earlier.u{i}", "default", until_s=first + 60 * i)
+    lines_file = tmp_path / "night.jsonl"
+    lines_file.write_text('{"prompt": "a heron", "seed": 1}\n{"prompt": "a fox", "seed": 2}\n')
+    submitted = fluxq(env, "batch", "submit", str(lines_file), "--endpoint", "flux-dev",
+                      "--name", "night")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert client.hget("fluxq:batch:night", "queued") == "2"
+    # When its status is watched (no terminal: a log)
+    argv = fluxq_argv("batch", "status", "night", "--watch")
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = Lines(process)
+    try:
+        # Then within 10 s it says, in one line, what holds the slots and when admission resumes
+        said = lines.wait_for("batch night waits: ", timeout_s=SAYS_WITHIN_S)
+        assert said is not None, lines.text()
+        until = time.strftime("%H:%M:%S", time.localtime(first + 120))
+        resumes = time.strftime("%H:%M:%S", time.localtime(first))
+        assert (
+            f"all 3 slots taken: 0 at BFL, 3 held for doubtful POSTs until {until}; "
+            f"admission resumes by {resumes}"
+        ) in said[1]
+        assert lines.wait_for("0 done, 0 failed", timeout_s=1) is not None, lines.text()
+        assert process.poll() is None  # and it goes on watching
+    finally:
+        lines.stop()
+        client.close()

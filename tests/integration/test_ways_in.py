@@ -82,7 +82,7 @@ def test_cli_enqueue_waits_for_the_image_and_a_service_can_enqueue_by_task_name(
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert re.search(r"\bdone\s*│\s*1\b", status.stdout), status.stdout
-    assert "in flight=0 effective cap=24" in status.stdout
+    assert "at BFL=0  held for doubtful POSTs=0  effective cap=24" in status.stdout
     # Another service, with only the broker URL and the task name
     other = Celery("other-service", broker=cluster.env["FLUXQ_REDIS_URL"])
     other.send_task(

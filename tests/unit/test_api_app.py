@@ -196,6 +196,43 @@ def test_a_batch_with_a_bad_line_is_refused_whole(
     assert client.get("/v1/batches/night").status_code == 404
 
 
+def test_a_job_whose_prompt_is_not_utf8_is_422_naming_it_and_nothing_is_enqueued(
+    make_client: MakeClient, redis_client: redis.Redis[str]
+) -> None:
+    # JSON's \ud800 escape is valid JSON, but a lone surrogate cannot be sent to BFL as UTF-8
+    client = make_client()
+    raw = b'{"endpoint": "flux-dev", "request": {"prompt": "a heron \\ud800"}, "job_id": "h1"}'
+    answer = client.post("/v1/jobs", content=raw)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert [item["loc"] for item in detail] == [["body", "request", "prompt"]]
+    assert "lone surrogate" in detail[0]["msg"]
+    assert redis_client.keys("fluxq:job:*") == []
+    assert client.get("/v1/jobs/h1").status_code == 404
+
+
+def test_an_unknown_field_whose_name_is_not_utf8_is_422_not_500(make_client: MakeClient) -> None:
+    client = make_client()
+    raw = b'{"endpoint": "flux-dev", "request": {"prompt": "a"}, "colour\\ud800": 1}'
+    answer = client.post("/v1/jobs", content=raw)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "colour\\ud800"]
+
+
+def test_a_batch_line_that_is_not_utf8_is_named_and_nothing_is_enqueued(
+    make_client: MakeClient, redis_client: redis.Redis[str]
+) -> None:
+    client = make_client()
+    body = b'{"id": "ok1", "prompt": "a"}\n{"id": "bad", "prompt": "a heron \\ud800"}\n'
+    answer = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert [item["loc"] for item in detail] == [["body", 2, "prompt"]]
+    assert "lone surrogate" in detail[0]["msg"]
+    assert not redis_client.exists(keys.batch("night"))
+    assert client.get("/v1/batches/night").status_code == 404
+
+
 def test_a_batch_goes_in_and_reports(make_client: MakeClient) -> None:
     client = make_client()
     body = "".join(json.dumps({"id": f"l{i}", "prompt": f"p{i}"}) + "\n" for i in range(5))

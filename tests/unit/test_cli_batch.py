@@ -195,6 +195,26 @@ def test_skip_invalid_enqueues_the_rest_and_writes_the_bad_lines(
     assert status_json(env)["total"] == 2
 
 
+def test_a_line_that_is_not_utf8_is_named_and_skip_invalid_writes_it(
+    env: dict[str, str], tmp_path: Path, rt: Runtime
+) -> None:
+    # A JSON \ud800 escape is valid JSON but a lone surrogate, which cannot be sent to BFL
+    bad = '{"id": "l1", "prompt": "a heron \\ud800", "width": 512, "height": 512}'
+    path = write_jsonl(tmp_path / "bad.jsonl", [request(0), bad, request(2)])
+    refused = submit(env, path)
+    assert refused.exit_code == 2, shown(refused)
+    assert "line 2: prompt: holds a lone surrogate" in refused.stderr
+    assert traces(rt.redis, "night") == []
+    out = tmp_path / "elsewhere"
+    result = submit(env, path, "night", "--skip-invalid", "--out", str(out))
+    assert result.exit_code == 0, shown(result)
+    assert "added 2" in result.stdout
+    records = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["line"], [e["field"] for e in r["errors"]]) for r in records] == [(2, ["prompt"])]
+    assert records[0]["text"] == bad
+    assert status_json(env)["total"] == 2
+
+
 def test_dry_run_prints_the_cost_and_enqueues_nothing(
     env: dict[str, str], tmp_path: Path, rt: Runtime
 ) -> None:

@@ -7,9 +7,9 @@ whether a task may exist now:
     what came back                          proves                fluxq does
     429                                     refused: cap full     head of backlog; AIMD cut, or
                                                                   pause for Retry-After
-    503                                     refused: BFL busy     head of backlog; key paused
-                                                                  1 s, doubling to 8 s, or for
-                                                                  Retry-After
+    503                                     refused: BFL busy     the job keeps its slot and
+                                                                  retries after 1 s, doubling
+                                                                  to 8 s, or Retry-After
     error before the first byte was sent    refused: not sent     the same as 503
       (connect, pool, proxy, TLS setup,
       an illegal header, a bad URL)

@@ -27,7 +27,8 @@
                                           is also in fluxq:slots:{k} (the AIMD cut leaves them out)
     fluxq:groups:{k}              set     cap groups that have had a backlog for this key
     fluxq:cap:{k}                 hash    AIMD and pause state: reduced_to, reduced_at,
-                                          paused_until, pause_kind, pause_detail
+                                          paused_until, pause_kind, pause_detail; the last
+                                          refused POST: refused_at, refused_detail
     fluxq:workers                 zset    worker processes ("host:pid"), score = last heartbeat
                                           (each sweep tick): `/readyz` counts the recent ones
     fluxq:batch:{batch}           hash    per-batch counters by state, plus "total", "uncertain";
