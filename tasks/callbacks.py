@@ -24,6 +24,7 @@ from celery import Task, shared_task
 
 from config.errors import WebhookRefused
 from workers.dispatch import runtime_of
+from workers.redacted_task import RedactedTask
 from workers.runtime import Runtime, flower_options
 from workers.state.jobs import Job, JobField
 from workers.timing import backoff_s
@@ -256,7 +257,7 @@ def deliver_webhook(rt: Runtime, job_id: str, *, attempt: int) -> float | None:
     )
 
 
-@shared_task(name="fluxq.webhook", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.webhook", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def webhook(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: deliver the job's webhook, retried with backoff."""
     countdown = deliver_webhook(runtime_of(self.app), job_id, attempt=self.request.retries + 1)

@@ -37,6 +37,7 @@ from tasks.admission import admit_and_dispatch
 from tasks.callbacks import full_signature, webhook_url_problem
 from workers.dispatch import runtime_of
 from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
+from workers.redacted_task import RedactedTask
 from workers.runtime import Runtime
 from workers.state import keys
 from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
@@ -326,7 +327,7 @@ def refuse_message(
     return job_id
 
 
-@shared_task(name="fluxq.enqueue", bind=True, acks_late=True)
+@shared_task(name="fluxq.enqueue", base=RedactedTask, bind=True, acks_late=True)
 def enqueue_task(self: Task, request: Any = None, endpoint: Any = None, **options: Any) -> str:
     """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
     ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.

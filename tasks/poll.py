@@ -13,6 +13,7 @@ from config.errors import JobFailed, RetryLater, StopAndAlert
 from tasks import lifecycle
 from workers.bfl.responses import Result, Status
 from workers.dispatch import runtime_of
+from workers.redacted_task import RedactedTask
 from workers.runtime import Runtime, flower_options
 from workers.state.jobs import Job, JobField, State
 from workers.state.latency_book import size_class
@@ -151,7 +152,7 @@ def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float
     return None
 
 
-@shared_task(name="fluxq.poll", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.poll", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def poll(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: poll once and reschedule itself (same task id) while the job is Pending."""
     countdown = poll_job(runtime_of(self.app), job_id)

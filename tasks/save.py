@@ -26,6 +26,7 @@ from workers.files import (
     url_suffix,
     write_json_atomic,
 )
+from workers.redacted_task import RedactedTask
 from workers.runtime import Runtime, flower_options
 from workers.state import keys
 from workers.state.jobs import Job, JobField, State
@@ -248,7 +249,7 @@ def _manifest_entry(job: Job, image: Path, meta: dict[str, Any]) -> dict[str, An
     }
 
 
-@shared_task(name="fluxq.save", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.save", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def save(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: download and save the image; retry briefly on transport errors."""
     countdown = save_job(runtime_of(self.app), job_id)

@@ -23,6 +23,7 @@ from tasks.poll import schedule_next_poll
 from workers.bfl.outcomes import PostOutcome, post_outcome
 from workers.bfl.responses import Submitted
 from workers.dispatch import runtime_of
+from workers.redacted_task import RedactedTask
 from workers.runtime import Runtime, flower_options
 from workers.state.jobs import Job, JobField, State
 from workers.state.limiter import PauseKind
@@ -234,7 +235,7 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     return None
 
 
-@shared_task(name="fluxq.submit", bind=True, max_retries=None, acks_late=True)
+@shared_task(name="fluxq.submit", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def submit(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: submit the job; retry after a refusal (503, not sent), or a 5xx if allowed."""
     countdown = submit_job(runtime_of(self.app), job_id)
