@@ -9,9 +9,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from config.errors import FieldError, InvalidRequest
@@ -91,6 +92,8 @@ class EndpointSpec:
     price: PriceRule
     cap_group: str | None
     sizing: Sizing
+    prompt_max_chars: int | None
+    """The longest ``prompt`` the request model accepts (``PROMPT_MAX_CHARS``), None if none."""
 
 
 def _spec(
@@ -102,7 +105,22 @@ def _spec(
     cap_group: str | None = None,
 ) -> EndpointSpec:
     schema_name = None if model is FluxProInputs else model.__name__
-    return EndpointSpec(endpoint, model, schema_name, price, cap_group, sizing)
+    prompt_max = _max_length(model, "prompt")
+    return EndpointSpec(endpoint, model, schema_name, price, cap_group, sizing, prompt_max)
+
+
+def _max_length(model: type[BaseModel], name: str) -> int | None:
+    """The ``max_length`` a field of ``model`` is declared with (in its non-null branch when it
+    is nullable: ``Prompt | None``), None when it has none."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    found = [*field.metadata]
+    for branch in get_args(field.annotation):  # Annotated[str, Field(...)] | None
+        for item in getattr(branch, "__metadata__", ()):
+            found.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    bounds = [b for item in found if (b := getattr(item, "max_length", None)) is not None]
+    return min(bounds, default=None)
 
 
 # Per-image prices are BFL's (API.md section 7; 1 credit = $0.01). flux-pro-1.0-expand is not on

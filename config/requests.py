@@ -42,6 +42,12 @@ FLUX2_DEFAULT_SIDE_PX = 1024
 """FLUX.2 width/height 0 or null means "server picks": 1024 (help centre). Assumption: each side
 defaults on its own, so width=512 with height unset is taken as 512x1024."""
 
+PROMPT_MAX_CHARS = 10_000
+"""Longest prompt fluxq accepts, in characters (Unicode code points), for every endpoint. BFL's
+spec states no maxLength on any prompt field, so this is fluxq's own bound, and generous: the
+text encoders read a few hundred tokens (FLUX.1's T5: 512), and 10,000 characters are some
+2,500 of them. Without it a 20 MB prompt was queued, stored in Redis and POSTed to BFL."""
+
 MIN_ASPECT_RATIO = (9, 21)
 """Narrowest aspect ratio (width, height) BFL accepts for Ultra and Kontext, inclusive."""
 
@@ -106,6 +112,7 @@ def flux2_size(width: int | None, height: int | None) -> tuple[int, int]:
 
 
 AspectRatio = Annotated[str, AfterValidator(_check_aspect_ratio)]
+Prompt = Annotated[str, Field(max_length=PROMPT_MAX_CHARS)]
 WebhookUrl = Annotated[
     str,
     Field(min_length=1, max_length=2083, json_schema_extra={"format": "uri"}),
@@ -142,7 +149,7 @@ class _Flux1Request(BflRequest):
 class FluxPro11Inputs(_Flux1Request):
     """``POST /v1/flux-pro-1.1``."""
 
-    prompt: str | None = ""
+    prompt: Prompt | None = ""
     image_prompt: str | None = None
     width: Flux1Side = 1024
     height: Flux1Side = 768
@@ -152,7 +159,7 @@ class FluxPro11Inputs(_Flux1Request):
 class FluxDevInputs(_Flux1Request):
     """``POST /v1/flux-dev``."""
 
-    prompt: str = ""
+    prompt: Prompt = ""
     image_prompt: str | None = None
     width: Flux1Side = 1024
     height: Flux1Side = 768
@@ -164,7 +171,7 @@ class FluxDevInputs(_Flux1Request):
 class FluxProInputs(_Flux1Request):
     """``POST /v1/flux-pro``: FLUX.1 [pro] of 2024, not in the 2026 spec (API.md, seed docs)."""
 
-    prompt: str | None = ""
+    prompt: Prompt | None = ""
     image_prompt: str | None = None
     width: Flux1Side = 1024
     height: Flux1Side = 768
@@ -175,7 +182,7 @@ class FluxProInputs(_Flux1Request):
 
 
 class _UltraRequest(_Flux1Request):
-    prompt: str | None = ""
+    prompt: Prompt | None = ""
     prompt_upsampling: bool = False
     aspect_ratio: AspectRatio = "16:9"
     image_prompt: str | None = None
@@ -197,7 +204,7 @@ class FinetuneFluxUltraInput(_UltraRequest):
 
 class _FillRequest(_Flux1Request):
     image: str
-    prompt: str | None = ""
+    prompt: Prompt | None = ""
     steps: FillSteps | None = 50
     prompt_upsampling: bool | None = False
     guidance: FillGuidance | None = 60
@@ -225,7 +232,7 @@ class FinetuneFluxProFillInputs(_Flux1Request):
     finetune_strength: FinetuneStrength = 1.1
     image: str
     mask: str | None = None
-    prompt: str = ""
+    prompt: Prompt = ""
     steps: FillSteps = 50
     prompt_upsampling: bool = False
     guidance: FillGuidance = 60
@@ -234,7 +241,7 @@ class FinetuneFluxProFillInputs(_Flux1Request):
 class FluxKontextProInputs(_Flux1Request):
     """``POST /v1/flux-kontext-pro`` and ``/v1/flux-kontext-max``."""
 
-    prompt: str
+    prompt: Prompt
     input_image: str | None = None
     input_image_2: str | None = None
     input_image_3: str | None = None
@@ -245,7 +252,7 @@ class FluxKontextProInputs(_Flux1Request):
 
 
 class _Flux2Request(BflRequest):
-    prompt: str
+    prompt: Prompt
     input_image: str | None = None
     input_image_2: str | None = None
     input_image_3: str | None = None

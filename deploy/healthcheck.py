@@ -6,7 +6,8 @@ them all. It finds the fluxq process in /proc (PID 1, or the child of an init su
 
 - ``api``: ``GET /healthz`` (no token needed);
 - ``flower``: ``GET /healthcheck`` (Flower's own route, outside its basic auth);
-- ``metrics``: ``GET /metrics``;
+- ``metrics``: ``GET /metrics``, with ``FLUXQ_API_TOKEN`` as a bearer token when it is set
+  (off loopback ``fluxq metrics`` requires it);
 - ``simulator``: ``GET /sim/stats``;
 - ``worker``: a Celery worker process (``python -P -m fluxq.worker_process``) is alive; the
   supervisor restarts a dead one after 1 to 30 s, so only a child that stays dead across the
@@ -20,6 +21,7 @@ deploy/k8s use probes (this script as the workers' exec probe).
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -120,8 +122,13 @@ def url_for(args: list[str]) -> str | None:
 
 
 def http_status(url: str) -> int:
-    """The status of a GET of ``url`` (an http:// URL built by ``url_for``)."""
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 - http only
+    """The status of a GET of ``url`` (an http:// URL built by ``url_for``); the metrics route
+    gets ``FLUXQ_API_TOKEN`` as a bearer token when the container has one."""
+    request = urllib.request.Request(url)  # noqa: S310 - http only, built by url_for
+    token = os.environ.get("FLUXQ_API_TOKEN")
+    if token and url.endswith(HEALTH_PATHS["metrics"]):
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
         status: int = response.status
         return status
 

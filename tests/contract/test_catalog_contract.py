@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from config.catalog import CATALOG
-from config.requests import FLUX2_SIDE_MULTIPLE_PX
+from config.requests import FLUX2_SIDE_MULTIPLE_PX, PROMPT_MAX_CHARS
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "bfl" / "openapi.json"
 NON_GENERATION_POSTS = {"/v1/delete_finetune"}
@@ -27,6 +27,9 @@ ALLOWED_STRICTER: dict[tuple[str, str], dict[str, float]] = {
     for schema in ("Flux2Inputs", "Flux2FlexInputs", "Flux2KleinInputs")
     for side in ("width", "height")
 }
+
+# BFL states no maxLength on any prompt: fluxq's bound (PROMPT_MAX_CHARS) is its only extra length.
+ALLOWED_STRICTER_LENGTHS = {"prompt": {"maxLength": PROMPT_MAX_CHARS}}
 
 
 def load_spec() -> dict[str, Any]:
@@ -141,6 +144,8 @@ def test_required_fields_equal_the_spec(endpoint: str, schema_name: str) -> None
 @by_post
 def test_each_property_matches_the_spec(endpoint: str, schema_name: str, key: str) -> None:
     spec_side, model_side = both(endpoint, schema_name, key)
+    if key == "lengths":
+        spec_side = {n: v | ALLOWED_STRICTER_LENGTHS.get(n, {}) for n, v in spec_side.items()}
 
     mismatches = {
         name: {"spec": value, "model": model_side.get(name)}
@@ -148,6 +153,17 @@ def test_each_property_matches_the_spec(endpoint: str, schema_name: str, key: st
         if model_side.get(name) != value
     }
     assert mismatches == {}
+
+
+@by_post
+def test_bfl_states_no_prompt_length_so_fluxq_bounds_every_prompt(
+    endpoint: str, schema_name: str
+) -> None:
+    spec_side, model_side = both(endpoint, schema_name, "lengths")
+
+    assert spec_side["prompt"] == {}  # a maxLength from BFL would replace fluxq's own bound
+    assert model_side["prompt"] == {"maxLength": PROMPT_MAX_CHARS}
+    assert CATALOG[endpoint].prompt_max_chars == PROMPT_MAX_CHARS
 
 
 @by_post

@@ -65,6 +65,7 @@ ACCEPTED = [
 REFUSED = [
     with_(endpoint="flux-nope"),
     with_(request={"prompt": 3}),
+    with_(request={"prompt": "x" * 10_001}),
     with_(request={"prompt": "a", "widht": 1024}),
     with_(priority=10),
     with_(priority="high"),

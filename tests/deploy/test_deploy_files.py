@@ -962,3 +962,36 @@ def test_healthcheck_finds_each_http_commands_route_and_port(command: str, tmp_p
     default = script.url_for([command])
     assert default == f"http://127.0.0.1:{cli_default_port(command)}{script.HEALTH_PATHS[command]}"
     parse_fluxq(args)  # the options the script reads are the command's own
+
+
+def test_healthcheck_sends_the_token_to_metrics_and_only_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Off loopback `fluxq metrics` answers 401 without FLUXQ_API_TOKEN as a bearer token
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("FLUXQ_API_TOKEN", "metrics-token-123")
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        script = healthcheck_module()
+        assert script.http_status(f"{base}/metrics") == 200
+        assert script.http_status(f"{base}/healthz") == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["Bearer metrics-token-123", None]

@@ -130,6 +130,8 @@ def test_a_line_number_counts_blank_lines_and_a_bom_is_tolerated(tmp_path: Path)
         ({"prompt": PROMPT, "width": "wide"}, "flux-dev", "width", "integer"),
         ({"prompt": PROMPT, "width": 128}, "flux-dev", "width", "greater than or equal"),
         ({"seed": 1}, "flux-2-pro", "prompt", "Field required"),
+        ({"prompt": "x" * 10_001}, "flux-dev", "prompt", "at most 10000 characters"),
+        ({"prompt": "x" * 10_001, "endpoint": "flux-2-pro"}, None, "prompt", "at most 10000"),
         ({"prompt": PROMPT, "endpoint": "flux-9"}, "flux-dev", "endpoint", "unknown endpoint"),
         ({"prompt": PROMPT}, None, "endpoint", "no endpoint"),
         ({"prompt": PROMPT, "endpoint": 3.5}, "flux-dev", "endpoint", "must be a string"),

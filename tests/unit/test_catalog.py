@@ -27,6 +27,7 @@ from config.requests import (
     FLUX2_MIN_SIDE_PX,
     FLUX2_SIDE_MULTIPLE_PX,
     PIXELS_PER_MEGAPIXEL,
+    PROMPT_MAX_CHARS,
     FluxKontextProInputs,
     FluxPro11Inputs,
     FluxProInputs,
@@ -423,3 +424,36 @@ def test_flux2_accepts_exactly_0_or_aligned_sides_up_to_4_megapixels(
         assert not expected
     else:
         assert expected
+
+
+# --- the prompt's length: fluxq's bound, since BFL's spec states none -------------------------
+
+REQUIRED_BESIDES_PROMPT = {"image": B64, "finetune_id": "f"}
+
+
+def with_prompt(endpoint: str, prompt: str) -> dict[str, Any]:
+    required = CATALOG[endpoint].request_model.model_json_schema().get("required", [])
+    return {"prompt": prompt} | {k: v for k, v in REQUIRED_BESIDES_PROMPT.items() if k in required}
+
+
+@pytest.mark.parametrize("endpoint", sorted(CATALOG))
+def test_every_endpoint_refuses_a_prompt_over_its_bound_naming_prompt_and_the_bound(
+    endpoint: str,
+) -> None:
+    bound = CATALOG[endpoint].prompt_max_chars
+    assert bound == PROMPT_MAX_CHARS
+
+    validate_request(endpoint, with_prompt(endpoint, "é" * bound))  # characters, not bytes
+    with pytest.raises(InvalidRequest) as caught:
+        validate_request(endpoint, with_prompt(endpoint, "a" * (bound + 1)))
+
+    assert caught.value.fields == ("prompt",)
+    assert f"{bound}" in str(caught.value)
+
+
+def test_a_20_mb_prompt_is_refused_without_its_text_in_the_error() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate_request("flux-2-pro", {"prompt": "x" * 20_000_000})
+
+    assert caught.value.fields == ("prompt",)
+    assert len(str(caught.value)) < 200

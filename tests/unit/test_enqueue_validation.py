@@ -469,3 +469,23 @@ def test_a_callback_is_stored_with_args_kwargs_and_options(rt: Runtime) -> None:
         "kwargs": {},
         "options": {},
     }
+
+
+# --- a prompt longer than the catalog's bound, on every way in --------------------------------
+
+
+def test_a_20_mb_prompt_is_refused_at_enqueue_naming_prompt_and_its_bound(rt: Runtime) -> None:
+    from config.catalog import CATALOG  # the bound is catalog data, per endpoint
+
+    bound = CATALOG["flux-dev"].prompt_max_chars
+    assert bound is not None
+    request = {"prompt": "x" * 20_000_000}
+    exc = refused(rt, "flux-dev", request)
+    assert exc.fields == ("prompt",)
+    assert str(bound) in str(exc)
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_message(rt, {"endpoint": "flux-dev", "request": request}, message_id="msg-long")
+    assert caught.value.fields == ("prompt",)
+    assert rt.redis.exists(keys.job("msg-long")) == 0
+    # A prompt at the bound is accepted
+    prepare_job(rt, "flux-dev", {"prompt": "x" * bound})

@@ -6,7 +6,10 @@ else the platform's, see ``default_data_dir``), with its append-only file there,
 one, in any terminal, finds it through the state file ``redis.json`` in that directory (a stale
 one, whose pid is dead or which does not answer, is replaced). ``redis.lock`` (``fcntl.flock``)
 makes two commands started at once start one server. It runs until ``stop_shared``
-(``fluxq redis stop``).
+(``fluxq redis stop``). A server of the directory that ``redis.json`` does not name (the file
+garbled or deleted) is found by its pid file or /proc and adopted from ``redis.conf``, or the
+command refuses: never a second server on one append-only file. The directory is kept 0700 and
+the server's files 0600 (``tighten``; the server runs with umask 077).
 
 ``EmbeddedRedis``: a private throwaway server on a free port, in memory only, stopped with its
 owner (tests, benchmarks, ``fluxq demo``).
@@ -23,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -153,6 +157,13 @@ LOAD_TIMEOUT_S = 600.0
 """How long a server may spend loading its append-only file before it answers."""
 STOP_TIMEOUT_S = 30.0
 """How long ``stop_shared`` waits for the server to save and exit before SIGTERM, then SIGKILL."""
+PRIVATE_FILES = (STATE_FILE, LOCK_FILE, CONF_FILE, PID_FILE, LOG_FILE, AOF_FILE, "dump.rdb")
+"""The files of the data dir made 0600 at every start, whatever mode they had (the AOF and the
+log hold every job's prompt; redis.conf and redis.json the password)."""
+AOF_DIR = "appendonlydir"
+"""Redis 7's directory of append-only parts, made 0700 (its files 0600)."""
+SERVER_UMASK = 0o077
+"""The redis-server's umask: every file it creates (AOF parts, RDB, log, pid file) is 0600."""
 START_ATTEMPTS = 3
 """Tries with a new free port when the one picked was taken in the meantime."""
 PING_TIMEOUT_S = 2.0
@@ -259,10 +270,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, under another user
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc (macOS): os.kill said it exists
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return line.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _owned_here(pid: int, data_dir: Path) -> bool | None:
@@ -326,10 +337,12 @@ def ensure_shared(data_dir: Path) -> tuple[SharedRedis, bool]:
     It is started detached (``daemonize yes``: its own session, its parent init): it outlives
     the command that started it and stops only with ``stop_shared`` (``fluxq redis stop``).
     """
+    tighten(data_dir)
     found = running_shared(data_dir)
     if found is not None:
         return found, False
     with _locked(data_dir):
+        tighten(data_dir)
         recorded = read_state(data_dir)
         if recorded is not None and pid_alive(recorded.pid):
             answer = _wait_answer(recorded, deadline=time.monotonic() + PING_TIMEOUT_S)
@@ -341,7 +354,122 @@ def ensure_shared(data_dir: Path) -> tuple[SharedRedis, bool]:
                     f"{data_dir / LOG_FILE}; stop it (`fluxq redis stop`, or kill "
                     f"{recorded.pid}) and try again"
                 )
+        # No usable record: a server of this directory may still run (redis.json garbled or
+        # deleted). A second one on the same append-only file would corrupt it: adopt or refuse.
+        adopted = _adopt_unrecorded(data_dir)
+        if adopted is not None:
+            return adopted, False
         return _start(data_dir), True
+
+
+def tighten(data_dir: Path) -> None:
+    """Make ``data_dir`` 0700 and the server's files in it 0600 (``appendonlydir`` 0700),
+    whatever mode they had: the AOF and log hold every prompt, redis.conf the password.
+    Symbolic links are left alone (a chmod would follow them out of the directory)."""
+    if not data_dir.is_dir():
+        return
+    _chmod(data_dir, 0o700)
+    for name in PRIVATE_FILES:
+        _chmod(data_dir / name, 0o600)
+    parts = data_dir / AOF_DIR
+    if _chmod(parts, 0o700):
+        for part in parts.iterdir():
+            _chmod(part, 0o600)
+
+
+def _chmod(path: Path, mode: int) -> bool:
+    """chmod ``path`` unless it is missing or a symbolic link; True when it was changed (or
+    already had ``mode``). One that cannot be changed (another user's) is a ConfigError."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        return False
+    if stat.S_IMODE(info.st_mode) != mode:
+        try:
+            os.chmod(path, mode)
+        except FileNotFoundError:
+            return False
+        except PermissionError as exc:
+            raise ConfigError(
+                f"cannot make {path} private (mode {mode:o}): {exc.strerror}; it should belong "
+                "to you, or set FLUXQ_DATA_DIR to a directory of your own"
+            ) from None
+    return True
+
+
+def servers_in(data_dir: Path) -> list[int]:
+    """The live redis-servers working in ``data_dir`` (Linux: their cwd, the ``dir`` of their
+    config): its pid file's first, then any other /proc shows. Without /proc, the pid file's
+    pid when it is alive (not known to be a redis-server)."""
+    found: list[int] = []
+    recorded = _read_pid(data_dir / PID_FILE)
+    if (
+        recorded is not None
+        and pid_alive(recorded)
+        and _owned_here(recorded, data_dir) is not False
+    ):
+        found.append(recorded)
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and int(entry.name) not in found:
+            pid = int(entry.name)
+            if _owned_here(pid, data_dir) and pid_alive(pid):
+                found.append(pid)
+    return found
+
+
+def _recorded_config(data_dir: Path) -> tuple[int, str] | None:
+    """The port and password of the redis.conf fluxq wrote in ``data_dir``, None if unreadable."""
+    try:
+        text = (data_dir / CONF_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    port: int | None = None
+    password: str | None = None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "port" and value.strip().isdigit():
+            port = int(value.strip())
+        elif key == "requirepass":
+            password = _unquoted(value.strip())
+    return (port, password) if port is not None and password is not None else None
+
+
+def _adopt_unrecorded(data_dir: Path) -> SharedRedis | None:
+    """The server already working in ``data_dir`` that ``redis.json`` does not name, recorded
+    again (its port and password read back from ``redis.conf``); None when no server works
+    there. ConfigError when one does but cannot be reached: never a second one on its AOF."""
+    pids = servers_in(data_dir)
+    if not pids:
+        return None
+    config = _recorded_config(data_dir)
+    if config is not None:
+        port, password = config
+        for pid in pids:
+            server = SharedRedis(pid, port, password, _started_at(data_dir), data_dir)
+            if _wait_answer(server, deadline=time.monotonic() + PING_TIMEOUT_S):
+                _write_state(server)
+                return server
+    if all(_owned_here(pid, data_dir) is None for pid in pids):
+        return None  # no /proc, and the pid file's pid answers nothing of ours: a reused pid
+    pid = pids[0]
+    raise ConfigError(
+        f"a redis-server (pid {pid}) is already running in {data_dir} but {STATE_FILE} and "
+        f"{CONF_FILE} do not say how to reach it; starting a second one would corrupt its "
+        f"append-only file: stop it (kill {pid}; it saves on SIGTERM) and try again"
+    )
+
+
+def _started_at(data_dir: Path) -> float:
+    """When the server started: its pid file's time (written at start), else now."""
+    try:
+        return (data_dir / PID_FILE).stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def _wait_answer(server: SharedRedis, *, deadline: float) -> bool:
@@ -361,6 +489,20 @@ def _wait_answer(server: SharedRedis, *, deadline: float) -> bool:
 def _quoted(value: str) -> str:
     """A value for redis.conf, in double quotes (paths may hold spaces)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _unquoted(value: str) -> str:
+    """The inverse of ``_quoted`` (a bare value is returned as it is)."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    out, escaped = [], False
+    for char in value[1:-1]:
+        if escaped or char != "\\":
+            out.append(char)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
 
 
 def _config(data_dir: Path, port: int, password: str) -> str:
@@ -413,6 +555,7 @@ def _start_once(data_dir: Path, port: int, password: str) -> tuple[SharedRedis |
             stderr=err,
             cwd=data_dir,
             start_new_session=True,
+            umask=SERVER_UMASK,
         )
         try:  # with daemonize, the first process forks the server and exits at once
             code = first.wait(timeout=START_TIMEOUT_S)
@@ -481,6 +624,8 @@ def stop_shared(data_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> SharedR
     with _locked(data_dir):
         server = read_state(data_dir)
         if server is None or not pid_alive(server.pid):
+            server = _adopt_unrecorded(data_dir)  # redis.json garbled while its server runs
+        if server is None:
             (data_dir / STATE_FILE).unlink(missing_ok=True)
             return None
         answered = _answers(server) != "no"
