@@ -45,7 +45,7 @@ def _base_url(request: Request) -> str:
 
 
 async def _fault_response(sim: Simulator, phase: Literal["submit", "poll"]) -> Response | None:
-    delay_s = sim.slow_delay_s()
+    delay_s = sim.slow_delay_s(phase)
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     fault = sim.pick_fault(phase)
@@ -152,11 +152,15 @@ class _Handlers:
         grant = self.sim.authorise_sample(ref)
         if isinstance(grant, Reply):
             return _respond(grant)
+        fault = self.sim.pick_fault("download")
+        if fault == "403":
+            # A valid URL refused: nothing is rendered, as when the delivery host is in trouble.
+            return _respond(detail(403, "Server failed to authenticate the request"))
         # Encoding takes milliseconds: keep it off the loop that also answers polls.
         data = await run_in_threadpool(
             self.sim.images.get, grant.prompt, grant.seed, grant.width, grant.height, grant.fmt
         )
-        if self.sim.pick_fault("download") == "drop":
+        if fault == "drop":
             return DroppedResponse(
                 partial_body=data[: len(data) // 2], media_type=CONTENT_TYPES[grant.fmt]
             )

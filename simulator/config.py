@@ -131,10 +131,20 @@ class SimConfig(BaseModel):
     )
     poll_drop_rate: Rate = Field(default=0.0, description="Poll connection dropped mid-response.")
     download_drop_rate: Rate = Field(default=0.0, description="Download dropped mid-body.")
+    download_403_rate: Rate = Field(
+        default=0.0,
+        description="Download of a valid, unexpired sample URL refused with 403, as a delivery "
+        "host in trouble might; nothing is served.",
+    )
     submit_lost_rate: Rate = Field(
         default=0.0, description="Task created and billed, then the response is lost."
     )
     slow_rate: Rate = Field(default=0.0, description="Share of submits and polls answered slowly.")
+    submit_slow_rate: Rate = Field(
+        default=0.0,
+        description="Share of submits (only) answered slowly; polls keep their speed. The task is "
+        "created after the delay, as if BFL took that long to accept the POST.",
+    )
     slow_delay_s: float = Field(
         default=2.0, ge=0, description="Delay of a slow answer (wall-clock)."
     )

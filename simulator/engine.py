@@ -21,7 +21,7 @@ from simulator.images import ImageCache
 from simulator.tasks import Task, TaskStatus, TaskStore, view_task
 
 Phase = Literal["submit", "poll", "download"]
-Fault = Literal["500", "503", "drop"]
+Fault = Literal["500", "503", "403", "drop"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Simulator:
                 ("503", cfg.poll_503_rate),
                 ("drop", cfg.poll_drop_rate),
             ),
-            "download": (("drop", cfg.download_drop_rate),),
+            "download": (("403", cfg.download_403_rate), ("drop", cfg.download_drop_rate)),
         }
         for fault, rate in rates[phase]:
             if self.roll(rate):
@@ -123,11 +123,13 @@ class Simulator:
                 return fault
         return None
 
-    def slow_delay_s(self) -> float:
-        """Seconds to stall this answer: ``slow_delay_s`` at ``slow_rate``, else 0."""
-        if self.roll(self._config.slow_rate):
+    def slow_delay_s(self, phase: Phase) -> float:
+        """Seconds to stall this answer: ``slow_delay_s`` at ``slow_rate`` (and, for a submit, at
+        ``submit_slow_rate``), else 0."""
+        cfg = self._config
+        if self.roll(cfg.slow_rate) or (phase == "submit" and self.roll(cfg.submit_slow_rate)):
             self.count("fault_slow")
-            return self._config.slow_delay_s
+            return cfg.slow_delay_s
         return 0.0
 
     def count(self, name: str, by: int = 1) -> None:

@@ -113,25 +113,54 @@ def _span(times: dict[str, float], start: str, end: str) -> float | None:
     return None
 
 
-def _refetch(rt: Runtime, job: Job, exc: DownloadFailed) -> bool:
-    """Ask BFL once for a fresh sample URL (the old one expired); True when there is one."""
-    if job.refetched or not job.polling_url:
+def _refetch(rt: Runtime, job: Job) -> bool:
+    """Ask BFL for the result again; True when it signed a URL other than the refused one (the
+    refused one expired), which the next attempt uses at once."""
+    if not job.polling_url:
         return False
-    rt.store.update(job.job_id, {JobField.REFETCHED: 1})
+    rt.store.incr(job.job_id, JobField.REFETCHED)
     try:
         fresh = rt.client.get_result(job.polling_url)
     except FluxqError as err:
         log.info("re-fetch of the result failed job=%s error=%s", job.job_id, err)
         return False
-    if fresh.status is not Status.READY or not fresh.sample_url:
+    if (
+        fresh.status is not Status.READY
+        or not fresh.sample_url
+        or fresh.sample_url == job.sample_url
+    ):
         return False
-    log.info("download failed (%s); re-fetched a fresh URL job=%s", exc, job.job_id)
-    rt.store.update(job.job_id, {JobField.SAMPLE_URL: fresh.sample_url})
+    log.info("download refused; BFL signed a fresh URL job=%s", job.job_id)
+    fields: dict[str, str | int | float] = {
+        JobField.SAMPLE_URL: fresh.sample_url,
+        JobField.SAMPLE_URL_AT: rt.clock(),
+    }
+    rt.store.update(job.job_id, fields)
     return True
 
 
+SAMPLE_URL_VALID_S = 600.0
+"""BFL's signed delivery URLs are valid for 10 minutes. Until then a refused or broken download
+(403, 404, 5xx, a dropped connection) is the delivery host's bad minute, not an expired URL: the
+image is paid for, so the save tries again (backoff up to 20 s) rather than fail the job. Its
+price: a save task that waits up to 10 minutes; the job's slot was freed at Ready."""
+
+
 def save_job(rt: Runtime, job_id: str) -> float | None:
-    """Save one Ready job. Returns a countdown when the task should retry, else None."""
+    """Save one Ready job. Returns a countdown when the task should retry, else None.
+
+    While a retry waits, the save watchdog is pushed past it, so the sweep never sends a second
+    save of the same job meanwhile."""
+    countdown_s = _save(rt, job_id)
+    if countdown_s is not None:
+        job = rt.store.get(job_id)
+        if job is not None and job.state is State.READY:
+            until_s = rt.clock() + countdown_s + rt.settings.lease_ttl_s
+            rt.store.watch_save(job_id, job.key_label, until_s=until_s)
+    return countdown_s
+
+
+def _save(rt: Runtime, job_id: str) -> float | None:
     job = rt.store.get(job_id)
     if job is None or job.state is not State.READY:
         return None
@@ -171,18 +200,28 @@ def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | f
     try:
         return rt.client.download(job.sample_url, temp)
     except DownloadFailed as exc:
-        if _refetch(rt, job, exc):
+        if exc.status_code == 200:  # too large, or empty: the same URL would fail the same way
+            lifecycle.fail(rt, job, f"download failed: {exc}")
+            return None
+        if exc.expired and _refetch(rt, job):
             return 0.0
-        lifecycle.fail(rt, job, f"download failed: {exc}")
-        return None
+        return _after_failed_download(rt, job, exc, attempt)
     except RetryLater as exc:
-        if attempt < rt.settings.download_max_attempts:
-            return _retry_in(rt, attempt)
-        lifecycle.fail(rt, job, f"download failed {attempt} times: {exc}")
-        return None
+        return _after_failed_download(rt, job, exc, attempt)
     except JobFailed as exc:
         lifecycle.fail(rt, job, f"download refused: {exc}")
         return None
+
+
+def _after_failed_download(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
+    """Try again while the URL is valid (``SAMPLE_URL_VALID_S``) or attempts are left
+    (FLUXQ_DOWNLOAD_MAX_ATTEMPTS); past both, fail with what the host said."""
+    url_at = job.sample_url_at or job.times.get(State.READY.value) or rt.clock()
+    age_s = rt.clock() - url_at
+    if age_s < SAMPLE_URL_VALID_S or attempt < rt.settings.download_max_attempts:
+        return _retry_in(rt, attempt)
+    lifecycle.fail(rt, job, f"download failed {attempt} times, its URL {age_s:.0f} s old: {exc}")
+    return None
 
 
 def _retry_in(rt: Runtime, attempt: int) -> float:

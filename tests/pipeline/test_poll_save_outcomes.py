@@ -161,13 +161,45 @@ def test_an_expired_url_with_no_fresh_one_fails_the_job_and_leaves_no_file(
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "too late"}, batch="late")
     while "save" not in pipeline.dispatch.kinds(job_id):
         assert pipeline.step()
+    # The save runs 601 s after Ready, by BFL's clock and fluxq's: the URL's 10 minutes are over
     pipeline.sim.advance_clock(601)
-    pipeline.drain()
+    real_clock = pipeline.rt.clock
+    pipeline.rt.clock = lambda: real_clock() + 601
+    try:
+        pipeline.drain()
+    finally:
+        pipeline.rt.clock = real_clock
     job = pipeline.job(job_id)
     assert job.state is State.FAILED
     assert "download failed" in (job.reason or "")
+    assert job.download_attempts == pipeline.rt.settings.download_max_attempts
     out = pipeline.rt.settings.output_dir / "late"
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_delivery_host_refusing_a_valid_url_is_waited_out_not_a_lost_image(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given the delivery host answers 403 to a URL BFL signed seconds ago (a CDN's bad minute)
+    pipeline = make_pipeline(download_max_attempts=1, retry_backoff_base_s=0.2)
+    pipeline.sim.configure(download_403_rate=1.0)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "cdn down"}, batch="cdn")
+    while "save" not in pipeline.dispatch.kinds(job_id):
+        assert pipeline.step()
+    for _ in range(4):
+        assert pipeline.step()
+    # Then the paid image is not given up: the job waits, its save watched past each retry
+    job = pipeline.job(job_id)
+    assert job.state is State.READY
+    assert job.download_attempts == 4
+    [(_, watched_until)] = pipeline.rt.redis.zrange(
+        keys.saves(pipeline.rt.label), 0, -1, withscores=True
+    )
+    assert watched_until > pipeline.rt.clock() + pipeline.rt.settings.lease_ttl_s
+    # And once the host serves again, the image is saved
+    pipeline.sim.configure(download_403_rate=0.0)
+    pipeline.drain()
+    assert pipeline.job(job_id).state is State.DONE
 
 
 def test_a_download_cut_off_midway_is_retried_and_no_partial_file_remains(

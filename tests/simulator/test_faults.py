@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import OutcomeUnknown, ReadFailed, ServerError
+from config.errors import DownloadFailed, OutcomeUnknown, ReadFailed, ServerError
 from config.requests import FluxPro11Inputs
 from simulator import SimulatorServer
 from tests.simulator.conftest import KEY, wait_terminal
@@ -102,6 +102,40 @@ def test_a_dropped_download_is_a_transport_error_and_leaves_no_file(
     with pytest.raises(ReadFailed):
         client.download(result.sample_url, tmp_path / "half.jpeg")
     assert not (tmp_path / "half.jpeg").exists()
+
+
+def test_a_refused_download_is_a_403_for_a_valid_url_and_serves_nothing(
+    sim: SimulatorServer, client: BFLClient, tmp_path: Path
+) -> None:
+    # Given a valid, unexpired sample URL and a delivery host refusing every download
+    result = wait_terminal(client, client.submit("flux-pro-1.1", REQUEST).polling_url)
+    assert result.sample_url is not None
+    sim.configure(download_403_rate=1.0)
+    # When fluxq downloads, Then DownloadFailed with 403, no file, and the fault counted
+    with pytest.raises(DownloadFailed) as caught:
+        client.download(result.sample_url, tmp_path / "refused.jpeg")
+    assert caught.value.status_code == 403
+    assert not (tmp_path / "refused.jpeg").exists()
+    assert sim.stats()["counters"]["fault_download_403"] == 1
+    # And once the host is well again, the same URL serves the image
+    sim.configure(download_403_rate=0.0)
+    assert client.download(result.sample_url, tmp_path / "served.jpeg").size_bytes > 0
+
+
+def test_slow_submits_delay_submits_only_and_create_the_task_after_the_delay(
+    sim: SimulatorServer, client: BFLClient
+) -> None:
+    # Given submits (only) answered after 0.3 s
+    sim.configure(submit_slow_rate=1.0, slow_delay_s=0.3)
+    # When fluxq submits, Then the answer takes at least 0.3 s
+    started = time.monotonic()
+    submitted = client.submit("flux-pro-1.1", REQUEST)
+    assert time.monotonic() - started >= 0.3
+    # And a poll is answered at once
+    started = time.monotonic()
+    client.get_result(submitted.polling_url)
+    assert time.monotonic() - started < 0.3
+    assert sim.stats()["counters"]["fault_slow"] == 1
 
 
 def test_slow_answers_are_delayed_by_slow_delay_s(sim: SimulatorServer, client: BFLClient) -> None:

@@ -117,7 +117,8 @@ class JobField(StrEnum):
     SEED = "seed"
     # Save.
     DOWNLOAD_ATTEMPTS = "download_attempts"
-    REFETCHED = "refetched"
+    REFETCHED = "refetched"  # fresh sample URLs asked of BFL after a refused download
+    SAMPLE_URL_AT = "sample_url_at"  # when the sample URL in use was fetched (else: Ready)
     MANIFEST_APPENDED = "manifest_appended"
     PATH = "path"
     SHA256 = "sha256"
@@ -194,7 +195,8 @@ class Job:
     last_pending_s: float | None
     not_found_count: int
     download_attempts: int
-    refetched: bool
+    refetched: int
+    sample_url_at: float | None
     manifest_appended: bool
     uncertain: bool
     callback_json: str | None
@@ -259,7 +261,8 @@ def parse_job(job_id: str, raw: Mapping[str, str]) -> Job:
         last_pending_s=_opt_float(raw.get(JobField.LAST_PENDING_S)),
         not_found_count=_count(raw, JobField.NOT_FOUND_COUNT),
         download_attempts=_count(raw, JobField.DOWNLOAD_ATTEMPTS),
-        refetched=_flag(raw, JobField.REFETCHED),
+        refetched=_count(raw, JobField.REFETCHED),
+        sample_url_at=_opt_float(raw.get(JobField.SAMPLE_URL_AT)),
         manifest_appended=_flag(raw, JobField.MANIFEST_APPENDED),
         uncertain=_flag(raw, JobField.UNCERTAIN),
         callback_json=raw.get(JobField.CALLBACK_JSON),
