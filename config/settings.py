@@ -60,6 +60,11 @@ _NETLOC = re.compile(
 """A URL's authority as fluxq accepts it: a DNS name or [IPv6], an optional port, no user info."""
 
 
+_HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?|\[[0-9a-f:.]{2,45}\]")
+"""A Host allow-list entry: a DNS name or IPv4 address (``*.`` in front for any subdomain), or
+an IPv6 address in brackets; no port."""
+
+
 def _header_problem(value: str) -> str | None:
     """What makes ``value`` unusable as an HTTP header value, without ever repeating it."""
     for index, char in enumerate(value, start=1):
@@ -254,6 +259,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest request body `fluxq api` accepts (a batch file too); larger: 413.",
     )
+    api_max_job_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of POST /v1/jobs (a prompt-only job is under 10 KB; room is left "
+        "for base64 input images); larger: 413. FLUXQ_API_MAX_BODY_BYTES still caps it.",
+    )
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names `fluxq api` answers besides localhost, 127.0.0.1, [::1], its "
+        "--host (any name when that is 0.0.0.0 or ::, which needs FLUXQ_API_TOKEN) and "
+        "FLUXQ_BFL_WEBHOOK_BASE_URL's host: comma-separated, `*.example.com` for subdomains, "
+        "`*` for any (only with FLUXQ_API_TOKEN). Any other Host header is 400 (DNS rebinding).",
+    )
     api_submits: bool = Field(
         default=True,
         description="`fluxq api` POSTs the jobs it admits itself (after a webhook frees a slot, "
@@ -277,6 +295,13 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Tasks `fluxq flower` keeps in memory (and in its --persistent state); "
         "the oldest are dropped first.",
+    )
+    flower_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names `fluxq flower` answers besides localhost, 127.0.0.1, [::1] and "
+        "its --address (any name when that is 0.0.0.0 or ::, which needs basic auth): "
+        "comma-separated, `*.example.com` for subdomains, `*` for any (only with basic auth). "
+        "Any other Host header is 400 (DNS rebinding).",
     )
 
     bfl_webhook_base_url: str | None = Field(
@@ -374,6 +399,35 @@ class Settings(BaseSettings):
             if not sep or scheme not in ("http", "https") or not host:
                 raise ValueError(f"{pattern!r} is not 'scheme://host-glob[:port-glob]'")
         return value
+
+    @field_validator("api_allowed_hosts", "flower_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_allowed_hosts(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("api_allowed_hosts", "flower_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        hosts = [host.strip().lower() for host in value]
+        for host in hosts:
+            if host != "*" and not _HOST_PATTERN.fullmatch(host):
+                raise ValueError(
+                    f"{host[:100]!r} is not a host name (`fluxq.example.com`, `*.example.com`, "
+                    "an IP address, `[::1]`, or `*`): no scheme, port or path"
+                )
+        if "*" in hosts:
+            if info.field_name == "api_allowed_hosts" and info.data.get("api_token") is None:
+                raise ValueError(
+                    "`*` (any host) needs FLUXQ_API_TOKEN: set the token, or list names"
+                )
+            if info.field_name == "flower_allowed_hosts" and (
+                not info.data.get("flower_user") or info.data.get("flower_password") is None
+            ):
+                raise ValueError(
+                    "`*` (any host) needs FLUXQ_FLOWER_USER and FLUXQ_FLOWER_PASSWORD: set them, "
+                    "or list names"
+                )
+        return hosts
 
     @field_validator("bfl_webhook_base_url")
     @classmethod

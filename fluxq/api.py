@@ -8,6 +8,17 @@ client already written for BFL reads ours too; no traceback ever reaches a clien
 
 ``create_app(settings)`` builds the app; one producer Runtime is made at start-up and closed at
 shutdown. ``python -m fluxq.api`` prints the OpenAPI document (``docs/openapi.json``).
+
+Safe against a browser tab: a page of another site can send a POST that needs no CORS preflight
+(a ``text/plain`` body, a form), and DNS rebinding can make a page's own name resolve to
+127.0.0.1. So the JSON and NDJSON routes take only their own content types (a browser cannot send
+those cross-site without a preflight, which gets no CORS headers here), a state-changing request
+that a browser marks as coming from another origin or site is 403, and with ``hosts`` (``fluxq
+api`` always passes them) a ``Host`` header not on the allow-list is 400.
+
+Safe against a careless client: the work that can block (Redis, parsing a body, files) runs in
+threads, never on the event loop; a job's body has its own small limit; long polls are bounded;
+outside text reaches the log escaped and cut.
 """
 
 from __future__ import annotations
@@ -17,29 +28,48 @@ import hmac
 import json
 import logging
 import mimetypes
+import re
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import redis
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config.catalog import escape_surrogates, get_endpoint
 from config.errors import FieldError, InvalidRequest
 from config.settings import Settings, load_settings
+from fluxq.cli.api import AllowedHosts
 from fluxq.cli.batch_view import _as_json
 from fluxq.cli.waits import read_batch_view
 from tasks.batches import (
@@ -75,6 +105,30 @@ MAX_BATCH_CHARS = 64
 
 MAX_REPORTED_ERRORS = 20
 """Bad lines named in a refused batch's 422, as ``fluxq batch submit`` prints them."""
+
+MAX_LONG_POLLS = 256
+"""Long polls (``wait_s`` > 0) held at once: each reads Redis every WAIT_STEP_S, so thousands of
+them would starve every other request. One more is 503 with ``Retry-After``."""
+
+LONG_POLL_RETRY_AFTER_S = 1
+"""Retry-After on a long poll refused because MAX_LONG_POLLS are held."""
+
+MAX_JSON_DEPTH = 32
+"""Nesting a job's JSON body may have (a BFL request nests two or three levels): deeper is 422,
+never a RecursionError (500) in the checks that walk it."""
+
+MAX_LOGGED_CHARS = 200
+"""Outside text (a job id from a URL, an error's text) is cut to this in the log."""
+
+JSON_TYPES = ("application/json",)
+"""The content type ``POST /v1/jobs`` takes: a page of another site cannot send it (a preflight
+is due, and no CORS headers answer it), unlike text/plain or a form's types."""
+
+BATCH_TYPES = ("application/x-ndjson", "application/jsonl")
+"""The content types ``POST /v1/batches`` takes (one JSON request per line): never text/plain."""
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+"""Methods refused when a browser says another origin or site sent them."""
 
 JOB_OPTIONS = ("job_id", "batch", "name", "priority", "webhook_url")
 """The options ``POST /v1/jobs`` accepts besides endpoint and request. ``callback`` (a Celery
@@ -207,7 +261,7 @@ class BatchCancelled(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error that names no field: 401, 404, 409, 413, 500, 503."""
+    """An error that names no field: 400, 401, 403, 404, 409, 413, 415, 500, 503."""
 
     detail: str
 
@@ -249,39 +303,150 @@ def body_loc(error: FieldError) -> list[str | int]:
 
 
 class BodyLimit:
-    """413 for a body over ``max_bytes``: told by Content-Length up front, else counted as it
-    streams in (chunked bodies, or a Content-Length that lied), so no route ever holds more."""
+    """413 for a body over its route's limit: told by Content-Length up front, else counted as it
+    streams in (chunked bodies, or a Content-Length that lied), so no route ever holds more.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``POST /v1/jobs`` has its own limit (``job_bytes``, FLUXQ_API_MAX_JOB_BYTES): one job's body
+    is parsed whole, so it must stay small; every other route has ``max_bytes`` (the batch route
+    streams its body to disk)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, job_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.job_bytes = job_bytes
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        job_bytes = self.job_bytes
+        is_job = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/jobs"
+        if is_job and job_bytes is not None and job_bytes < self.max_bytes:
+            return job_bytes, "FLUXQ_API_MAX_JOB_BYTES"
+        return self.max_bytes, "FLUXQ_API_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
+        message = f"request body over {limit:,} bytes ({setting})"
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large()(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _problem(413, message)(scope, receive, send)
                 return
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, self._message())
-            return message
+            received = await receive()
+            if received["type"] == "http.request":
+                seen += len(received.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, message)
+            return received
 
         await self.app(scope, counted, send)
 
-    def _message(self) -> str:
-        return f"request body over {self.max_bytes:,} bytes (FLUXQ_API_MAX_BODY_BYTES)"
 
-    def _too_large(self) -> JSONResponse:
-        return _problem(413, self._message())
+# --- a browser tab, and outside text -----------------------------------------------------------
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def loggable(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` safe for a log line: control characters (a newline starts a forged line) escaped
+    as ``\\n``, ``\\x1b``…, and cut to ``limit`` characters with the full length said."""
+    if len(text) > limit:
+        text = f"{text[:limit]}…({len(text):,} characters)"
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class OutsideText(logging.Filter):
+    """Every string (and exception) argument of a record made loggable: the API logs job ids
+    taken from URLs, and errors quoting bodies, that anyone can send."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                loggable(arg if isinstance(arg, str) else str(arg))
+                if isinstance(arg, str | BaseException)
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+API_LOGGERS = ("fluxq.api", "fluxq.bfl_webhook", "fluxq.inline_submit")
+"""The loggers the API's requests write to (a filter acts on its own logger's records only)."""
+
+
+def _filter_logs() -> None:
+    for name in API_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OutsideText) for f in logger.filters):
+            logger.addFilter(OutsideText())
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """True when ``origin`` (an Origin header) is this server's own: its host and port are the
+    ``Host`` header's (a default port written or not). ``null`` is never."""
+    scheme, sep, netloc = origin.strip().lower().partition("://")
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if not sep or default is None or not netloc or "/" in netloc:
+        return False
+    host = host.strip().lower()
+    return netloc.removesuffix(default) == host.removesuffix(default)
+
+
+def cross_site(headers: Headers) -> str | None:
+    """Why a state-changing request came from another site's page, or None.
+
+    A browser says where a request comes from: ``Sec-Fetch-Site`` (cross-site and same-site
+    are refused, same-origin and none pass) and ``Origin`` (on every POST, and on any
+    cross-origin request). A client that is not a browser (curl, httpx, BFL's webhooks) sends
+    neither, and passes."""
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    if site in ("cross-site", "same-site"):
+        return f"refused: a {site} request from a browser page (Sec-Fetch-Site)"
+    origin = headers.get("origin")
+    if origin is not None and not _same_origin(origin, headers.get("host", "")):
+        return f"refused: a request from a page of another origin ({loggable(origin, 100)})"
+    return None
+
+
+class RequestGuard:
+    """Before any route: 400 when ``hosts`` is given and the ``Host`` header is not on it (DNS
+    rebinding), 403 for a state-changing request a browser sent from another origin or site."""
+
+    def __init__(self, app: ASGIApp, hosts: AllowedHosts | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if self.hosts is not None and not self.hosts.allows(host):
+            shown = loggable(host, 100) if host is not None else "(none)"
+            detail = f"Host {shown} is not a name of this server (FLUXQ_API_ALLOWED_HOSTS)"
+            await _problem(400, detail)(scope, receive, send)
+            return
+        if scope["method"] in STATE_CHANGING:
+            refusal = cross_site(headers)
+            if refusal is not None:
+                await _problem(403, refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def require_type(request: Request, accepted: Sequence[str]) -> None:
+    """415 unless the body's Content-Type (its parameters aside) is one of ``accepted``."""
+    given = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if given not in accepted:
+        shown = loggable(given, 100) if given else "none"
+        raise HTTPException(
+            415, f"Content-Type {shown} is not accepted: send {' or '.join(accepted)}"
+        )
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -318,13 +483,25 @@ def _auth(settings: Settings) -> Callable[..., Awaitable[None]]:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "A Host header not on FLUXQ_API_ALLOWED_HOSTS."},
     401: {"model": Problem, "description": "No token, or a wrong one."},
     422: {"model": Invalid, "description": "Every bad field, in BFL's shape."},
 }
 
+CROSS_SITE: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "Sent by a browser page of another origin or site."},
+}
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API for ``settings``; its Runtime (Redis, Celery producer) lives as long as the app."""
+WRONG_TYPE: dict[int | str, dict[str, Any]] = {
+    415: {"model": Problem, "description": "A body of another Content-Type."},
+}
+
+
+def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> FastAPI:
+    """The API for ``settings``; its Runtime (Redis, Celery producer) lives as long as the app.
+
+    ``hosts``: the ``Host`` headers answered (``fluxq api`` passes its allow-list); None checks
+    no Host, for an app driven in-process (tests) or behind a server that checks it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -336,6 +513,7 @@ def create_app(settings: Settings) -> FastAPI:
             inline = InlineSubmits.install(rt)
         app.state.runtime = rt
         app.state.registry = registry_for(settings, rt.redis)
+        app.state.webhook_threads = anyio.CapacityLimiter(WEBHOOK_THREADS)
         try:
             yield
         finally:
@@ -349,10 +527,19 @@ def create_app(settings: Settings) -> FastAPI:
         description="FLUX image jobs and batches, run through the BFL API at the key's cap.",
         lifespan=lifespan,
         responses=ERRORS,
+        docs_url=None,  # served by _add_docs, behind the token when one is set
+        redoc_url=None,
+        openapi_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.state.long_polls = 0
+    _filter_logs()
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.api_max_body_bytes, job_bytes=settings.api_max_job_bytes
+    )
+    app.add_middleware(RequestGuard, hosts=hosts)  # outermost: before any body is read
     _add_error_handlers(app)
     auth = [Depends(_auth(settings))]
+    _add_docs(app, auth)
     _add_probes(app, auth)
     _add_job_routes(app, auth)
     _add_batch_routes(app, auth)
@@ -391,10 +578,27 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _problem(500, "internal error")
 
 
+def _add_docs(app: FastAPI, auth: list[Any]) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc``, behind the token when one is set (with one,
+    a browser cannot open them: read ``docs/openapi.json`` instead)."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="fluxq - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=auth)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="fluxq - ReDoc")
+
+
 def _add_probes(app: FastAPI, auth: list[Any]) -> None:
     @app.get("/healthz", tags=["probes"])
-    def healthz() -> dict[str, bool]:
-        """The process is alive (always 200; it reads nothing)."""
+    async def healthz() -> dict[str, bool]:
+        """The process is alive (always 200; it reads nothing, and waits for no thread)."""
         return {"alive": True}
 
     @app.get(
@@ -481,6 +685,42 @@ def create_job(rt: Runtime, body: object) -> tuple[int, JobCreated]:
     return 201, JobCreated(id=job.job_id, state=job.state, batch=job.batch)
 
 
+def json_too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests lists and objects more than ``limit`` levels (walked without
+    recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def job_from_body(rt: Runtime, raw: bytes) -> JSONResponse:
+    """``POST /v1/jobs`` off the event loop: parse the body, check it, enqueue (Redis)."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
+        too_deep = True
+    except ValueError as exc:
+        return _invalid([_field(["body"], f"not JSON: {loggable(str(exc))}", "json_invalid")])
+    else:
+        too_deep = json_too_deep(body)
+    if too_deep:
+        msg = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        return _invalid([_field(["body"], msg, "json_invalid")])
+    status, created = create_job(rt, body)
+    return JSONResponse(created.model_dump(mode="json"), status_code=status)
+
+
 async def wait_for_job(rt: Runtime, job_id: str, wait_s: float) -> JobOut:
     """The job once it ends or ``wait_s`` passes, reading Redis every WAIT_STEP_S: each read is
     a short call in the threadpool, the wait between holds no thread."""
@@ -520,7 +760,12 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         dependencies=auth,
         status_code=201,
         response_model=JobCreated,
-        responses={200: {"model": JobCreated, "description": "That job_id exists already."}},
+        responses={
+            200: {"model": JobCreated, "description": "That job_id exists already."},
+            413: {"model": Problem, "description": "Over FLUXQ_API_MAX_JOB_BYTES."},
+            **CROSS_SITE,
+            **WRONG_TYPE,
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -529,26 +774,44 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         },
     )
     async def post_job(request: Request, rt: RuntimeDep) -> JSONResponse:
-        """Enqueue one job (checked like every other way in: 422 names every bad field)."""
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return _invalid([_field(["body"], f"not JSON: {exc}", "json_invalid")])
-        status, created = await run_in_threadpool(create_job, rt, body)
-        return JSONResponse(created.model_dump(mode="json"), status_code=status)
+        """Enqueue one job (checked like every other way in: 422 names every bad field).
+        ``Content-Type: application/json`` only (415 otherwise)."""
+        require_type(request, JSON_TYPES)
+        raw = await request.body()  # at most FLUXQ_API_MAX_JOB_BYTES (BodyLimit)
+        return await run_in_threadpool(job_from_body, rt, raw)
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, response_model=JobOut)
+    @app.get(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        dependencies=auth,
+        response_model=JobOut,
+        responses={503: {"model": Problem, "description": "Too many long polls: Retry-After."}},
+    )
     async def get_job(
         job_id: str,
+        request: Request,
         rt: RuntimeDep,
         wait_s: Annotated[
             float, Query(ge=0, description=f"Long poll, capped at {MAX_WAIT_S:g} s.")
         ] = 0,
     ) -> JobOut:
         """The job now; with ``wait_s``, as soon as it ends or ``wait_s`` passes (state may then
-        still be running)."""
-        return await wait_for_job(rt, job_id, min(wait_s, MAX_WAIT_S))
+        still be running). At most MAX_LONG_POLLS (256) long polls at once: one more is 503
+        with ``Retry-After``."""
+        if wait_s <= 0:
+            return await wait_for_job(rt, job_id, 0)
+        state = request.app.state
+        if state.long_polls >= MAX_LONG_POLLS:
+            raise HTTPException(
+                503,
+                f"{MAX_LONG_POLLS} long polls are held already: retry, or ask without wait_s",
+                {"Retry-After": str(LONG_POLL_RETRY_AFTER_S)},
+            )
+        state.long_polls += 1
+        try:
+            return await wait_for_job(rt, job_id, min(wait_s, MAX_WAIT_S))
+        finally:
+            state.long_polls -= 1
 
     @app.get(
         "/v1/jobs/{job_id}/image",
@@ -567,7 +830,7 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["jobs"],
         dependencies=auth,
         response_model=JobCancelled,
-        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        responses={404: {"model": Problem}, 409: {"model": Problem}, **CROSS_SITE},
     )
     def delete_job(job_id: str, rt: RuntimeDep) -> JSONResponse:
         """Cancel a queued job (200, also when already cancelled); 409 once it was admitted or
@@ -660,11 +923,11 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         dependencies=auth,
         status_code=201,
         response_model=BatchCreated,
-        responses={409: {"model": Problem}, 413: {"model": Problem}},
+        responses={409: {"model": Problem}, 413: {"model": Problem}, **CROSS_SITE, **WRONG_TYPE},
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                "content": {kind: {"schema": {"type": "string"}} for kind in BATCH_TYPES},
             }
         },
     )
@@ -677,7 +940,9 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         budget: Annotated[float | None, Query(description="Credits it may spend.")] = None,
     ) -> JSONResponse:
         """A JSONL file of requests as one batch: every line is checked first; one bad line and
-        nothing is enqueued (422 naming the first 20 as ``["body", line, field]``)."""
+        nothing is enqueued (422 naming the first 20 as ``["body", line, field]``).
+        ``Content-Type: application/x-ndjson`` or ``application/jsonl`` only (415 otherwise)."""
+        require_type(request, BATCH_TYPES)
         problems = _batch_problems(name, endpoint, priority, budget)
         if problems:
             return _invalid(problems)
@@ -685,7 +950,7 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
             path = Path(tmp) / "batch.jsonl"
             with path.open("wb") as out:  # streamed: never the whole body in memory
                 async for chunk in request.stream():
-                    out.write(chunk)
+                    await run_in_threadpool(out.write, chunk)  # a slow disk stalls no request
             return await run_in_threadpool(submit_batch, rt, path, name, endpoint, priority, budget)
 
     @app.get(
@@ -724,7 +989,7 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["batches"],
         dependencies=auth,
         response_model=BatchCancelled,
-        responses={404: {"model": Problem}},
+        responses={404: {"model": Problem}, **CROSS_SITE},
     )
     def delete_batch(name: str, rt: RuntimeDep) -> BatchCancelled:
         """Cancel every waiting line and queued job; jobs already sent finish and are saved."""
@@ -739,6 +1004,11 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
 
 WEBHOOK_RETRY_AFTER_S = 1
 """Retry-After on a webhook that came while the job's own POST was still out."""
+
+WEBHOOK_THREADS = 1
+"""Threads that run webhooks: one, so webhooks are handled one at a time, in order, as when they
+ran on the event loop; and during a Redis hang they wait for it without taking the threads the
+other routes need."""
 
 
 class WebhookAnswer(BaseModel):
@@ -757,6 +1027,7 @@ def _add_bfl_webhook_route(app: FastAPI) -> None:
             404: {"model": Problem, "description": "Webhook mode is off on this server."},
             413: {"model": Problem, "description": "A body no webhook has."},
             503: {"model": Problem, "description": "The job's POST is still out: retry soon."},
+            **CROSS_SITE,
         },
     )
     async def bfl_webhook(job_id: str, token: str, request: Request, rt: RuntimeDep) -> Any:
@@ -773,9 +1044,12 @@ def _add_bfl_webhook_route(app: FastAPI) -> None:
             raw += chunk
             if len(raw) > MAX_WEBHOOK_BYTES:
                 raise HTTPException(413, f"a webhook body is at most {MAX_WEBHOOK_BYTES:,} bytes")
-        # On the event loop, not in a thread: a webhook is a few short Redis calls, and a
-        # thread hop (with its GIL contention) doubled the time from Ready to the next submit.
-        answer = receive(rt, job_id, token, request.headers, raw)
+        # In a thread: a Redis that hangs must not stall the event loop (every other request)
+        # for FLUXQ_REDIS_TIMEOUT_S. One at a time (WEBHOOK_THREADS); the hop costs some latency.
+        answer = await anyio.to_thread.run_sync(
+            receive, rt, job_id, token, request.headers, raw,
+            limiter=request.app.state.webhook_threads,
+        )  # fmt: skip
         if answer is Answer.FORGED:
             raise HTTPException(401, "not a webhook of this server")
         if answer is Answer.DISABLED:

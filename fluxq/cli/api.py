@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 import signal
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
 import typer
@@ -23,6 +26,13 @@ from fluxq.cli.common import (
 
 LOOPBACK_NAMES = ("localhost",)
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""Host headers always answered (with any port): a DNS rebinding attack never sends these, it
+sends the attacker's own name."""
+
+WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")  # noqa: S104 - names them, binds nothing
+"""Addresses meaning "every interface": any name may then reach the server."""
+
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and ``localhost``: addresses no other machine can reach."""
@@ -32,6 +42,69 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to any interface
+
+
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header, lower case, without its port (IPv6 in brackets, as it is
+    written there); None when the header is not ``host[:port]``."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value.partition("]")
+        name += "]"
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    return name or None
+
+
+@dataclass(frozen=True)
+class AllowedHosts:
+    """The ``Host`` headers a server answers: DNS rebinding (a page whose name is made to
+    resolve to 127.0.0.1) sends its own name, so a name not listed is refused."""
+
+    names: frozenset[str]
+    """Exact names, lower case, IPv6 in brackets."""
+    suffixes: tuple[str, ...] = ()
+    """``.example.com`` for each ``*.example.com`` entry."""
+    any_host: bool = False
+
+    @classmethod
+    def build(cls, bind: str | None, extra: Sequence[str], *also: str | None) -> AllowedHosts:
+        """The loopback names, the address bound (every name when it is a wildcard: only allowed
+        with credentials), ``extra`` (a setting) and the hosts of the URLs ``also``."""
+        names = set(LOOPBACK_HOSTS)
+        suffixes = []
+        any_host = bind is not None and bind.strip().lower() in WILDCARD_BINDS
+        if bind and not any_host:
+            names.add(f"[{bind.strip('[]')}]" if ":" in bind else bind.lower())
+        for url in also:
+            host = urlsplit(url).hostname if url else None
+            if host:
+                names.add(f"[{host}]" if ":" in host else host)
+        for entry in extra:
+            if entry == "*":
+                any_host = True
+            elif entry.startswith("*."):
+                suffixes.append(entry[1:])
+            else:
+                names.add(entry)
+        return cls(frozenset(names), tuple(suffixes), any_host)
+
+    def allows(self, header: str | None) -> bool:
+        if self.any_host:
+            return True
+        name = host_name(header or "")
+        if name is None:
+            return False
+        return name in self.names or any(name.endswith(suffix) for suffix in self.suffixes)
+
+    def shown(self) -> str:
+        """The list, for a start-up line or a refusal."""
+        if self.any_host:
+            return "any host"
+        return ", ".join([*sorted(self.names), *(f"*{s}" for s in self.suffixes)])
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -71,11 +144,17 @@ def api(
     finally:
         client.close()
     sock = _bind(host, port)
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    hosts = AllowedHosts.build(host, settings.api_allowed_hosts, settings.bfl_webhook_base_url)
+    app = create_app(settings, hosts=hosts)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     auth = "bearer token required" if settings.api_token else "no token: loopback only"
-    console.print(f"fluxq api on http://{shown}:{port} ({auth}; Ctrl-C stops)", markup=False)
+    console.print(
+        f"fluxq api on http://{shown}:{port} ({auth}; Host: {hosts.shown()}; Ctrl-C stops)",
+        markup=False,
+        soft_wrap=True,
+    )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it found:
     # this one makes that a clean exit 0 (as `fluxq metrics`), not a death by signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

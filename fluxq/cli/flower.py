@@ -6,17 +6,20 @@ The task list shows each task's args and kwargs (``job=… endpoint=… "prompt�
 needs HTTP basic auth (FLUXQ_FLOWER_USER, FLUXQ_FLOWER_PASSWORD), which is handed to Flower's
 options object in this process: never on a command line (``ps``) nor in a task argument.
 Flower runs read-only: it watches; cancelling is fluxq's (``fluxq cancel``, ``fluxq batch cancel``).
+Flower has no ``Host`` check of its own (a page whose name is made to resolve to 127.0.0.1 could
+read every prompt): ``guard_hosts`` adds one, answering 400 to a name not allowed.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from config.settings import Settings
-from fluxq.cli.api import is_loopback
+from fluxq.cli.api import AllowedHosts, is_loopback
 from fluxq.cli.common import console, fail, settings_or_exit, with_redis_or_exit
 
 TASKS_COLUMNS = "name,uuid,state,args,kwargs,received,started,runtime,worker"
@@ -53,6 +56,34 @@ def flower_argv(settings: Settings, *, address: str, port: int, db: Path | None)
     if db is not None:
         argv += [f"--db={db}", f"--state_save_interval={STATE_SAVE_INTERVAL_MS}"]
     return argv
+
+
+WRONG_HOST = "this Host is not a name of this server (FLUXQ_FLOWER_ALLOWED_HOSTS)\n"
+"""The body of the 400 a request with a Host not allowed gets."""
+
+
+def guard_hosts(allowed: AllowedHosts) -> None:
+    """Make Flower answer 400 to a ``Host`` that ``allowed`` refuses, before any of its handlers.
+
+    Flower has no such option, and Tornado routes every host name to its handlers: this wraps
+    ``Flower.find_handler`` (Tornado's routing step) in this process only."""
+    import tornado.web
+    from flower.app import Flower
+
+    class WrongHost(tornado.web.RequestHandler):
+        def prepare(self) -> None:
+            self.set_status(400)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(WRONG_HOST)
+
+    routed = Flower.find_handler
+
+    def find_handler(app: Any, request: Any, **kwargs: Any) -> Any:
+        if not allowed.allows(request.headers.get("Host")):
+            return app.get_handler_delegate(request, WrongHost)
+        return routed(app, request, **kwargs)
+
+    Flower.find_handler = find_handler
 
 
 def basic_auth(settings: Settings) -> str | None:
@@ -113,11 +144,14 @@ def flower(
     if credentials is not None:
         # Flower's options object, in this process: the password reaches no argv and no log.
         default_options.basic_auth = [credentials]
+    hosts = AllowedHosts.build(address, settings.flower_allowed_hosts)
+    guard_hosts(hosts)
     shown = f"[{address}]" if ":" in address else (address or "*")
     auth = "basic auth required" if credentials else "no auth: loopback only"
     kept = f"state in {state}" if state is not None else "state in memory only"
     console.print(
-        f"fluxq flower on http://{shown}:{port} ({auth}; {kept}; Ctrl-C stops)",
+        f"fluxq flower on http://{shown}:{port} ({auth}; {kept}; Host: {hosts.shown()}; "
+        "Ctrl-C stops)",
         markup=False,
         soft_wrap=True,
     )

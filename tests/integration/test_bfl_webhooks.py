@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from fluxq.client import Client
 from tests.conftest import settings_for
 from tests.integration.conftest import KEY, Cluster
+from tests.integration.embedded import wait_until
 from tests.integration.test_api import ApiServer, free_port
 from workers.bfl import webhooks
 from workers.state.jobs import State
@@ -26,6 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SECRET = "integration-webhook-secret-0123456789"
 TOKEN = "integration-api-token"
+SWEEP_REFILLS = 3
+"""Slots a worker's sweep may refill before the webhook that freed them does (see below)."""
 
 
 @pytest.fixture
@@ -71,7 +74,9 @@ def test_200_jobs_finish_through_their_webhooks_with_no_poll(
     # When they run, Then every one is saved
     counts = cluster.wait_terminal("lanterns", 200, timeout_s=90)
     assert counts.get(State.DONE.value) == 200, counts
-    # And BFL was never polled: every Ready came by webhook, each task was submitted once
+    # And BFL was never polled: every Ready came by webhook, each task was submitted once (a
+    # delivery counts once its answer is read, which may come after the job's save)
+    assert wait_until(lambda: cluster.sim.stats(KEY)["webhooks_delivered"] == 200, timeout_s=10)
     stats = cluster.sim.stats(KEY)
     assert (stats["submits"], stats["duplicate_submits"], stats["polls"]) == (200, 0, 0)
     assert stats["webhooks_delivered"] == 200
@@ -80,10 +85,12 @@ def test_200_jobs_finish_through_their_webhooks_with_no_poll(
     assert (counters["bfl_webhooks"], counters["ready"]) == (200, 200)
     assert counters.get("polls", 0) == 0
     assert cluster.rt.limiter.held() == 0
-    # And past the first wave (sent by the producer's enqueue through Celery), every slot a
-    # webhook freed was refilled by fluxq api itself, with no Celery hop
+    # And past the first wave (sent by the producer's enqueue through Celery), the slots webhooks
+    # freed were refilled by fluxq api itself, with no Celery hop. A worker's sweep (every 1 s
+    # here) may take one in the moment between a webhook's release and its admission (two
+    # steps in tasks.lifecycle, the webhook in a thread of fluxq api): a few, never many.
     cap = cluster.rt.settings.active_cap
-    assert 200 - cap <= counters.get("api_submits", 0) <= 200
+    assert 200 - cap - SWEEP_REFILLS <= counters.get("api_submits", 0) <= 200
     # And the metrics served by the API say so
     scrape = httpx.get(
         f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10

@@ -316,3 +316,24 @@ def test_flower_persistent_keeps_its_task_list_across_a_restart(
             before[task_id]["state"], before[task_id]["args"], "batch=kept"
         )  # fmt: skip
     assert again.exit_code == 0, again.log_text()[-3000:]
+
+
+def test_flower_answers_only_its_own_host_names(redis_url: str, tmp_path: Path) -> None:
+    # Given `fluxq flower` without basic auth (loopback only), one extra name allowed
+    env = flower_env(redis_url, {"FLUXQ_FLOWER_ALLOWED_HOSTS": "flower.example"})
+    with (
+        running_flower(env, tmp_path, tmp_path / "flower.log") as flower,
+        httpx.Client(base_url=flower.base_url, timeout=10.0) as client,
+    ):
+        # When a page whose name was rebound to 127.0.0.1 reads it (DNS rebinding)
+        for path in ("/", "/tasks", "/api/tasks", "/healthcheck"):
+            refused = client.get(path, headers={"Host": f"rebind.evil.example:{flower.port}"})
+            # Then Flower answers 400, naming the setting, and nothing of its own
+            assert refused.status_code == 400, (path, refused.text[:300])
+            assert "FLUXQ_FLOWER_ALLOWED_HOSTS" in refused.text
+        # And its own names are answered
+        for host in (f"127.0.0.1:{flower.port}", f"localhost:{flower.port}", "flower.example"):
+            for path in ("/tasks", "/healthcheck"):
+                answer = client.get(path, headers={"Host": host})
+                assert answer.status_code == 200, (host, path, answer.text[:300])
+        assert "Host: " in flower.log_text()

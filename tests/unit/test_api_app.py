@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
 from starlette.exceptions import StarletteDeprecationWarning
 
+import fluxq.api
+from config.errors import ConfigError
 from config.settings import load_settings
-from fluxq.api import create_app, openapi_json
+from fluxq.api import create_app, loggable, openapi_json
+from fluxq.cli.api import AllowedHosts
 from tasks.inline_submit import InlineSubmits
 from workers.dispatch import CeleryDispatcher
 from workers.state import keys
@@ -28,6 +34,14 @@ with warnings.catch_warnings():
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "api-test-token"
 GOOD = {"prompt": "a heron", "width": 512, "height": 512}
+JSON = {"Content-Type": "application/json"}
+NDJSON = {"Content-Type": "application/x-ndjson"}
+BASE_URL = "http://127.0.0.1:8000"
+"""As a client on this machine addresses ``fluxq api`` (TestClient's own default is testserver)."""
+WEBHOOK_MODE = {
+    "bfl_webhook_base_url": BASE_URL,
+    "bfl_webhook_secret": "unit-test-webhook-secret-0123456789",
+}
 
 MakeClient = Callable[..., TestClient]
 
@@ -37,12 +51,13 @@ def make_client(redis_url: str, tmp_path: Path) -> Iterator[MakeClient]:
     """An API client on a flushed Redis; lifespan runs (the app's Runtime), closed at the end."""
     opened: list[TestClient] = []
 
-    def factory(**overrides: Any) -> TestClient:
+    def factory(hosts: AllowedHosts | None = None, **overrides: Any) -> TestClient:
         options: dict[str, Any] = {"bfl_api_key": "offline-test-key", **overrides}
         settings = load_settings(
             _env_file=None, redis_url=redis_url, output_dir=tmp_path / "out", **options
         )
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        app = create_app(settings, hosts=hosts)
+        client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
         return client
@@ -124,7 +139,7 @@ def test_a_bad_body_names_every_bad_field_in_bfls_shape(make_client: MakeClient)
     ],
 )
 def test_malformed_bodies_are_422_too(make_client: MakeClient, raw: bytes, loc: list[str]) -> None:
-    answer = make_client().post("/v1/jobs", content=raw)
+    answer = make_client().post("/v1/jobs", content=raw, headers=JSON)
     assert answer.status_code == 422, answer.text
     assert loc in [item["loc"] for item in answer.json()["detail"]]
 
@@ -165,7 +180,7 @@ def test_oversized_bodies_are_413_by_length_and_while_streaming(make_client: Mak
         for i in range(10):
             yield json.dumps({"id": f"l{i}", "prompt": "y" * 40}).encode() + b"\n"
 
-    answer = client.post("/v1/batches?name=big&endpoint=flux-dev", content=chunks())
+    answer = client.post("/v1/batches?name=big&endpoint=flux-dev", content=chunks(), headers=NDJSON)
     assert answer.status_code == 413
     assert client.get("/v1/batches/big").status_code == 404
 
@@ -187,7 +202,7 @@ def test_a_batch_with_a_bad_line_is_refused_whole(
     client = make_client()
     lines = [{"id": "ok1", "prompt": "a"}, {"id": "bad", "prompt": "b", "width": "wide"}]
     body = "\n".join(json.dumps(line) for line in lines) + "\n{not json\n"
-    answer = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body)
+    answer = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body, headers=NDJSON)
     assert answer.status_code == 422, answer.text
     locs = [item["loc"] for item in answer.json()["detail"]]
     assert ["body", 2, "width"] in locs
@@ -202,7 +217,7 @@ def test_a_job_whose_prompt_is_not_utf8_is_422_naming_it_and_nothing_is_enqueued
     # JSON's \ud800 escape is valid JSON, but a lone surrogate cannot be sent to BFL as UTF-8
     client = make_client()
     raw = b'{"endpoint": "flux-dev", "request": {"prompt": "a heron \\ud800"}, "job_id": "h1"}'
-    answer = client.post("/v1/jobs", content=raw)
+    answer = client.post("/v1/jobs", content=raw, headers=JSON)
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"]
     assert [item["loc"] for item in detail] == [["body", "request", "prompt"]]
@@ -214,7 +229,7 @@ def test_a_job_whose_prompt_is_not_utf8_is_422_naming_it_and_nothing_is_enqueued
 def test_an_unknown_field_whose_name_is_not_utf8_is_422_not_500(make_client: MakeClient) -> None:
     client = make_client()
     raw = b'{"endpoint": "flux-dev", "request": {"prompt": "a"}, "colour\\ud800": 1}'
-    answer = client.post("/v1/jobs", content=raw)
+    answer = client.post("/v1/jobs", content=raw, headers=JSON)
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["loc"] == ["body", "colour\\ud800"]
 
@@ -224,7 +239,7 @@ def test_a_batch_line_that_is_not_utf8_is_named_and_nothing_is_enqueued(
 ) -> None:
     client = make_client()
     body = b'{"id": "ok1", "prompt": "a"}\n{"id": "bad", "prompt": "a heron \\ud800"}\n'
-    answer = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body)
+    answer = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body, headers=NDJSON)
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"]
     assert [item["loc"] for item in detail] == [["body", 2, "prompt"]]
@@ -236,12 +251,14 @@ def test_a_batch_line_that_is_not_utf8_is_named_and_nothing_is_enqueued(
 def test_a_batch_goes_in_and_reports(make_client: MakeClient) -> None:
     client = make_client()
     body = "".join(json.dumps({"id": f"l{i}", "prompt": f"p{i}"}) + "\n" for i in range(5))
-    answer = client.post("/v1/batches?name=night&endpoint=flux-dev&budget=100", content=body)
+    answer = client.post(
+        "/v1/batches?name=night&endpoint=flux-dev&budget=100", content=body, headers=NDJSON
+    )
     assert answer.status_code == 201, answer.text
     assert answer.json() == {
         "batch": "night", "added": 5, "already_there": 0, "conflicts": 0, "lines": 5,
     }  # fmt: skip
-    again = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body)
+    again = client.post("/v1/batches?name=night&endpoint=flux-dev", content=body, headers=NDJSON)
     assert again.json()["already_there"] == 5
     status = client.get("/v1/batches/night").json()
     assert status["total"] == 5
@@ -253,14 +270,16 @@ def test_a_batch_goes_in_and_reports(make_client: MakeClient) -> None:
     cancelled = client.delete("/v1/batches/night")
     assert cancelled.status_code == 200
     assert client.get("/v1/batches/night").json()["paused"] == "cancelled"
-    assert client.post("/v1/batches?name=night", content=body).status_code == 409
+    assert client.post("/v1/batches?name=night", content=body, headers=NDJSON).status_code == 409
     assert client.delete("/v1/batches/nothing").status_code == 404
     assert client.get("/v1/batches/nothing/report").status_code == 404
 
 
 def test_bad_batch_parameters_are_named(make_client: MakeClient) -> None:
     answer = make_client().post(
-        "/v1/batches?name=a%20b&endpoint=flux-nope&priority=11&budget=-1", content=b"{}\n"
+        "/v1/batches?name=a%20b&endpoint=flux-nope&priority=11&budget=-1",
+        content=b"{}\n",
+        headers=NDJSON,
     )
     assert answer.status_code == 422
     locs = [item["loc"] for item in answer.json()["detail"]]
@@ -339,3 +358,269 @@ def test_the_api_runs_its_own_submits_unless_told_not_to_or_without_a_key(
     assert isinstance(off, CeleryDispatcher)
     keyless = make_client(bfl_api_key=None).app.state.runtime.dispatch
     assert isinstance(keyless, CeleryDispatcher)
+
+
+# --- issue 19: a browser tab and a careless client ----------------------------------------------
+
+
+def no_jobs(redis_client: redis.Redis[str]) -> bool:
+    return redis_client.keys("fluxq:job:*") == []
+
+
+def test_a_post_without_its_own_content_type_is_415_and_enqueues_nothing(
+    make_client: MakeClient, redis_client: redis.Redis[str]
+) -> None:
+    # Given a job body that is valid JSON, sent as a page of another site can send it unasked
+    client = make_client()
+    raw = json.dumps({"endpoint": "flux-dev", "request": GOOD, "job_id": "csrf"})
+    for headers in (
+        {"Content-Type": "text/plain;charset=UTF-8"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        {},  # a fetch() of a Blob with no type sends no Content-Type
+    ):
+        # When it is posted, then it is 415 naming the type accepted, and nothing is enqueued
+        answer = client.post("/v1/jobs", content=raw, headers=headers)
+        assert answer.status_code == 415, (headers, answer.text)
+        assert "application/json" in answer.json()["detail"]
+    lines = json.dumps({"id": "l1", "prompt": "a"}) + "\n"
+    for kind in ("text/plain", "application/json", ""):
+        answer = client.post(
+            "/v1/batches?name=csrf&endpoint=flux-dev", content=lines, headers={"Content-Type": kind}
+        )
+        assert answer.status_code == 415, (kind, answer.text)
+        assert "application/x-ndjson or application/jsonl" in answer.json()["detail"]
+    assert no_jobs(redis_client)
+    assert client.get("/v1/batches/csrf").status_code == 404
+    # And the documented types pass, with parameters
+    good = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/jobs", content=raw, headers=good).status_code == 201
+    jsonl = {"Content-Type": "application/jsonl"}
+    assert client.post("/v1/batches?name=ok&endpoint=flux-dev", content=lines, headers=jsonl)
+    assert client.get("/v1/batches/ok").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://127.0.0.2:8000"},  # another origin on this very machine
+        {"Origin": "http://127.0.0.1:9000"},  # another port is another origin
+        {"Origin": "null"},  # a sandboxed frame, a file:// page
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["other-site", "other-loopback", "other-port", "null", "cross-site", "same-site", "both"],
+)
+def test_a_state_changing_request_from_another_origin_is_403(
+    make_client: MakeClient, redis_client: redis.Redis[str], headers: dict[str, str]
+) -> None:
+    client = make_client()
+    body = {"endpoint": "flux-dev", "request": GOOD, "job_id": "csrf"}
+    answer = client.post("/v1/jobs", json=body, headers=headers)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["detail"].startswith("refused: ")
+    assert "access-control-allow-origin" not in answer.headers
+    lines = json.dumps({"id": "l1", "prompt": "a"}) + "\n"
+    both = headers | NDJSON
+    assert client.post("/v1/batches?name=x&endpoint=flux-dev", content=lines, headers=both)
+    assert no_jobs(redis_client)
+    # a DELETE too (a queued job made by a local client, cancelled by nobody else)
+    assert client.post("/v1/jobs", json=body).status_code == 201
+    assert client.delete("/v1/jobs/csrf", headers=headers).status_code == 403
+    assert client.get("/v1/jobs/csrf").json()["state"] in ("queued", "admitted")
+
+
+def test_a_request_from_this_origin_or_no_browser_passes(make_client: MakeClient) -> None:
+    client = make_client()
+    for i, headers in enumerate(
+        [
+            {},  # curl, httpx, another service
+            {"Origin": BASE_URL},  # the API's own /docs page ("Try it out")
+            {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"},
+            {"Sec-Fetch-Site": "none"},  # typed by the user
+        ]
+    ):
+        body = {"endpoint": "flux-dev", "request": GOOD, "job_id": f"ok-{i}"}
+        answer = client.post("/v1/jobs", json=body, headers=headers)
+        assert answer.status_code == 201, (headers, answer.text)
+        assert "access-control-allow-origin" not in answer.headers
+    # and a GET from another origin is not refused (it cannot read the answer, nor change a thing)
+    assert client.get("/v1/jobs/ok-0", headers={"Origin": "http://evil.example"}).status_code == 200
+
+
+def test_a_host_not_on_the_allow_list_is_400_dns_rebinding(make_client: MakeClient) -> None:
+    # Given `fluxq api` bound to 127.0.0.1 with no token, as by default
+    client = make_client(hosts=AllowedHosts.build("127.0.0.1", []))
+    # When a page whose name was made to resolve to 127.0.0.1 reads it, then every route is 400
+    for path in ("/metrics", "/v1/batches/night/report", "/v1/jobs/x/image", "/openapi.json"):
+        answer = client.get(path, headers={"Host": "rebind.evil.example:8000"})
+        assert answer.status_code == 400, (path, answer.text)
+        detail = answer.json()["detail"]
+        assert "rebind.evil.example" in detail
+        assert "FLUXQ_API_ALLOWED_HOSTS" in detail
+        assert "\n" not in detail
+    assert client.get("/metrics", headers={"Host": "127.0.0.1.evil.example"}).status_code == 400
+    assert client.get("/metrics", headers={"Host": "127.0.0.1:80:80"}).status_code == 400
+    # And the loopback names, with any port or none, are answered
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1234", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/metrics", headers={"Host": host}).status_code == 200, host
+
+
+def test_the_allow_list_takes_the_bind_address_the_setting_and_the_webhook_host() -> None:
+    hosts = AllowedHosts.build(
+        "10.0.0.5", ["api.example.com", "*.corp.example"], "https://hooks.example.net/x"
+    )
+    for good in ("10.0.0.5:8000", "api.example.com", "a.b.corp.example:443", "hooks.example.net"):
+        assert hosts.allows(good), good
+    for bad in ("corp.example", "example.com", "10.0.0.6", "", None, "api.example.com:x"):
+        assert not hosts.allows(bad), bad
+    assert AllowedHosts.build("::1", []).allows("[::1]:9")
+    # A wildcard bind (only possible with a token) answers any name, as `*` does
+    assert AllowedHosts.build("0.0.0.0", []).allows("fluxq.internal:8000")
+    assert AllowedHosts.build("127.0.0.1", ["*"]).allows("anything")
+
+
+def test_any_host_needs_a_token_and_entries_are_host_names() -> None:
+    with pytest.raises(ConfigError, match=r"FLUXQ_API_ALLOWED_HOSTS.*needs FLUXQ_API_TOKEN"):
+        load_settings(_env_file=None, api_allowed_hosts="*")
+    with pytest.raises(ConfigError, match="FLUXQ_FLOWER_ALLOWED_HOSTS"):
+        load_settings(_env_file=None, flower_allowed_hosts="*")
+    with pytest.raises(ConfigError, match="not a host name"):
+        load_settings(_env_file=None, api_allowed_hosts="https://api.example.com")
+    settings = load_settings(
+        _env_file=None, api_token=TOKEN, api_allowed_hosts=" *, API.example.com,[::1] "
+    )
+    assert settings.api_allowed_hosts == ["*", "api.example.com", "[::1]"]
+
+
+def test_a_webhook_during_a_redis_hang_stalls_no_other_request(make_client: MakeClient) -> None:
+    # Given webhook mode and a Redis that accepts connections and never answers
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        client = make_client(redis_timeout_s=2, **WEBHOOK_MODE)
+        pool = client.app.state.runtime.redis.connection_pool  # type: ignore[attr-defined]
+        pool.connection_kwargs["port"] = hung.getsockname()[1]
+        pool.disconnect()
+        answers: list[Any] = []
+
+        def forged() -> None:  # a wrong token: counted as forged, in Redis, which hangs
+            answers.append(client.post("/v1/bfl/webhooks/job-1/not-the-token", json={}))
+
+        webhook = threading.Thread(target=forged, daemon=True)
+        webhook.start()
+        time.sleep(0.5)
+        assert webhook.is_alive(), "the webhook did not wait on the hung Redis"
+        # When /healthz is asked while the webhook waits
+        started = time.monotonic()
+        alive = client.get("/healthz")
+        waited_s = time.monotonic() - started
+        webhook.join(timeout=60)
+    # Then it answers at once, and the webhook is a 503 once the Redis timeout ends it
+    assert alive.status_code == 200
+    assert waited_s < 1.0, waited_s
+    assert not webhook.is_alive()
+    assert answers[0].status_code == 503, answers[0].text
+
+
+def test_a_job_body_has_its_own_small_limit(
+    make_client: MakeClient, redis_client: redis.Redis[str]
+) -> None:
+    client = make_client(api_max_job_bytes=2048)
+    big = {"endpoint": "flux-dev", "request": {"prompt": "x" * 3000}}
+    answer = client.post("/v1/jobs", json=big)
+    assert answer.status_code == 413, answer.text
+    assert "2,048 bytes (FLUXQ_API_MAX_JOB_BYTES)" in answer.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"endpoint": "flux-dev", "request": {"prompt": "'
+        for _ in range(10):
+            yield b"y" * 500
+        yield b'"}}'
+
+    assert client.post("/v1/jobs", content=chunks(), headers=JSON).status_code == 413
+    assert no_jobs(redis_client)
+    # A batch of the same size goes in: its limit is FLUXQ_API_MAX_BODY_BYTES (64 MiB)
+    lines = "".join(json.dumps({"id": f"l{i}", "prompt": "z" * 300}) + "\n" for i in range(10))
+    batch = client.post("/v1/batches?name=b&endpoint=flux-dev", content=lines, headers=NDJSON)
+    assert batch.status_code == 201, batch.text
+
+
+def test_the_default_job_limit_is_below_the_batch_limit(make_client: MakeClient) -> None:
+    client = make_client()
+    raw = b'{"endpoint": "flux-dev", "request": {"prompt": "' + b"x" * (9 << 20) + b'"}}'
+    answer = client.post("/v1/jobs", content=raw, headers=JSON)
+    assert answer.status_code == 413
+    assert "8,388,608 bytes (FLUXQ_API_MAX_JOB_BYTES)" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 40 + b"]" * 40],
+    ids=["5000-deep-list", "5000-deep-object", "40-deep"],
+)
+def test_json_nested_too_deep_is_422_naming_the_body(make_client: MakeClient, raw: bytes) -> None:
+    answer = make_client().post("/v1/jobs", content=raw, headers=JSON)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == [
+        {"loc": ["body"], "msg": "JSON nested deeper than 32 levels", "type": "json_invalid"}
+    ]
+
+
+def test_long_polls_are_bounded_with_a_503_and_retry_after(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fluxq.api, "MAX_LONG_POLLS", 2, raising=False)
+    client = make_client(active_cap=1)
+    for job_id in ("a", "b"):
+        client.post("/v1/jobs", json={"endpoint": "flux-dev", "request": GOOD, "job_id": job_id})
+    held = [
+        threading.Thread(target=client.get, args=("/v1/jobs/b?wait_s=3",), daemon=True)
+        for _ in range(2)
+    ]
+    for thread in held:
+        thread.start()
+    deadline = time.monotonic() + 5
+    state = client.app.state  # type: ignore[attr-defined]
+    while getattr(state, "long_polls", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    refused = client.get("/v1/jobs/b?wait_s=1")
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert "2 long polls" in refused.json()["detail"]
+    assert client.get("/v1/jobs/b").status_code == 200  # no wait_s: never refused
+    for thread in held:
+        thread.join(timeout=10)
+    assert state.long_polls == 0
+    assert client.get("/v1/jobs/b?wait_s=0.2").status_code == 200
+
+
+def test_outside_text_reaches_the_log_escaped_and_cut(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(**WEBHOOK_MODE)
+    forged_line = "x\n2026-12-07 10:00:00 WARNING fluxq.api all good"
+    long_id = "j" * 50_000  # httpx sends URLs up to 64 KiB
+    with caplog.at_level(logging.WARNING):
+        for job_id in (forged_line, long_id, "a\x1b[31mred\u2028b"):
+            answer = client.post(f"/v1/bfl/webhooks/{quote(job_id, safe='')}/token", json={})
+            assert answer.status_code == 401
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 3, messages
+    assert all("\n" not in m and "\x1b" not in m and "\u2028" not in m for m in messages)
+    assert "x\\n2026-12-07" in messages[0]
+    assert len(messages[1]) < 400
+    assert "(50,000 characters)" in messages[1]
+    assert loggable("a\r\nb\x00") == "a\\r\\nb\\x00"
+
+
+def test_the_docs_are_behind_the_token_when_one_is_set(make_client: MakeClient) -> None:
+    client = make_client(api_token=TOKEN)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=good).status_code == 200, path
+    assert client.get("/openapi.json", headers=good).json()["info"]["title"] == "fluxq"
+    open_client = make_client()
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert open_client.get(path).status_code == 200, path

@@ -373,7 +373,12 @@ def test_the_api_shows_the_keys_slots_and_why_the_batch_waits(
 ) -> None:
     ends = hold_doubtful(limiter, CAP, first_end_s=time.time() + 60)
     body = "".join(json.dumps({"id": f"l{i}", "prompt": f"p{i}"}) + "\n" for i in range(3))
-    assert api.post("/v1/batches?name=night&endpoint=flux-dev", content=body).status_code == 201
+    answer = api.post(
+        "/v1/batches?name=night&endpoint=flux-dev",
+        content=body,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert answer.status_code == 201
     shown = api.get("/v1/batches/night").json()
     assert shown["counts"]["queued"] == 3  # every slot held: nothing was admitted
     assert shown["slots"]["doubtful"] == CAP
