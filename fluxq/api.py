@@ -41,7 +41,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,6 +72,7 @@ from config.settings import Settings, load_settings
 from fluxq.cli.api import AllowedHosts
 from fluxq.cli.batch_view import _as_json
 from fluxq.cli.waits import read_batch_view
+from fluxq.job_events import FALLBACK_S, JobEvents
 from tasks.batches import (
     batch_status,
     cancel_batch,
@@ -514,9 +515,11 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
         app.state.runtime = rt
         app.state.registry = registry_for(settings, rt.redis)
         app.state.webhook_threads = anyio.CapacityLimiter(WEBHOOK_THREADS)
+        app.state.job_events = JobEvents(rt.redis, asyncio.get_running_loop()).start()
         try:
             yield
         finally:
+            app.state.job_events.close()
             if inline is not None:
                 inline.close()  # the POSTs in flight are answered and recorded first
             rt.close()
@@ -721,17 +724,28 @@ def job_from_body(rt: Runtime, raw: bytes) -> JSONResponse:
     return JSONResponse(created.model_dump(mode="json"), status_code=status)
 
 
-async def wait_for_job(rt: Runtime, job_id: str, wait_s: float) -> JobOut:
-    """The job once it ends or ``wait_s`` passes, reading Redis every WAIT_STEP_S: each read is
-    a short call in the threadpool, the wait between holds no thread."""
+async def wait_for_job(
+    rt: Runtime, job_id: str, wait_s: float, events: JobEvents | None = None
+) -> JobOut:
+    """The job once it ends or ``wait_s`` passes. Each read is a short call in the threadpool;
+    between reads the wait holds no thread: it is woken by the job's own state change
+    (``events``, read again at least every ``FALLBACK_S``), else it reads every WAIT_STEP_S."""
     deadline = time.monotonic() + wait_s
-    while True:
-        job = await run_in_threadpool(rt.store.get, job_id)
-        if job is None:
-            raise _not_found(job_id)
-        if job.state.terminal or time.monotonic() >= deadline:
-            return job_out(job)
-        await asyncio.sleep(WAIT_STEP_S)
+    with events.waiting(job_id) if events is not None else nullcontext() as woken:
+        while True:
+            if woken is not None:
+                woken.clear()  # before the read: an event from now on wakes the wait below
+            job = await run_in_threadpool(rt.store.get, job_id)
+            if job is None:
+                raise _not_found(job_id)
+            left_s = deadline - time.monotonic()
+            if job.state.terminal or left_s <= 0:
+                return job_out(job)
+            if woken is None:
+                await asyncio.sleep(min(WAIT_STEP_S, left_s))
+                continue
+            with suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(FALLBACK_S, left_s))
 
 
 def image_response(rt: Runtime, job_id: str) -> FileResponse:
@@ -809,7 +823,8 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
             )
         state.long_polls += 1
         try:
-            return await wait_for_job(rt, job_id, min(wait_s, MAX_WAIT_S))
+            events = getattr(state, "job_events", None)
+            return await wait_for_job(rt, job_id, min(wait_s, MAX_WAIT_S), events)
         finally:
             state.long_polls -= 1
 

@@ -22,6 +22,7 @@ from config.errors import ConfigError
 from config.settings import load_settings
 from fluxq.api import create_app, loggable, openapi_json
 from fluxq.cli.api import AllowedHosts
+from tasks import lifecycle
 from tasks.inline_submit import InlineSubmits
 from workers.dispatch import CeleryDispatcher
 from workers.state import keys
@@ -624,3 +625,42 @@ def test_the_docs_are_behind_the_token_when_one_is_set(make_client: MakeClient) 
     open_client = make_client()
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert open_client.get(path).status_code == 200, path
+
+
+def test_long_polls_wake_on_their_jobs_event_and_do_not_read_redis_every_step(
+    make_client: MakeClient, redis_client: redis.Redis[str]
+) -> None:
+    # Given 40 long polls held on one queued job
+    client = make_client()
+    job = {"endpoint": "flux-dev", "request": GOOD, "job_id": "waited-1"}
+    assert client.post("/v1/jobs", json=job).status_code == 201
+    answers: list[tuple[float, str]] = []
+
+    def long_poll() -> None:
+        answer = client.get("/v1/jobs/waited-1", params={"wait_s": 20})
+        answers.append((time.monotonic(), answer.json()["state"]))
+
+    def reads() -> int:
+        stats = redis_client.info("commandstats")
+        return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+    threads = [threading.Thread(target=long_poll) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # all held
+    before = reads()
+    time.sleep(1.5)
+    # Then while nothing happens they cost at most one fallback read each (every 0.15 s they
+    # read 400 times in those 1.5 s)
+    assert reads() - before <= 40 + 10
+    # And when the job ends (its state change is published), every poll answers at once
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    ended_at = time.monotonic()
+    job_now = rt.store.get("waited-1")
+    assert job_now is not None
+    assert lifecycle.fail(rt, job_now, "failed by the test")
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(answers) == 40
+    assert {state for _, state in answers} == {"failed"}
+    assert max(at for at, _ in answers) - ended_at < 1.0
