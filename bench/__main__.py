@@ -1,15 +1,31 @@
-"""``python -m bench throughput …`` (``bench/throughput.py``) and ``python -m bench enqueue …``
-(``bench/enqueue.py``)."""
+"""``python -m bench throughput …`` (``bench/throughput.py``), ``python -m bench enqueue …``
+(``bench/enqueue.py``) and ``python -m bench brownout …`` (``bench/brownout.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from bench.brownout import add_arguments as add_brownout_arguments
+from bench.brownout import run_brownout
 from bench.enqueue import add_arguments as add_enqueue_arguments
 from bench.enqueue import run_enqueue
 from bench.plan import SCENARIOS, choose_sides, parse_side
 from bench.throughput import add_arguments, run_throughput
+
+
+def brownout(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    """``python -m bench brownout``: 1 when a side stopped on an error."""
+    if args.scenario not in SCENARIOS:
+        parser.error(f"unknown scenario {args.scenario}; known: {', '.join(SCENARIOS)}")
+    if args.n < 1 or args.cap < 1 or args.time_scale <= 0:
+        parser.error("--n and --cap must be at least 1, --time-scale above 0")
+    try:
+        report = run_brownout(args, argv)
+    except KeyboardInterrupt:
+        return 130  # everything started is stopped already
+    errors = [name for name, side in report["sides"].items() if side["error"]]
+    return 1 if errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_arguments(commands.add_parser("throughput", help="fluxq vs the naive loop vs the oracle"))
     add_enqueue_arguments(commands.add_parser("enqueue", help="a large batch file into fluxq"))
+    add_brownout_arguments(
+        commands.add_parser("brownout", help="fluxq and the naive loop through a kill and 503s")
+    )
     args = parser.parse_args(argv)
+    if args.command == "brownout":
+        return brownout(parser, args, argv)
     if args.command == "enqueue":
         if args.lines < 1 or args.naive_lines < 1:
             parser.error("--lines and --naive-lines must be at least 1")

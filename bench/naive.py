@@ -49,20 +49,29 @@ async def one_job(
         record["seen_ready_at"] = time.time()
         image = await http.get(result["result"]["sample"])
         image.raise_for_status()
-        (args.image_dir / f"{index}.jpg").write_bytes(image.content)
+        image_path(args, index).write_bytes(image.content)
         record["downloaded_at"] = time.time()
     return record
 
 
+def image_path(args: argparse.Namespace, index: int) -> Path:
+    """Where job ``index``'s image is written."""
+    return Path(args.image_dir) / f"{index}.jpg"
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every job at once, the semaphore admitting ``cap`` of them at a time."""
+    """Every job at once, the semaphore admitting ``cap`` of them at a time; with
+    ``--skip-existing``, only jobs whose image is not on disk yet (a re-run after a crash)."""
+    indices = [
+        i for i in range(args.n) if not (args.skip_existing and image_path(args, i).exists())
+    ]
     sem = asyncio.Semaphore(args.cap)
     async with httpx.AsyncClient(timeout=60, trust_env=False) as http:  # loopback only: no proxy
-        jobs = [one_job(http, args, i, sem) for i in range(args.n)]
+        jobs = [one_job(http, args, i, sem) for i in indices]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     return [
         {"index": i, "error": repr(outcome)} if isinstance(outcome, BaseException) else outcome
-        for i, outcome in enumerate(outcomes)
+        for i, outcome in zip(indices, outcomes, strict=True)
     ]
 
 
@@ -78,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-s", type=float, default=1.0)
     parser.add_argument("--image-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="Skip jobs whose image is already written."
+    )
     args = parser.parse_args(argv)
     print("ready", flush=True)
     if not sys.stdin.readline():

@@ -45,6 +45,38 @@ SCENARIOS = {
     "l1": Scenario("l1", median_s=1.0, sigma=0.3),
 }
 
+
+@dataclass(frozen=True)
+class Brownout:
+    """The faults of ``python -m bench brownout``, in seconds from a side's first job; every
+    figure is multiplied by ``--time-scale`` (the simulator's ``slow_delay_s`` is wall-clock)."""
+
+    kill_at_s: float = 40.0
+    """Steady work until then; then POSTs turn slow until a full cap of them is in flight, and
+    the side's whole process tree is SIGKILLed."""
+    slow_post_s: float = 20.0
+    """How long a POST takes to be answered while the cap fills with them (below fluxq's 30 s
+    read timeout: the POSTs are still in flight at the kill)."""
+    outage_at_s: float = 180.0
+    """Then 503 to every POST ..."""
+    outage_s: float = 60.0
+    """... for this long."""
+    bucket_s: float = 10.0
+    """Images per minute are shown per this many seconds."""
+
+    def scaled(self, factor: float) -> Brownout:
+        """The same timeline, ``factor`` times as long."""
+        return Brownout(
+            kill_at_s=self.kill_at_s * factor,
+            slow_post_s=self.slow_post_s * factor,
+            outage_at_s=self.outage_at_s * factor,
+            outage_s=self.outage_s * factor,
+            bucket_s=self.bucket_s * factor,
+        )
+
+
+BROWNOUT = Brownout()
+
 SideKind = Literal["naive", "fluxq"]
 
 SIDE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")

@@ -99,3 +99,82 @@ def findings(scenario: Mapping[str, Any]) -> str:
         if extra.get("retries_429"):
             lines.append(f"naive 429 retries [{name}]: {extra['retries_429']}")
     return "\n".join(lines)
+
+
+BROWNOUT_ROWS: tuple[tuple[str, str, Format], ...] = (
+    ("images saved", "images", str),
+    ("images/min before the kill", "images_per_min_before_kill", _fixed(0)),
+    ("images/min from the kill to the 503s", "images_per_min_kill_to_outage", _fixed(0)),
+    ("images/min during the 503 minute", "images_per_min_during_outage", _fixed(0)),
+    ("images/min in the minute after", "images_per_min_after_outage", _fixed(0)),
+    ("first new image after the kill s", "first_new_image_after_kill_s", _fixed(1)),
+    ("POSTs in flight at the kill", "slow_posts_at_kill", str),
+    ("paid twice (duplicate submits)", "paid_twice", str),
+    ("tasks paid, image never fetched", "tasks_paid_never_fetched", str),
+    ("429s", "rate_limited_429", str),
+    ("max active", "max_active", str),
+    ("stopped by the deadline", "deadline_hit", str),
+    ("wall s", "wall_s", _fixed(0)),
+)
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    )
+
+
+def brownout_text(report: Mapping[str, Any], *, header_only: bool = False) -> str:
+    """``python -m bench brownout``'s figure: images per minute over time for each side, the
+    faults marked, then a table of what each side saved, paid and lost."""
+    plan = report["plan"]
+    head = (
+        f"brownout, scenario {report['scenario']} ({report['latency_text']}): N={report['n']} "
+        f"time_scale={report['time_scale']:g} seed={report['seed']} cap={report['cap']}\n"
+        f"  faults, from each side's first job: at {plan['kill_at_s']:g} s POSTs answered after "
+        f"{plan['slow_post_s']:g} s until the cap is full of them, then SIGKILL of the side's "
+        f"process tree and a fresh start; 503 to every POST from {plan['outage_at_s']:g} s for "
+        f"{plan['outage_s']:g} s"
+    )
+    if header_only:
+        return head
+    sides = report["sides"]
+    names = list(sides)
+    series = {name: sides[name]["figures"]["images_per_min_series"] for name in names}
+    step = plan["bucket_s"]
+    kill_at, out_from = plan["kill_at_s"], plan["outage_at_s"]
+    out_to = out_from + plan["outage_s"]
+    rows = []
+    for k in range(max((len(s) for s in series.values()), default=0)):
+        t0, t1 = k * step, (k + 1) * step
+        mark = "kill" if t0 <= kill_at < t1 else ""
+        mark = "503" if t0 < out_to and t1 > out_from else mark
+        cells = [f"{s[k]:.0f}" if k < len(s) else "" for s in series.values()]
+        rows.append([f"{t0:g}-{t1:g}", *cells, mark])
+    over_time = _columns(["t s", *(f"{n} img/min" for n in names), "fault"], rows)
+    table_rows = [
+        [label, *(_cell(sides[n]["figures"], key, fmt) for n in names)]
+        for label, key, fmt in BROWNOUT_ROWS
+    ]
+    lines = [
+        head,
+        "",
+        "images per minute, per bucket:",
+        over_time,
+        "",
+        _columns(["", *names], table_rows),
+    ]
+    for name in names:
+        side = sides[name]
+        if side.get("error"):
+            lines.append(f"!!! {name} stopped on an error: {side['error']}")
+        if side.get("summary"):
+            shown = " ".join(f"{k}={v}" for k, v in sorted(side["summary"].items()))
+            lines.append(f"{name}: {shown}")
+    return "\n".join(lines)

@@ -206,7 +206,7 @@ def _run_fluxq(run: SideRun, ctx: Context) -> None:
         sampler = TreeSampler(process.pid)
         samplers.append(sampler)
         with Client(settings) as client:
-            _wait_consuming(settings, process, log)
+            wait_consuming(settings, process, log)
             run.startup_cpu_s = sum(each.sample() for each in samplers)
             client.runtime.redis.config_resetstat()
             ids = _enqueue_and_wait(run, ctx, client, process, log)
@@ -261,7 +261,7 @@ def redis_command_calls(client: redis.Redis[str]) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
 
 
-def _wait_consuming(settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_consuming(settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:
     """Until every worker process of the tree answers a Celery ping (so it consumes)."""
     expected = len(default_specs(threads=WORKER_THREADS, save_threads=SAVE_THREADS))
     app = make_celery(settings)

@@ -274,6 +274,31 @@ def slow_delivery(sim: SimulatorServer, *, delay_s: float = 0.02) -> Iterator[Tr
         proxy.close()
 
 
+@contextlib.contextmanager
+def _cluster_factory(
+    sim: SimulatorServer, redis_url: str, tmp_path: Path, base_env: dict[str, str]
+) -> Iterator[Callable[..., FaultCluster]]:
+    made: list[FaultCluster] = []
+
+    def factory(*, redis_url_override: str | None = None, **env_overrides: str) -> FaultCluster:
+        env = cluster_env(
+            sim, redis_url_override or redis_url, tmp_path, {**base_env, **env_overrides}
+        )
+        rt = celery_runtime(settings_for(env))
+        cluster = FaultCluster(env=env, rt=rt, sim=sim, processes=[], log_dir=tmp_path)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield factory
+    finally:
+        for cluster in made:
+            try:
+                cluster.stop()
+            finally:
+                cluster.rt.close()
+
+
 @pytest.fixture
 def fault_cluster(
     fault_sim: SimulatorServer, redis_url: str, tmp_path: Path
@@ -281,23 +306,19 @@ def fault_cluster(
     """``fault_cluster(redis_url_override=None, **env)``: a FaultCluster on the session Redis
     (flushed; or on ``redis_url_override``), with FAULT_ENV plus ``env``; every tree is stopped at
     teardown."""
-    made: list[FaultCluster] = []
+    with _cluster_factory(fault_sim, redis_url, tmp_path, FAULT_ENV) as factory:
+        yield factory
 
-    def factory(*, redis_url_override: str | None = None, **env_overrides: str) -> FaultCluster:
-        env = cluster_env(
-            fault_sim, redis_url_override or redis_url, tmp_path, {**FAULT_ENV, **env_overrides}
-        )
-        rt = celery_runtime(settings_for(env))
-        cluster = FaultCluster(env=env, rt=rt, sim=fault_sim, processes=[], log_dir=tmp_path)
-        made.append(cluster)
-        return cluster
 
-    yield factory
-    for cluster in made:
-        try:
-            cluster.stop()
-        finally:
-            cluster.rt.close()
+@pytest.fixture
+def default_cluster(
+    fault_sim: SimulatorServer, redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., FaultCluster]]:
+    """``default_cluster(**env)``: a FaultCluster like ``fault_cluster``'s, but on fluxq's default
+    settings (none of FAULT_ENV's shortened leases, deadlines, timeouts and intervals) plus
+    ``env``: for cases that test those defaults themselves."""
+    with _cluster_factory(fault_sim, redis_url, tmp_path, {}) as factory:
+        yield factory
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,3 +46,32 @@ def test_naive_and_fluxq_finish_every_job_within_the_cap_and_below_the_oracle(
         assert len(side["jobs"]) == N
     assert "CHECK FAILED" not in done.stdout
     assert "oracle" in done.stdout
+
+
+def test_brownout_runs_both_sides_through_the_kill_and_the_503s_and_prints_the_figure(
+    tmp_path: Path,
+) -> None:
+    # Given the brownout benchmark scaled down: 60 jobs on a cap of 4, ten times faster than
+    # real (a 0.5 s model; the kill at 4 s, the 503s from 18 s for 6 s), 45 s per side at most
+    out = tmp_path / "brownout.json"
+    argv = [
+        sys.executable, "-m", "bench", "brownout", "--n", "60", "--cap", "4",
+        "--time-scale", "0.1", "--deadline-s", "45", "--json", str(out),
+    ]  # fmt: skip
+    # When it runs to the end
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Then both sides ran, each was killed with POSTs in flight, and images per minute over
+    # time and the table were printed
+    report = json.loads(out.read_text())
+    assert list(report["sides"]) == ["naive", "fluxq"]
+    for name, side in report["sides"].items():
+        figures, marks = side["figures"], side["marks"]
+        assert side["error"] is None, name
+        assert marks["killed_at"] is not None, name
+        assert figures["slow_posts_at_kill"] >= 1, name
+        assert figures["images"] >= 1, name
+        assert figures["images_per_min_series"], name
+        assert figures["max_active"] <= report["cap"], name
+    assert "images per minute, per bucket:" in done.stdout
+    assert "paid twice (duplicate submits)" in done.stdout
