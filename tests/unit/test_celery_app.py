@@ -27,8 +27,8 @@ def job(prompt: str) -> Job:
         reason=None, bfl_id=None, polling_url=None, cost=None, output_mp=None, seed=None,
         sample_url=None, progress=None, path=None, sha256=None, submitting_at=None,
         submit_attempts=0, poll_attempts=0, last_pending_s=None, not_found_count=0,
-        download_attempts=0,
-        refetched=False, manifest_appended=False, uncertain=False, callback_json=None,
+        download_attempts=0, refetched=0, sample_url_at=None,
+        manifest_appended=False, uncertain=False, callback_json=None,
         webhook_url=None, webhook_delivered=False, webhook_failed=None, created_at=0.0, times={},
     )  # fmt: skip
 
