@@ -18,6 +18,7 @@ from typing import Any
 
 from workers.state import keys
 from workers.state.batches import BatchStatus
+from workers.state.cap_rules import PAUSE_TEXT, PauseKind, aimd_effective_cap
 from workers.state.jobs import State
 
 STATE_ORDER = (*(state.value for state in State), "uncertain")
@@ -88,14 +89,6 @@ def _status_lines(status: BatchStatus, view: KeyView | None = None) -> list[str]
 #
 # Read with the same commands by the command line (redis-py, ``fluxq.cli.waits``), the fast path
 # (a plain socket) and the API, and turned into text here, so all of them say the same thing.
-
-PAUSE_TEXT = {
-    "out_of_credits": "out of credits (402)",
-    "not_authorised": "the API key was refused (401/403)",
-    "retry_after": "rate limited (Retry-After)",
-}
-"""``workers.state.limiter.PAUSE_TEXT`` by kind (that module loads redis-py, which the fast path
-must not); ``tests/unit/test_key_slots.py`` keeps the two equal."""
 
 CAP_FIELDS = (
     "paused_until",
@@ -168,7 +161,8 @@ class KeySlots:
     def pause_text(self) -> str | None:
         if self.pause_kind is None:
             return None
-        text = PAUSE_TEXT.get(self.pause_kind, f"paused ({self.pause_kind})")
+        known = self.pause_kind in PauseKind.__members__.values()
+        text = PAUSE_TEXT[PauseKind(self.pause_kind)] if known else f"paused ({self.pause_kind})"
         return f"{text}: {self.pause_detail}" if self.pause_detail else text
 
 
@@ -284,10 +278,10 @@ def _effective_cap(
     if reduced_to is None:
         return key_cap, None
     reduced_at = _optional_float(state.get("reduced_at")) or 0.0
-    steps = math.floor(max(0.0, now_s - reduced_at) / interval_s)
-    effective = min(key_cap, int(reduced_to) + steps)
+    effective = aimd_effective_cap(key_cap, int(reduced_to), reduced_at, now_s, interval_s)
     if effective >= key_cap:
         return key_cap, None
+    steps = math.floor(max(0.0, now_s - reduced_at) / interval_s)
     return effective, reduced_at + (steps + 1) * interval_s
 
 

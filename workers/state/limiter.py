@@ -6,14 +6,17 @@ reports a terminal status; ``lua/admit.lua`` takes slots and pops waiting jobs i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 import redis
 
 from workers.state import keys
+from workers.state.cap_rules import PAUSE_TEXT as PAUSE_TEXT  # re-exported: the limiter's API
+from workers.state.cap_rules import Pause as Pause
+from workers.state.cap_rules import PauseKind as PauseKind
+from workers.state.cap_rules import aimd_effective_cap as aimd_effective_cap
+from workers.state.cap_rules import pause_in_force
 from workers.state.scripts import Scripts
 
 LANE_SHARE = 0.25
@@ -22,24 +25,6 @@ LANE_SHARE = 0.25
 
 MAX_STALE_PER_ADMIT = 1000
 """Backlog entries of expired or cancelled jobs one admit step may drop before it returns."""
-
-
-class PauseKind(StrEnum):
-    """Why admission for a key is paused; stored as ``pause_kind`` in ``fluxq:cap:{k}``."""
-
-    OUT_OF_CREDITS = "out_of_credits"
-    """402: resumes by itself once ``GET /v1/credits`` shows credit, or on ``fluxq resume``."""
-    NOT_AUTHORISED = "not_authorised"
-    """401/403: the key was refused; a person must fix it and run ``fluxq resume``."""
-    RETRY_AFTER = "retry_after"
-    """A 429 carried Retry-After: paused until then, then admission goes on by itself."""
-
-
-PAUSE_TEXT = {
-    PauseKind.OUT_OF_CREDITS: "out of credits (402)",
-    PauseKind.NOT_AUTHORISED: "the API key was refused (401/403)",
-    PauseKind.RETRY_AFTER: "rate limited (Retry-After)",
-}
 
 
 @dataclass(frozen=True)
@@ -60,19 +45,6 @@ class Doubt:
 
 
 @dataclass(frozen=True)
-class Pause:
-    """A pause in force: its kind, what BFL said (redacted), until when (None: until resumed)."""
-
-    kind: PauseKind
-    detail: str
-    until_s: float | None
-
-    def __str__(self) -> str:
-        text = PAUSE_TEXT[self.kind]
-        return f"{text}: {self.detail}" if self.detail else text
-
-
-@dataclass(frozen=True)
 class Caps:
     """Active-task caps of one API key: ``key_cap`` in all, and nested caps for some groups."""
 
@@ -85,28 +57,6 @@ class Caps:
         bad = {g: c for g, c in self.group_caps.items() if c < 0}
         if bad:
             raise ValueError(f"group caps must not be negative: {bad}")
-
-
-def aimd_effective_cap(
-    key_cap: int, reduced_to: int | None, reduced_at: float, now_s: float, interval_s: float
-) -> int:
-    """The key cap, or after a 429 the reduced cap plus one per interval since (``lib.lua`` too)."""
-    if reduced_to is None:
-        return key_cap
-    elapsed_s = max(0.0, now_s - reduced_at)
-    return min(key_cap, reduced_to + math.floor(elapsed_s / interval_s))
-
-
-def pause_in_force(
-    paused_until: str | None, kind: str | None, detail: str | None, now_s: float
-) -> Pause | None:
-    """The rule of ``lib.lua``: paused until a time still ahead, or with a kind and no time."""
-    if kind is None:
-        return None
-    until = None if paused_until is None else float(paused_until)
-    if until is not None and until <= now_s:
-        return None
-    return Pause(PauseKind(kind), detail or "", until)
 
 
 class SlotLimiter:
