@@ -183,10 +183,12 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         fields[JobField.OUTPUT_MP] = submitted.output_mp
     # In webhook mode the lease is stretched to the safety net's time before the job shows as
     # submitted: a webhook (answered "retry" until then) can only free it afterwards.
-    if not rt.settings.bfl_webhook_mode:
-        # The POST's short lease becomes an ordinary one, renewed by each poll from now on.
-        rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
     countdown_s = schedule_next_poll(rt, job, elapsed_s=0.0)
+    if countdown_s is not None and countdown_s > rt.leases.lease_s / 3:
+        # The POST's short lease (renewed at most 5 s ago) might lapse before a first poll this
+        # far off renews it: make it an ordinary lease now. A sooner poll renews it itself, so
+        # a fast model's submit costs no round trip more.
+        rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
     if not lifecycle.submitted(rt, job, fields) and not lifecycle.recover_uncertain(
         rt, job, fields
     ):
