@@ -223,13 +223,10 @@ class SlotLimiter:
 
     def lapse_at(self, job_id: str, group: str, *, until_s: float) -> None:
         """Make a lease still held lapse at ``until_s``; a lease given back stays freed."""
-        self._expire_at(job_id, group, until_s, xx=True)
-
-    def _expire_at(self, job_id: str, group: str, until_s: float, *, xx: bool = False) -> None:
         expiry: dict[str | bytes, float] = {job_id: until_s}
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zadd(self._slots, expiry, xx=xx)
-        pipe.zadd(keys.group_slots(self.label, group), expiry, xx=xx)
+        pipe.zadd(self._slots, expiry, xx=True)
+        pipe.zadd(keys.group_slots(self.label, group), expiry, xx=True)
         pipe.execute()
 
     def release(self, job_id: str, group: str) -> bool:
