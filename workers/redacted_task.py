@@ -17,7 +17,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from pydantic import SecretStr
 
 from config.errors import ConfigError, FluxqError
-from config.redact import mentions_secret, redact, secrets_of
+from config.redact import mentions_secret, redact
 from workers.bfl.webhooks import job_token
 from workers.dispatch import runtime_of
 
@@ -55,7 +55,8 @@ class RedactedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             rt = runtime_of(self.app)
         except ConfigError:
             return ()
-        found: list[SecretStr | str | None] = [*secrets_of(rt.settings), *rt.client.secrets]
+        # The client's: every secret of the settings, and the webhook secret derived from them.
+        found: list[SecretStr | str | None] = list(rt.client.secrets)
         secret = rt.settings.bfl_webhook_secret
         job_id = args[0] if args else kwargs.get("job_id", self.request.id)
         if secret is not None and isinstance(job_id, str):
