@@ -53,10 +53,12 @@ def make_client(redis_url: str, tmp_path: Path) -> Iterator[MakeClient]:
     opened: list[TestClient] = []
 
     def factory(hosts: AllowedHosts | None = None, **overrides: Any) -> TestClient:
-        options: dict[str, Any] = {"bfl_api_key": "offline-test-key", **overrides}
-        settings = load_settings(
-            _env_file=None, redis_url=redis_url, output_dir=tmp_path / "out", **options
-        )
+        options: dict[str, Any] = {
+            "bfl_api_key": "offline-test-key",
+            "redis_url": redis_url,
+            **overrides,
+        }
+        settings = load_settings(_env_file=None, output_dir=tmp_path / "out", **options)
         app = create_app(settings, hosts=hosts)
         client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
         client.__enter__()
@@ -289,9 +291,10 @@ def test_bad_batch_parameters_are_named(make_client: MakeClient) -> None:
 
 
 def test_redis_down_is_503_and_never_a_traceback(make_client: MakeClient) -> None:
-    client = make_client()
-    client.app.state.runtime.redis.connection_pool.connection_kwargs["port"] = 1  # type: ignore[attr-defined]
-    client.app.state.runtime.redis.connection_pool.disconnect()  # type: ignore[attr-defined]
+    # Every connection of the app's pool (and its event listener) goes to a closed port.
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.3)
     assert client.get("/readyz").status_code == 503
     answer = client.get("/v1/jobs/x")
     assert answer.status_code == 503
@@ -304,10 +307,10 @@ def test_a_redis_that_hangs_is_503_after_the_timeout_not_a_stalled_api(
 ) -> None:
     # A loopback listener that accepts connections and never answers (a hung Redis)
     with socket.create_server(("127.0.0.1", 0)) as hung:
-        client = make_client(redis_timeout_s=0.3)
-        kwargs = client.app.state.runtime.redis.connection_pool.connection_kwargs  # type: ignore[attr-defined]
-        kwargs["port"] = hung.getsockname()[1]
-        client.app.state.runtime.redis.connection_pool.disconnect()  # type: ignore[attr-defined]
+        # Pointed there from the start: a pool re-aimed in place keeps its old connections,
+        # which would reach the real Redis and make this test pass or fail by chance.
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        client = make_client(redis_url=url, redis_timeout_s=0.3)
         started = time.monotonic()
         answer = client.get("/v1/jobs/x")
         waited_s = time.monotonic() - started
