@@ -502,10 +502,8 @@ def test_any_host_needs_a_token_and_entries_are_host_names() -> None:
 def test_a_webhook_during_a_redis_hang_stalls_no_other_request(make_client: MakeClient) -> None:
     # Given webhook mode and a Redis that accepts connections and never answers
     with socket.create_server(("127.0.0.1", 0)) as hung:
-        client = make_client(redis_timeout_s=2, **WEBHOOK_MODE)
-        pool = client.app.state.runtime.redis.connection_pool  # type: ignore[attr-defined]
-        pool.connection_kwargs["port"] = hung.getsockname()[1]
-        pool.disconnect()
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"  # from the start: see above
+        client = make_client(redis_url=url, redis_timeout_s=2, **WEBHOOK_MODE)
         answers: list[Any] = []
 
         def forged() -> None:  # a wrong token: counted as forged, in Redis, which hangs
