@@ -21,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import statistics
@@ -29,8 +30,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -145,18 +149,34 @@ def _summary(name: str, timings: list[float]) -> dict[str, float | str | int]:
     }
 
 
-def _long_polls(url: str, count: int) -> None:
-    """``count`` concurrent long polls on job ``iso-1`` (run in a process of its own)."""
+def _long_polls(url: str, count: int, firing: Event, answers: Queue[dict[int, int]]) -> None:
+    """``count`` concurrent long polls on job ``iso-1`` (run in a process of its own); puts
+    how many got each status (0: no answer) on ``answers``.
+
+    Each is one plain HTTP/1.1 request on a connection of its own, read to its end and closed:
+    one httpx client pooling ``count`` connections spent a whole core on its pool's
+    bookkeeping (O(connections) per response) for the whole run, half this 2-core machine
+    taken from the API and the probe. ``firing`` is set as they are sent."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET /v1/jobs/iso-1?wait_s=20 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+    async def one() -> int:
+        with suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(request)
+                head = (await reader.readuntil(b"\r\n\r\n")).lower().split(b"\r\n")
+                lengths = (int(h.split(b":")[1]) for h in head if h.startswith(b"content-length:"))
+                await reader.readexactly(next(lengths, 0))
+                return int(head[0].split()[1])
+            finally:
+                writer.close()
+        return 0
 
     async def all_of_them() -> None:
-        limits = httpx.Limits(max_connections=count + 10)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-
-            async def one() -> None:
-                with suppress(httpx.HTTPError):
-                    await client.get(f"{url}/v1/jobs/iso-1", params={"wait_s": 20})
-
-            await asyncio.gather(*(one() for _ in range(count)))
+        firing.set()
+        statuses = await asyncio.gather(*(one() for _ in range(count)))
+        answers.put(dict(Counter(statuses)))
 
     asyncio.run(all_of_them())
 
@@ -195,12 +215,22 @@ def run(args: argparse.Namespace) -> list[dict[str, float | str | int]]:
 
             # Another process: the client's 2,000 connections must not share the probe's GIL.
             spawn = multiprocessing.get_context("spawn")
-            polls = spawn.Process(target=_long_polls, args=(url, args.long_polls), daemon=True)
+            firing, answers = spawn.Event(), spawn.Queue()
+            polls = spawn.Process(
+                target=_long_polls, args=(url, args.long_polls, firing, answers), daemon=True
+            )
             polls.start()
+            firing.wait(timeout=30)  # the process's start-up is no part of the arrival
             # The first seconds are the requests' arrival (most refused: MAX_LONG_POLLS); then
             # the held ones wait.
             rows.append(_summary("long-polls arriving", _probe(url, ARRIVAL_S)))
             rows.append(_summary("long-polls held", _probe(url, args.phase_s)))
+            with suppress(queue.Empty):  # 200: held to the end of wait_s; 503: over the bound
+                statuses = answers.get(timeout=60)
+                shown = ", ".join(
+                    f"{n} x {code or 'no answer'}" for code, n in sorted(statuses.items())
+                )
+                print(f"long polls answered: {shown}")
             polls.join(timeout=60)
             if polls.is_alive():
                 polls.terminate()

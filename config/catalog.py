@@ -5,6 +5,7 @@ Validates a request body for an endpoint and estimates its output size and price
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -172,17 +173,48 @@ def get_endpoint(endpoint: str) -> EndpointSpec:
 
 
 def validate_request(endpoint: str, data: Mapping[str, Any]) -> BaseModel:
-    """Validate a JSON body for ``endpoint``; raise InvalidRequest naming every bad field."""
+    """Validate a JSON body for ``endpoint``; raise InvalidRequest naming every bad field.
+
+    Values must have the JSON type BFL's spec (and fluxq's published schemas) give them: ``0``
+    is no boolean, ``"1024"`` no width; ``6.0`` is the integer 6, as JSON Schema reads it. A
+    body JSON cannot hold (a lone surrogate, NaN, a Python object) is read as Python would, for
+    the errors only that reading names.
+    """
     model = get_endpoint(endpoint).request_model
     message = f"invalid request for {endpoint}"
     if not isinstance(data, Mapping):
         error = FieldError(("body",), f"expected a JSON object, got {type(data).__name__}")
         raise InvalidRequest(message, errors=[error])
+    problems = _json_type_errors(model, data)
+    if not problems:
+        try:
+            return model.model_validate(dict(data))
+        except ValidationError as exc:
+            problems = exc.errors()
+    errors = [error for e in problems for error in _field_errors(e, data)]
+    raise InvalidRequest(message, errors=errors)
+
+
+def _json_type_errors(model: type[BaseModel], data: Mapping[str, Any]) -> list[ErrorDetails]:
+    """The errors of values of another JSON type than their field's, which pydantic's lax
+    reading would take (``0`` as false, ``"6"`` as 6); a whole float is an integer."""
     try:
-        return model.model_validate(dict(data))
+        text = json.dumps(dict(data), allow_nan=False)  # a lone surrogate stays an escape
+    except (TypeError, ValueError, RecursionError):
+        return []  # no JSON: the lax reading names what is wrong
+    try:
+        model.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        errors = [error for e in exc.errors() for error in _field_errors(e, data)]
-        raise InvalidRequest(message, errors=errors) from None
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            return []  # a lone surrogate: the lax reading names the field
+        return [e for e in errors if not _whole_float(e)]
+    return []
+
+
+def _whole_float(error: ErrorDetails) -> bool:
+    value = error.get("input")
+    return error["type"] == "int_type" and isinstance(value, float) and value.is_integer()
 
 
 def _field_errors(error: ErrorDetails, data: Mapping[str, Any]) -> list[FieldError]:

@@ -41,7 +41,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, nullcontext, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +49,7 @@ from typing import Annotated, Any
 import anyio
 import redis
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import (
@@ -60,19 +61,23 @@ from fastapi.responses import (
 )
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config.catalog import escape_surrogates, get_endpoint
+from config.catalog import CATALOG, escape_surrogates, get_endpoint
 from config.errors import FieldError, InvalidRequest
 from config.settings import Settings, load_settings
+from fluxq import api_schemas
 from fluxq.cli.api import AllowedHosts
 from fluxq.cli.batch_view import _as_json
 from fluxq.cli.waits import read_batch_view
-from fluxq.job_events import FALLBACK_S, JobEvents
+from fluxq.job_events import JobEvents
+from fluxq.long_poll_gate import LongPollGate
+from fluxq.long_poll_gate import refusal as long_poll_refusal
 from tasks.batches import (
     batch_status,
     cancel_batch,
@@ -92,6 +97,7 @@ from workers.metrics import registry_for
 from workers.runtime import Runtime
 from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
 from workers.state.jobs import MAX_PRIORITY, Job, State
+from workers.state.store import NameTaken
 
 log = logging.getLogger("fluxq.api")
 
@@ -99,7 +105,7 @@ MAX_WAIT_S = 60.0
 """The longest ``wait_s`` a long poll holds a request: under common proxies' idle timeouts."""
 
 WAIT_STEP_S = 0.15
-"""How often a long poll reads the job's state from Redis."""
+"""How often a wait without JobEvents (an app whose lifespan did not run) reads its job."""
 
 MAX_BATCH_CHARS = 64
 """A batch name's longest form (as ``fluxq batch submit``): job ids are ``{batch}.{line id}``."""
@@ -108,8 +114,9 @@ MAX_REPORTED_ERRORS = 20
 """Bad lines named in a refused batch's 422, as ``fluxq batch submit`` prints them."""
 
 MAX_LONG_POLLS = 256
-"""Long polls (``wait_s`` > 0) held at once: each reads Redis every WAIT_STEP_S, so thousands of
-them would starve every other request. One more is 503 with ``Retry-After``."""
+"""Long polls (``wait_s`` > 0) held at once, each a connection and a waiter (their reads are
+shared: ``fluxq/job_events.py``). One more is 503 with ``Retry-After``, most of them sent by
+``LongPollGate`` before FastAPI's stack (``fluxq/long_poll_gate.py``)."""
 
 LONG_POLL_RETRY_AFTER_S = 1
 """Retry-After on a long poll refused because MAX_LONG_POLLS are held."""
@@ -137,22 +144,6 @@ signature) is not one: over HTTP it would let any client run any task the worker
 
 
 # --- bodies (module level: FastAPI reads these annotations at runtime) --------------------------
-
-
-class JobIn(BaseModel):
-    """The body of ``POST /v1/jobs``: documented here, checked by ``tasks.enqueue``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint: str = Field(description="A BFL endpoint, e.g. flux-pro-1.1.")
-    request: dict[str, Any] = Field(description="The endpoint's BFL request body.")
-    job_id: str | None = Field(
-        default=None, description="Repeating an existing id answers 200 with that job: retries."
-    )
-    batch: str | None = Field(default=None, description='Default "default".')
-    name: str | None = Field(default=None, description="The file stem; default the job id.")
-    priority: int | None = Field(default=None, description="0..9, higher first; default 5.")
-    webhook_url: str | None = Field(default=None, description="A public http(s) address.")
 
 
 class JobCreated(BaseModel):
@@ -267,6 +258,12 @@ class Problem(BaseModel):
     detail: str
 
 
+class JobConflict(Problem):
+    """A job that cannot be cancelled: it was admitted or sent, or it ended."""
+
+    state: State
+
+
 class FieldProblem(BaseModel):
     loc: list[str | int]
     msg: str
@@ -277,6 +274,18 @@ class Invalid(BaseModel):
     """BFL's 422 shape: every bad field, each with where it is and why."""
 
     detail: list[FieldProblem]
+
+
+class BatchInvalid(Invalid):
+    """A refused batch file: its first bad lines (``["body", line, field]``), and how many."""
+
+    lines: int | None = Field(default=None, description="Lines in the file.")
+    invalid: int | None = Field(default=None, description="Bad lines (all, not only those named).")
+
+
+class Readiness(BaseModel):
+    redis: bool = Field(description="Redis answers.")
+    workers: int = Field(description="Worker processes that beat lately.")
 
 
 def _problem(status: int, detail: str, **extra: object) -> JSONResponse:
@@ -453,7 +462,9 @@ def require_type(request: Request, accepted: Sequence[str]) -> None:
 # --- the app -----------------------------------------------------------------------------------
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
+    """Async: a plain ``def`` dependency is run in the threadpool, one hop per request for an
+    attribute read (2,000 long polls arriving queued 2,000 hops, even the ones refused)."""
     rt: Runtime = request.app.state.runtime
     return rt
 
@@ -485,8 +496,24 @@ def _auth(settings: Settings) -> Callable[..., Awaitable[None]]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "A Host header not on FLUXQ_API_ALLOWED_HOSTS."},
-    401: {"model": Problem, "description": "No token, or a wrong one."},
+    500: {"model": Problem, "description": "An unexpected error (logged; no traceback is sent)."},
+}
+"""What any route may answer (RequestGuard, the last error handler)."""
+
+AUTH: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Problem,
+        "description": "No token, or a wrong one (when the server has FLUXQ_API_TOKEN).",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+    },
+}
+
+INVALID: dict[int | str, dict[str, Any]] = {
     422: {"model": Invalid, "description": "Every bad field, in BFL's shape."},
+}
+
+REDIS_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "Redis is unavailable."},
 }
 
 CROSS_SITE: dict[int | str, dict[str, Any]] = {
@@ -515,7 +542,8 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
         app.state.runtime = rt
         app.state.registry = registry_for(settings, rt.redis)
         app.state.webhook_threads = anyio.CapacityLimiter(WEBHOOK_THREADS)
-        app.state.job_events = JobEvents(rt.redis, asyncio.get_running_loop()).start()
+        loop = asyncio.get_running_loop()
+        app.state.job_events = JobEvents(rt.redis, loop, rt.store.get_many).start()
         try:
             yield
         finally:
@@ -537,6 +565,13 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
     app.state.long_polls = 0
     _filter_logs()
     app.add_middleware(
+        LongPollGate,  # inside the Host and body checks, as the route is
+        state=app.state,
+        limit=lambda: MAX_LONG_POLLS,
+        retry_after_s=LONG_POLL_RETRY_AFTER_S,
+        token=settings.api_token,
+    )
+    app.add_middleware(
         BodyLimit, max_bytes=settings.api_max_body_bytes, job_bytes=settings.api_max_job_bytes
     )
     app.add_middleware(RequestGuard, hosts=hosts)  # outermost: before any body is read
@@ -548,6 +583,17 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
     _add_batch_routes(app, auth)
     _add_bfl_webhook_route(app)
     return app
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this request's path takes (``Allow`` of a 405): a path with a
+    GET and a DELETE route has both, where Starlette's own 405 names the first route's only."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -562,12 +608,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def refused(_request: Request, exc: InvalidRequest) -> JSONResponse:
         problems = [_field(body_loc(e), e.msg) for e in exc.errors] or [_field(["body"], str(exc))]
+        if isinstance(exc, NameTaken):  # a valid name another job holds: a conflict, not a typo
+            return JSONResponse({"detail": problems}, status_code=409)
         return _invalid(problems)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         response = _problem(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # the router names only the first route of the path
+            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
         return response
 
     @app.exception_handler(redis.RedisError)
@@ -585,6 +635,16 @@ def _add_docs(app: FastAPI, auth: list[Any]) -> None:
     """``/openapi.json``, ``/docs`` and ``/redoc``, behind the token when one is set (with one,
     a browser cannot open them: read ``docs/openapi.json`` instead)."""
 
+    def document() -> dict[str, Any]:
+        """FastAPI's document, plus the schemas the bodies the code checks itself refer to."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        built = FastAPI.openapi(app)  # cached in app.openapi_schema, added to in place
+        api_schemas.add_components(built, api_schemas.components().items())
+        return built
+
+    app.openapi = document  # type: ignore[method-assign]
+
     @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
@@ -598,6 +658,11 @@ def _add_docs(app: FastAPI, auth: list[Any]) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title="fluxq - ReDoc")
 
 
+METRICS_TYPE = CONTENT_TYPE_LATEST.partition(";")[0]
+"""``/metrics``' media type as documented: its parameters (the format's version) follow
+prometheus_client, and the committed document must not."""
+
+
 def _add_probes(app: FastAPI, auth: list[Any]) -> None:
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, bool]:
@@ -607,7 +672,10 @@ def _add_probes(app: FastAPI, auth: list[Any]) -> None:
     @app.get(
         "/readyz",
         tags=["probes"],
-        responses={503: {"description": "Redis is down, or no worker was seen lately."}},
+        response_model=Readiness,
+        responses={
+            503: {"model": Readiness, "description": "Redis is down, or no worker beat lately."}
+        },
     )
     def readyz(rt: RuntimeDep) -> JSONResponse:
         """Ready when Redis answers and a worker process beat lately (each sweep tick)."""
@@ -618,7 +686,20 @@ def _add_probes(app: FastAPI, auth: list[Any]) -> None:
         body = {"redis": True, "workers": workers}
         return JSONResponse(body, status_code=200 if workers else 503)
 
-    @app.get("/metrics", tags=["probes"], dependencies=auth, response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        dependencies=auth,
+        response_class=Response,
+        responses={
+            200: {
+                "content": {METRICS_TYPE: {"schema": {"type": "string"}}},
+                "description": "The Prometheus text format.",
+            },
+            **AUTH,
+            **REDIS_DOWN,
+        },
+    )
     def metrics(request: Request) -> Response:
         """Prometheus metrics, as ``fluxq metrics`` serves them (behind the token when set)."""
 
@@ -727,25 +808,24 @@ def job_from_body(rt: Runtime, raw: bytes) -> JSONResponse:
 async def wait_for_job(
     rt: Runtime, job_id: str, wait_s: float, events: JobEvents | None = None
 ) -> JobOut:
-    """The job once it ends or ``wait_s`` passes. Each read is a short call in the threadpool;
-    between reads the wait holds no thread: it is woken by the job's own state change
-    (``events``, read again at least every ``FALLBACK_S``), else it reads every WAIT_STEP_S."""
+    """The job once it ends or ``wait_s`` passes. A long poll (``events``, wait_s > 0) holds
+    no thread: its reads are shared batches in ``events``' own thread, and it is woken when its
+    job ends (its event, else a read every ``FALLBACK_S``); without ``events`` each read is a
+    short call in the threadpool, every WAIT_STEP_S."""
+    if events is not None and wait_s > 0:
+        ended = await events.until_ended(job_id, wait_s)
+        if ended is None:
+            raise _not_found(job_id)
+        return job_out(ended)
     deadline = time.monotonic() + wait_s
-    with events.waiting(job_id) if events is not None else nullcontext() as woken:
-        while True:
-            if woken is not None:
-                woken.clear()  # before the read: an event from now on wakes the wait below
-            job = await run_in_threadpool(rt.store.get, job_id)
-            if job is None:
-                raise _not_found(job_id)
-            left_s = deadline - time.monotonic()
-            if job.state.terminal or left_s <= 0:
-                return job_out(job)
-            if woken is None:
-                await asyncio.sleep(min(WAIT_STEP_S, left_s))
-                continue
-            with suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(FALLBACK_S, left_s))
+    while True:
+        job = await run_in_threadpool(rt.store.get, job_id)
+        if job is None:
+            raise _not_found(job_id)
+        left_s = deadline - time.monotonic()
+        if job.state.terminal or left_s <= 0:
+            return job_out(job)
+        await asyncio.sleep(min(WAIT_STEP_S, left_s))
 
 
 def image_response(rt: Runtime, job_id: str) -> FileResponse:
@@ -767,6 +847,27 @@ def image_response(rt: Runtime, job_id: str) -> FileResponse:
     return FileResponse(path, media_type=media_type, headers=headers)
 
 
+JobId = Annotated[
+    str,
+    PathParam(
+        description="A job's id.",
+        json_schema_extra=api_schemas.keywords(api_schemas.ID_SCHEMA),
+        examples=[api_schemas.JOB_EXAMPLE["job_id"]],
+    ),
+]
+"""Documented, not checked: an id of another shape names no job (404)."""
+
+BatchName = Annotated[
+    str,
+    PathParam(
+        description="A batch's name.",
+        json_schema_extra=api_schemas.keywords(api_schemas.ID_SCHEMA),
+        examples=[api_schemas.JOB_EXAMPLE["batch"]],
+    ),
+]
+"""Documented, not checked: a name of another shape names no batch (404)."""
+
+
 def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
     @app.post(
         "/v1/jobs",
@@ -776,14 +877,22 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         response_model=JobCreated,
         responses={
             200: {"model": JobCreated, "description": "That job_id exists already."},
-            413: {"model": Problem, "description": "Over FLUXQ_API_MAX_JOB_BYTES."},
+            **AUTH,
             **CROSS_SITE,
+            409: {
+                "model": Invalid,
+                "description": "Its name (file stem, any case) is another job's of the batch.",
+            },
+            413: {"model": Problem, "description": "Over FLUXQ_API_MAX_JOB_BYTES."},
             **WRONG_TYPE,
+            **INVALID,
+            **REDIS_DOWN,
         },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": JobIn.model_json_schema()}},
+                "description": "At most FLUXQ_API_MAX_JOB_BYTES (default 8 MiB), else 413.",
+                "content": {"application/json": {"schema": api_schemas.job_body_schema()}},
             }
         },
     )
@@ -799,10 +908,20 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["jobs"],
         dependencies=auth,
         response_model=JobOut,
-        responses={503: {"model": Problem, "description": "Too many long polls: Retry-After."}},
+        responses={
+            **AUTH,
+            404: {"model": Problem, "description": "No such job (or it expired)."},
+            **INVALID,
+            503: {
+                "model": Problem,
+                "description": "Redis is unavailable, or MAX_LONG_POLLS long polls are held "
+                "(then with Retry-After).",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+            },
+        },
     )
     async def get_job(
-        job_id: str,
+        job_id: JobId,
         request: Request,
         rt: RuntimeDep,
         wait_s: Annotated[
@@ -815,12 +934,8 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         if wait_s <= 0:
             return await wait_for_job(rt, job_id, 0)
         state = request.app.state
-        if state.long_polls >= MAX_LONG_POLLS:
-            raise HTTPException(
-                503,
-                f"{MAX_LONG_POLLS} long polls are held already: retry, or ask without wait_s",
-                {"Retry-After": str(LONG_POLL_RETRY_AFTER_S)},
-            )
+        if state.long_polls >= MAX_LONG_POLLS:  # most are refused before, by LongPollGate
+            raise long_poll_refusal(MAX_LONG_POLLS, LONG_POLL_RETRY_AFTER_S)
         state.long_polls += 1
         try:
             events = getattr(state, "job_events", None)
@@ -833,9 +948,15 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["jobs"],
         dependencies=auth,
         response_class=FileResponse,
-        responses={200: {"content": {"image/*": {}}}, 404: {"model": Problem}},
+        responses={
+            200: {"content": {"image/*": {}}, "description": "The image."},
+            **AUTH,
+            404: {"model": Problem, "description": "No such job, or it has no image (yet)."},
+            **INVALID,
+            **REDIS_DOWN,
+        },
     )
-    def get_image(job_id: str, rt: RuntimeDep) -> FileResponse:
+    def get_image(job_id: JobId, rt: RuntimeDep) -> FileResponse:
         """The saved image, with ``ETag: "<sha256>"``; 404 until the job is done (and after its
         file is gone)."""
         return image_response(rt, job_id)
@@ -845,9 +966,16 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["jobs"],
         dependencies=auth,
         response_model=JobCancelled,
-        responses={404: {"model": Problem}, 409: {"model": Problem}, **CROSS_SITE},
+        responses={
+            **AUTH,
+            **CROSS_SITE,
+            404: {"model": Problem, "description": "No such job."},
+            409: {"model": JobConflict, "description": "Admitted, sent or ended: not cancelled."},
+            **INVALID,
+            **REDIS_DOWN,
+        },
     )
-    def delete_job(job_id: str, rt: RuntimeDep) -> JSONResponse:
+    def delete_job(job_id: JobId, rt: RuntimeDep) -> JSONResponse:
         """Cancel a queued job (200, also when already cancelled); 409 once it was admitted or
         sent (BFL has no cancel: it finishes and is saved) or ended otherwise."""
 
@@ -938,21 +1066,59 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         dependencies=auth,
         status_code=201,
         response_model=BatchCreated,
-        responses={409: {"model": Problem}, 413: {"model": Problem}, **CROSS_SITE, **WRONG_TYPE},
+        responses={
+            **AUTH,
+            **CROSS_SITE,
+            409: {"model": Problem, "description": "The batch was cancelled."},
+            413: {"model": Problem, "description": "Over FLUXQ_API_MAX_BODY_BYTES."},
+            **WRONG_TYPE,
+            422: {"model": BatchInvalid, "description": "Bad parameters, or bad lines."},
+            **REDIS_DOWN,
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {kind: {"schema": {"type": "string"}} for kind in BATCH_TYPES},
+                "description": "One JSON object per line: a request with its endpoint, id and "
+                "name (an id, a name, and a request without id, once per file). At most "
+                "FLUXQ_API_MAX_BODY_BYTES (default 64 MiB), else 413.",
+                "content": {
+                    kind: {"schema": api_schemas.batch_body_schema()} for kind in BATCH_TYPES
+                },
             }
         },
     )
     async def post_batch(
         request: Request,
         rt: RuntimeDep,
-        name: Annotated[str, Query(description="The batch; job ids are <name>.<line id>.")],
-        endpoint: Annotated[str | None, Query(description="Of lines naming none.")] = None,
-        priority: Annotated[int, Query(description="0..9, higher first.")] = DEFAULT_BATCH_PRIORITY,
-        budget: Annotated[float | None, Query(description="Credits it may spend.")] = None,
+        # Checked by _batch_problems (every bad one named at once): their schemas say its rules.
+        name: Annotated[
+            str,
+            Query(
+                description="The batch; job ids are <name>.<line id>.",
+                examples=[api_schemas.JOB_EXAMPLE["batch"]],
+                json_schema_extra=api_schemas.keywords(
+                    api_schemas.ID_SCHEMA | {"maxLength": MAX_BATCH_CHARS}
+                ),
+            ),
+        ],
+        endpoint: Annotated[
+            str | None,
+            Query(
+                description="The endpoint of lines naming none.",
+                json_schema_extra={"enum": sorted(CATALOG)},
+            ),
+        ] = None,
+        priority: Annotated[
+            int,
+            Query(
+                description="Higher runs sooner.",
+                json_schema_extra={"minimum": 0, "maximum": MAX_PRIORITY},
+            ),
+        ] = DEFAULT_BATCH_PRIORITY,
+        budget: Annotated[
+            float | None,
+            Query(description="Credits it may spend.", json_schema_extra={"exclusiveMinimum": 0}),
+        ] = None,
     ) -> JSONResponse:
         """A JSONL file of requests as one batch: every line is checked first; one bad line and
         nothing is enqueued (422 naming the first 20 as ``["body", line, field]``).
@@ -973,9 +1139,14 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["batches"],
         dependencies=auth,
         response_model=BatchOut,
-        responses={404: {"model": Problem}},
+        responses={
+            **AUTH,
+            404: {"model": Problem, "description": "No such batch."},
+            **INVALID,
+            **REDIS_DOWN,
+        },
     )
-    def get_batch(name: str, rt: RuntimeDep) -> BatchOut:
+    def get_batch(name: BatchName, rt: RuntimeDep) -> BatchOut:
         """The batch's counters by state, credits, rate and ETA, its key's slots (at BFL apart
         from the slots held for doubtful POSTs) and why it is blocked, if it is (``fluxq batch
         status --json``)."""
@@ -990,9 +1161,18 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["batches"],
         dependencies=auth,
         response_class=StreamingResponse,
-        responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": Problem}},
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {"schema": api_schemas.report_body_schema()}},
+                "description": "One JSON object per line of the batch.",
+            },
+            **AUTH,
+            404: {"model": Problem, "description": "No such batch."},
+            **INVALID,
+            **REDIS_DOWN,
+        },
     )
-    def get_report(name: str, rt: RuntimeDep) -> StreamingResponse:
+    def get_report(name: BatchName, rt: RuntimeDep) -> StreamingResponse:
         """One JSON line per line of the batch: line_id, job_id, state, file, seed, cost, reason."""
 
         if batch_status(rt, name) is None:
@@ -1004,9 +1184,15 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         tags=["batches"],
         dependencies=auth,
         response_model=BatchCancelled,
-        responses={404: {"model": Problem}, **CROSS_SITE},
+        responses={
+            **AUTH,
+            **CROSS_SITE,
+            404: {"model": Problem, "description": "No such batch."},
+            **INVALID,
+            **REDIS_DOWN,
+        },
     )
-    def delete_batch(name: str, rt: RuntimeDep) -> BatchCancelled:
+    def delete_batch(name: BatchName, rt: RuntimeDep) -> BatchCancelled:
         """Cancel every waiting line and queued job; jobs already sent finish and are saved."""
 
         if batch_status(rt, name) is None:
@@ -1039,13 +1225,19 @@ def _add_bfl_webhook_route(app: FastAPI) -> None:
         response_model=WebhookAnswer,
         responses={
             401: {"model": Problem, "description": "Not BFL: a wrong token, secret or signature."},
-            404: {"model": Problem, "description": "Webhook mode is off on this server."},
-            413: {"model": Problem, "description": "A body no webhook has."},
-            503: {"model": Problem, "description": "The job's POST is still out: retry soon."},
             **CROSS_SITE,
+            404: {"model": Problem, "description": "Webhook mode is off on this server."},
+            413: {"model": Problem, "description": f"Over {MAX_WEBHOOK_BYTES:,} bytes."},
+            **INVALID,
+            503: {
+                "model": Problem,
+                "description": "Redis is unavailable, or the job's POST is still out (then "
+                "with Retry-After: retry soon).",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+            },
         },
     )
-    async def bfl_webhook(job_id: str, token: str, request: Request, rt: RuntimeDep) -> Any:
+    async def bfl_webhook(job_id: JobId, token: str, request: Request, rt: RuntimeDep) -> Any:
         """BFL's call when a task ends (webhook mode): the job moves on at once, no poll.
 
         Not behind the bearer token (BFL cannot send it): the URL's token and the key's webhook

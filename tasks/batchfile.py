@@ -269,10 +269,13 @@ def _json_type(value: object) -> str:
 
 
 def _own_text(line: int, data: dict[str, Any], key: str, errors: list[LineError]) -> str | None:
-    """A line's id, name or endpoint taken out of its fields; a whole number is taken as text."""
+    """A line's id, name or endpoint taken out of its fields; a whole number is taken as text
+    (``7.0`` is 7, as JSON reads it)."""
     value = data.pop(key, None)
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     errors.append(LineError(line, key, f"must be a string, not {_json_type(value)}"))

@@ -69,7 +69,9 @@ def _text(
 
 
 def _priority(value: object, errors: list[FieldError]) -> int:
-    """A whole number 0..MAX_PRIORITY (a bool is not one here)."""
+    """A whole number 0..MAX_PRIORITY (a bool is not one here; ``7.0`` is, as JSON reads it)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         expected = f"a whole number 0..{MAX_PRIORITY}"
         errors.append(FieldError(loc=("priority",), msg=_type_error(value, expected)))

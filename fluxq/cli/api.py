@@ -6,6 +6,7 @@ bound is one line and exit 2 like every other command's failure, not uvicorn's l
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import signal
 import socket
@@ -109,7 +110,10 @@ class AllowedHosts:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY only on a connection whose socket
+    # says so. Without it every keep-alive response (headers, then body: two writes) waited
+    # for the client's delayed ACK, 40 ms each on Linux.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
@@ -147,7 +151,18 @@ def api(
     hosts = AllowedHosts.build(host, settings.api_allowed_hosts, settings.bfl_webhook_base_url)
     app = create_app(settings, hosts=hosts)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            # What the app loaded and built at start-up (about 100,000 objects) lives as long as
+            # the process; a full collection walked it all, each one a stall of the event loop
+            # (50 ms idle, 100 to 180 ms during a burst of requests). Frozen, it walks only what
+            # requests made since (about 10 ms).
+            gc.collect()
+            gc.freeze()
+
+    server = Server(config)
     shown = f"[{host}]" if ":" in host else host
     auth = "bearer token required" if settings.api_token else "no token: loopback only"
     console.print(
