@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from workers.process.embedded_redis import redis_server_binary
+from fluxq.workers.process.embedded_redis import redis_server_binary
 
 HEALTHZ_EVERY_S = 0.02
 """How often the probe asks ``/healthz`` (one request at a time, each timed)."""

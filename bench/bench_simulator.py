@@ -13,9 +13,9 @@ import time
 import httpx
 import uvicorn
 
-from simulator import SimConfig, create_app
-from simulator.images import render_image
-from simulator.listeners import bind_loopback
+from fluxq.simulator import SimConfig, create_app
+from fluxq.simulator.images import render_image
+from fluxq.simulator.listeners import bind_loopback
 
 POLLS = 2000
 """get_result calls timed, over one keep-alive connection."""

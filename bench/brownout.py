@@ -54,10 +54,10 @@ from bench.sides import (
 )
 from bench.throughput import _now, _stop_on_sigterm, machine, say, start_simulator
 from fluxq.client import Client
-from simulator.accounts import account_label
-from workers.process.children import start_child, stop_child
-from workers.process.embedded_redis import EmbeddedRedis
-from workers.state.jobs import State
+from fluxq.simulator.accounts import account_label
+from fluxq.workers.process.children import start_child, stop_child
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
+from fluxq.workers.state.jobs import State
 
 SIDES = ("naive", "fluxq")
 """The two sides, in the order they run."""

@@ -28,11 +28,11 @@ import redis
 from prometheus_client import generate_latest
 
 from bench.procs import TreeSampler, bench_env
-from config.settings import load_settings
 from fluxq.client import Client
-from tasks.batches import batch_status
-from workers.metrics import registry_for
-from workers.process.embedded_redis import EmbeddedRedis
+from fluxq.config.settings import load_settings
+from fluxq.tasks.batches import batch_status
+from fluxq.workers.metrics import registry_for
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
 
 BATCH = "bench-enqueue"
 ENDPOINT = "flux-dev"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simulator.latency import Z_95, LogNormalLatency
+from fluxq.simulator.latency import Z_95, LogNormalLatency
 
 ENDPOINT = "flux-dev"
 """A catalog endpoint with no nested cap group: only the account's cap (24 by default) applies."""

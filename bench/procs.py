@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from workers.process.children import stop_child
+from fluxq.workers.process.children import stop_child
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Put on PYTHONPATH of ``python -m bench.*`` children: ``bench`` is not an installed package."""

@@ -24,14 +24,14 @@ import redis
 
 from bench.plan import ENDPOINT, Scenario, Side
 from bench.procs import TreeSampler, bench_env, log_tail, read_line, spawn, stop
-from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
-from config.settings import Settings, load_settings
 from fluxq.client import Client
-from workers.celery_app import make_celery
-from workers.process.children import start_child, stop_child
-from workers.process.supervisor import default_specs
-from workers.state import keys
-from workers.state.jobs import Job, State
+from fluxq.config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
+from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.process.children import start_child, stop_child
+from fluxq.workers.process.supervisor import default_specs
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import Job, State
 
 NAIVE_POLL_S = 0.5
 """BFL's documented polling interval, scaled by --time-scale like the simulator's latencies."""

@@ -14,8 +14,8 @@ import sys
 import threading
 from types import FrameType
 
-from simulator.config import SimConfig
-from simulator.server import SimulatorServer
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.server import SimulatorServer
 
 
 def main(argv: list[str] | None = None) -> None:

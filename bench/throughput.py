@@ -35,9 +35,9 @@ from bench.plan import ENDPOINT, SCENARIOS, Scenario, Side
 from bench.procs import REPO_ROOT, bench_env, read_line, spawn, stop
 from bench.report import findings, headline, table
 from bench.sides import START_TIMEOUT_S, Context, SideRun, run_side
-from simulator.accounts import account_label
-from simulator.latency import seeded_duration_s
-from workers.process.embedded_redis import EmbeddedRedis
+from fluxq.simulator.accounts import account_label
+from fluxq.simulator.latency import seeded_duration_s
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
 
 DEADLINE_FACTOR = 4.0
 DEADLINE_MARGIN_S = 120.0

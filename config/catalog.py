@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from config.errors import FieldError, InvalidRequest
-from config.requests import (
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.requests import (
     PIXELS_PER_MEGAPIXEL,
     FinetuneFluxProFillInputs,
     FinetuneFluxUltraInput,

@@ -30,11 +30,11 @@ VISIBILITY_TIMEOUT_S = 3600
 (poll steps ≤ a few minutes, backoffs ≤ 60 s), or a waiting ETA message is delivered twice."""
 
 TASK_MODULES = (
-    "tasks.submit",
-    "tasks.poll",
-    "tasks.save",
-    "tasks.callbacks",
-    "tasks.enqueue",
+    "fluxq.tasks.submit",
+    "fluxq.tasks.poll",
+    "fluxq.tasks.save",
+    "fluxq.tasks.callbacks",
+    "fluxq.tasks.enqueue",
 )
 """The modules that define fluxq's tasks; a worker imports them before it consumes."""
 

@@ -1,8 +1,8 @@
 """``deploy/.env.example`` made from ``Settings``: every variable fluxq reads, its default, its use.
 
-``python -m config.env_example > deploy/.env.example`` writes it; ``tests/deploy`` fails when the
-committed file drifts from what this renders. Every assignment is commented out, so a copied file
-changes nothing until a line is uncommented: an empty secret is not an unset one
+``python -m fluxq.config.env_example > deploy/.env.example`` writes it; ``tests/deploy`` fails
+when the committed file drifts from what this renders. Every assignment is commented out, so a
+copied file changes nothing until a line is uncommented: an empty secret is not an unset one
 (``FLUXQ_API_TOKEN=`` is a token, the empty one), so no secret is ever set by accident.
 """
 
@@ -17,7 +17,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from config.settings import Settings
+from fluxq.config.settings import Settings
 
 WIDTH = 100
 """The longest line written (the repository's line length)."""
@@ -27,7 +27,7 @@ NBSP = "\xa0"
 
 HEADER = """\
 # fluxq settings: every variable fluxq reads, with its default and what it does.
-# Generated from config/settings.py: python -m config.env_example > deploy/.env.example
+# Generated from config/settings.py: python -m fluxq.config.env_example > deploy/.env.example
 # (tests/deploy fails when this file and the settings drift apart).
 #
 # Copy it to deploy/.env (docker compose), /etc/fluxq/env (systemd) or into the ConfigMap and

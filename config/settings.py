@@ -23,9 +23,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from config.errors import ConfigError
-from config.output_url import check_output_options, check_output_url, local_output_path
-from config.redis_url import check_redis_url
+from fluxq.config.errors import ConfigError
+from fluxq.config.output_url import check_output_options, check_output_url, local_output_path
+from fluxq.config.redis_url import check_redis_url
 
 DEFAULT_ALLOWED_URLS = ("https://*.bfl.ai", "https://bfl.ai", "https://*.bfl.ml")
 """URL patterns (``scheme://host-glob[:port-glob]``) that polling and delivery URLs must match.

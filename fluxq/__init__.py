@@ -20,28 +20,84 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from config.errors import FluxqError, InvalidRequest
     from fluxq.client import Client, JobHandle, enqueue, enqueue_many
-    from workers.state.jobs import State
+    from fluxq.config.errors import (
+        ConfigError,
+        DisallowedURL,
+        DownloadFailed,
+        FieldError,
+        FluxqError,
+        InvalidRequest,
+        JobFailed,
+        NotAuthorised,
+        NotSent,
+        OutcomeUnknown,
+        OutOfCredits,
+        RateLimited,
+        ReadFailed,
+        RetryLater,
+        ServerError,
+        StopAndAlert,
+        UnexpectedResponse,
+        WebhookRefused,
+    )
+    from fluxq.workers.state.jobs import State
 
 __all__ = [
     "Client",
+    "ConfigError",
+    "DisallowedURL",
+    "DownloadFailed",
+    "FieldError",
     "FluxqError",
     "InvalidRequest",
+    "JobFailed",
     "JobHandle",
+    "NotAuthorised",
+    "NotSent",
+    "OutOfCredits",
+    "OutcomeUnknown",
+    "RateLimited",
+    "ReadFailed",
+    "RetryLater",
+    "ServerError",
     "State",
+    "StopAndAlert",
+    "UnexpectedResponse",
+    "WebhookRefused",
     "enqueue",
     "enqueue_many",
 ]
+
+ERRORS = (
+    "ConfigError",
+    "DisallowedURL",
+    "DownloadFailed",
+    "FieldError",
+    "FluxqError",
+    "InvalidRequest",
+    "JobFailed",
+    "NotAuthorised",
+    "NotSent",
+    "OutcomeUnknown",
+    "OutOfCredits",
+    "RateLimited",
+    "ReadFailed",
+    "RetryLater",
+    "ServerError",
+    "StopAndAlert",
+    "UnexpectedResponse",
+    "WebhookRefused",
+)
 
 _HOMES = {
     "Client": "fluxq.client",
     "JobHandle": "fluxq.client",
     "enqueue": "fluxq.client",
     "enqueue_many": "fluxq.client",
-    "FluxqError": "config.errors",
-    "InvalidRequest": "config.errors",
-    "State": "workers.state.jobs",
+    "State": "fluxq.workers.state.jobs",
+    # The error tree: every error fluxq raises to a caller, catchable as fluxq.FluxqError.
+    **dict.fromkeys(ERRORS, "fluxq.config.errors"),
 }
 
 

@@ -68,36 +68,36 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config.catalog import CATALOG, escape_surrogates, get_endpoint
-from config.errors import FieldError, InvalidRequest
-from config.settings import Settings, load_settings
 from fluxq import api_schemas
 from fluxq.cli.api import AllowedHosts
 from fluxq.cli.batch_view import _as_json
 from fluxq.cli.waits import read_batch_view
+from fluxq.config.catalog import CATALOG, escape_surrogates, get_endpoint
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.settings import Settings, load_settings
 from fluxq.job_events import JobEvents
 from fluxq.long_poll_gate import LongPollGate
 from fluxq.long_poll_gate import refusal as long_poll_refusal
-from tasks.batches import (
+from fluxq.tasks.batches import (
     batch_status,
     cancel_batch,
     cancel_job,
     enqueue_entries,
     report_rows,
 )
-from tasks.batchfile import Entry, scan_file
-from tasks.bfl_webhook import Answer, receive
-from tasks.enqueue import enqueue, prepare_job
-from tasks.inline_submit import InlineSubmits
-from tasks.sweep import workers_seen
-from workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
-from workers.dispatch import celery_runtime
-from workers.files import ID_HINT, ID_PATTERN
-from workers.metrics import registry_for
-from workers.runtime import Runtime
-from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
-from workers.state.jobs import MAX_PRIORITY, Job, State
-from workers.state.store import NameTaken
+from fluxq.tasks.batchfile import Entry, scan_file
+from fluxq.tasks.bfl_webhook import Answer, receive
+from fluxq.tasks.enqueue import enqueue, prepare_job
+from fluxq.tasks.inline_submit import InlineSubmits
+from fluxq.tasks.sweep import workers_seen
+from fluxq.workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.files import ID_HINT, ID_PATTERN
+from fluxq.workers.metrics import registry_for
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
+from fluxq.workers.state.jobs import MAX_PRIORITY, Job, State
+from fluxq.workers.state.store import NameTaken
 
 log = logging.getLogger("fluxq.api")
 

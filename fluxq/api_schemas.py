@@ -23,20 +23,20 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from config.catalog import CATALOG
-from config.requests import (
+from fluxq.config.catalog import CATALOG
+from fluxq.config.requests import (
     FLUX2_MAX_MEGAPIXELS,
     FLUX2_SIDE_MULTIPLE_PX,
     MAX_ASPECT_RATIO,
     MIN_ASPECT_RATIO,
     PIXELS_PER_MEGAPIXEL,
 )
-from tasks.batches import ReportRow
-from tasks.batchfile import LINE_FIELDS, MAX_LINE_ID_CHARS
-from tasks.callbacks import MAX_WEBHOOK_URL_CHARS
-from tasks.schema import EXAMPLE
-from workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
-from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
+from fluxq.tasks.batches import ReportRow
+from fluxq.tasks.batchfile import LINE_FIELDS, MAX_LINE_ID_CHARS
+from fluxq.tasks.callbacks import MAX_WEBHOOK_URL_CHARS
+from fluxq.tasks.schema import EXAMPLE
+from fluxq.workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
+from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
 
 COMPONENTS = "#/components/schemas/"
 

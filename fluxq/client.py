@@ -14,17 +14,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from config.errors import FieldError, InvalidRequest
-from config.settings import Settings, load_settings
-from tasks.batches import EnqueueResult, enqueue_entries, set_budget
-from tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
-from tasks.enqueue import enqueue as enqueue_job
-from workers.dispatch import celery_runtime
-from workers.files import ID_HINT, ID_PATTERN
-from workers.process.embedded_redis import shared_redis
-from workers.runtime import Runtime
-from workers.state.batches import DEFAULT_BATCH_PRIORITY
-from workers.state.jobs import Job, State
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.settings import Settings, load_settings
+from fluxq.tasks.batches import EnqueueResult, enqueue_entries, set_budget
+from fluxq.tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
+from fluxq.tasks.enqueue import enqueue as enqueue_job
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.files import ID_HINT, ID_PATTERN
+from fluxq.workers.process.embedded_redis import shared_redis
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY
+from fluxq.workers.state.jobs import Job, State
 
 WAIT_STEP_S = 0.2
 """How often ``JobHandle.wait`` reads the job's state."""

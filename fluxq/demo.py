@@ -21,13 +21,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from config.settings import Settings
-from simulator import SimConfig, running_simulator
-from tasks.enqueue import enqueue
-from workers.dispatch import celery_runtime
-from workers.process.children import python_argv, start_child, stop_child
-from workers.process.embedded_redis import EmbeddedRedis
-from workers.runtime import Runtime
+from fluxq.config.settings import Settings
+from fluxq.simulator import SimConfig, running_simulator
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.process.children import python_argv, start_child, stop_child
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
+from fluxq.workers.runtime import Runtime
 
 DEMO_KEY = "fluxq-demo-simulator-key"
 DEMO_ENDPOINTS = ("flux-pro-1.1", "flux-dev", "flux-kontext-pro")

@@ -27,8 +27,8 @@ from contextlib import contextmanager, suppress
 
 import redis
 
-from workers.state import keys
-from workers.state.jobs import Job
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import Job
 
 log = logging.getLogger("fluxq.api")
 

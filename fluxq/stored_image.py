@@ -15,9 +15,9 @@ from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from config.settings import Settings
-from workers.state.jobs import Job
-from workers.storage import READ_CHUNK, ObjectStore, StoreFailed, store_of_path
+from fluxq.config.settings import Settings
+from fluxq.workers.state.jobs import Job
+from fluxq.workers.storage import READ_CHUNK, ObjectStore, StoreFailed, store_of_path
 
 
 class StoredImageResponse(FileResponse):

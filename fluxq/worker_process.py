@@ -13,17 +13,13 @@ from typing import Any
 
 from celery import signals
 
-import tasks.callbacks
-import tasks.enqueue
-import tasks.poll
-import tasks.save
-import tasks.submit
-from config.settings import load_settings
-from tasks.sweep import SweepTimer
-from workers.celery_app import make_celery
-from workers.dispatch import celery_runtime
+from fluxq.config.settings import load_settings
+from fluxq.tasks import callbacks, enqueue, poll, save, submit
+from fluxq.tasks.sweep import SweepTimer
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.dispatch import celery_runtime
 
-TASK_MODULES = (tasks.callbacks, tasks.enqueue, tasks.poll, tasks.save, tasks.submit)
+TASK_MODULES = (callbacks, enqueue, poll, save, submit)
 """Imported above, before Celery's loader imports them by name with the working directory on
 ``sys.path``: they are then already loaded from fluxq, never from the user's directory."""
 

@@ -34,12 +34,12 @@ from typing import Any
 
 import httpx
 
-from config.settings import load_settings
-from simulator import SimConfig, running_simulator
-from tasks.enqueue import enqueue
-from workers.dispatch import celery_runtime
-from workers.process.children import python_argv, start_child, stop_child
-from workers.process.embedded_redis import EmbeddedRedis, free_port
+from fluxq.config.settings import load_settings
+from fluxq.simulator import SimConfig, running_simulator
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.process.children import python_argv, start_child, stop_child
+from fluxq.workers.process.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "flower-tasks.png"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from workers.runtime import Runtime
+from fluxq.workers.runtime import Runtime
 
 log = logging.getLogger("fluxq.admission")
 

@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.catalog import get_endpoint
-from tasks import lifecycle
-from tasks.admission import admit_and_dispatch
-from tasks.batchfile import Entry
-from workers.runtime import Runtime
-from workers.state import keys
-from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
-from workers.state.jobs import Job, State
-from workers.state.store import backlog_score
+from fluxq.config.catalog import get_endpoint
+from fluxq.tasks import lifecycle
+from fluxq.tasks.admission import admit_and_dispatch
+from fluxq.tasks.batchfile import Entry
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
+from fluxq.workers.state.jobs import Job, State
+from fluxq.workers.state.store import backlog_score
 
 LANE_CHUNK = 1000
 """Lines per script call: large enough that round trips do not count, small enough that one call

@@ -27,7 +27,7 @@ from typing import Annotated, Any, TextIO, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from config.catalog import (
+from fluxq.config.catalog import (
     CATALOG,
     NOT_UTF8,
     estimate_credits,
@@ -36,9 +36,16 @@ from config.catalog import (
     request_to_json,
     validate_request,
 )
-from config.errors import FieldError, InvalidRequest
-from config.redact import redact
-from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.redact import redact
+from fluxq.workers.files import (
+    ID_HINT,
+    ID_PATTERN,
+    NAME_HINT,
+    NAME_PATTERN,
+    SECRET_FIELDS,
+    safe_name,
+)
 
 FORMATS = ("jsonl", "csv")
 MAX_LINE_ID_CHARS = 60

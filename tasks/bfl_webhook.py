@@ -16,13 +16,13 @@ import logging
 from collections.abc import Mapping
 from enum import StrEnum
 
-from config.errors import UnexpectedResponse
-from tasks import lifecycle
-from tasks.poll import failure_reason, on_ready
-from workers.bfl import webhooks
-from workers.bfl.responses import Result, Status
-from workers.runtime import Runtime
-from workers.state.jobs import Job, JobField, State
+from fluxq.config.errors import UnexpectedResponse
+from fluxq.tasks import lifecycle
+from fluxq.tasks.poll import failure_reason, on_ready
+from fluxq.workers.bfl import webhooks
+from fluxq.workers.bfl.responses import Result, Status
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.jobs import Job, JobField, State
 
 log = logging.getLogger("fluxq.bfl_webhook")
 

@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 from celery import Task, shared_task
 
-from config.errors import WebhookRefused
-from workers.dispatch import runtime_of
-from workers.redacted_task import RedactedTask
-from workers.runtime import Runtime, flower_options
-from workers.state.jobs import Job, JobField
-from workers.timing import backoff_s
+from fluxq.config.errors import WebhookRefused
+from fluxq.workers.dispatch import runtime_of
+from fluxq.workers.redacted_task import RedactedTask
+from fluxq.workers.runtime import Runtime, flower_options
+from fluxq.workers.state.jobs import Job, JobField
+from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.callbacks")
 

@@ -22,7 +22,7 @@ from typing import Any
 from celery import Task, shared_task
 from pydantic import BaseModel
 
-from config.catalog import (
+from fluxq.config.catalog import (
     NOT_UTF8,
     EndpointSpec,
     escape_surrogates,
@@ -31,16 +31,23 @@ from config.catalog import (
     request_to_json,
     validate_request,
 )
-from config.errors import FieldError, InvalidRequest
-from config.redact import redact, secrets_of
-from tasks.admission import admit_and_dispatch
-from tasks.callbacks import full_signature, webhook_url_problem
-from workers.dispatch import runtime_of
-from workers.files import ID_HINT, ID_PATTERN, NAME_HINT, NAME_PATTERN, SECRET_FIELDS, safe_name
-from workers.redacted_task import RedactedTask
-from workers.runtime import Runtime
-from workers.state import keys
-from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.redact import redact, secrets_of
+from fluxq.tasks.admission import admit_and_dispatch
+from fluxq.tasks.callbacks import full_signature, webhook_url_problem
+from fluxq.workers.dispatch import runtime_of
+from fluxq.workers.files import (
+    ID_HINT,
+    ID_PATTERN,
+    NAME_HINT,
+    NAME_PATTERN,
+    SECRET_FIELDS,
+    safe_name,
+)
+from fluxq.workers.redacted_task import RedactedTask
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, NewJob
 
 log = logging.getLogger("fluxq.enqueue")
 

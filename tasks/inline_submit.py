@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from tasks.submit import submit_job
-from tasks.sweep import workers_seen
-from workers.runtime import Dispatcher, Runtime
-from workers.state.jobs import Job
+from fluxq.tasks.submit import submit_job
+from fluxq.tasks.sweep import workers_seen
+from fluxq.workers.runtime import Dispatcher, Runtime
+from fluxq.workers.state.jobs import Job
 
 log = logging.getLogger("fluxq.inline_submit")
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from config.catalog import estimate_credits, validate_request
-from config.errors import InvalidRequest
-from tasks.admission import admit_and_dispatch
-from tasks.callbacks import notify_terminal
-from workers.bfl.outcomes import doubt_hold_s
-from workers.runtime import Runtime
-from workers.state import timings
-from workers.state.jobs import Job, JobField, State
-from workers.state.latency_book import size_class
+from fluxq.config.catalog import estimate_credits, validate_request
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks.admission import admit_and_dispatch
+from fluxq.tasks.callbacks import notify_terminal
+from fluxq.workers.bfl.outcomes import doubt_hold_s
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state import timings
+from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.state.latency_book import size_class
 
 log = logging.getLogger("fluxq.lifecycle")
 

@@ -9,15 +9,15 @@ import logging
 
 from celery import Task, shared_task
 
-from config.errors import JobFailed, RetryLater, StopAndAlert
-from tasks import lifecycle
-from workers.bfl.responses import Result, Status
-from workers.dispatch import runtime_of
-from workers.redacted_task import RedactedTask
-from workers.runtime import Runtime, flower_options
-from workers.state.jobs import Job, JobField, State
-from workers.state.latency_book import size_class
-from workers.timing import backoff_s
+from fluxq.config.errors import JobFailed, RetryLater, StopAndAlert
+from fluxq.tasks import lifecycle
+from fluxq.workers.bfl.responses import Result, Status
+from fluxq.workers.dispatch import runtime_of
+from fluxq.workers.redacted_task import RedactedTask
+from fluxq.workers.runtime import Runtime, flower_options
+from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.state.latency_book import size_class
+from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.poll")
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from config.catalog import output_format, validate_request
-from config.errors import DownloadFailed, FluxqError, JobFailed, RetryLater
-from tasks import lifecycle
-from workers.bfl.responses import Downloaded, Status
-from workers.dispatch import runtime_of
-from workers.files import (
+from fluxq.config.catalog import output_format, validate_request
+from fluxq.config.errors import DownloadFailed, FluxqError, JobFailed, RetryLater
+from fluxq.tasks import lifecycle
+from fluxq.workers.bfl.responses import Downloaded, Status
+from fluxq.workers.dispatch import runtime_of
+from fluxq.workers.files import (
     append_manifest,
     commit_file,
     remove_stale_parts,
@@ -26,12 +26,12 @@ from workers.files import (
     url_suffix,
     write_json_atomic,
 )
-from workers.redacted_task import RedactedTask
-from workers.runtime import Runtime, flower_options
-from workers.state import keys
-from workers.state.jobs import Job, JobField, State
-from workers.storage import ObjectStore, StoreFailed, json_bytes, manifest_line, open_store
-from workers.timing import backoff_s
+from fluxq.workers.redacted_task import RedactedTask
+from fluxq.workers.runtime import Runtime, flower_options
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.storage import ObjectStore, StoreFailed, json_bytes, manifest_line, open_store
+from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.save")
 

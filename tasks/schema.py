@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from config.catalog import CATALOG
-from tasks.enqueue import MAX_TASK_NAME_CHARS, OPTIONS, TASK_NAME_PATTERN
-from workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
-from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
+from fluxq.config.catalog import CATALOG
+from fluxq.tasks.enqueue import MAX_TASK_NAME_CHARS, OPTIONS, TASK_NAME_PATTERN
+from fluxq.workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
+from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
 
 SCHEMA_ID = "urn:fluxq:schema:enqueue-kwargs"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

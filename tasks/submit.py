@@ -9,25 +9,25 @@ import logging
 
 from celery import Task, shared_task
 
-from config.errors import (
+from fluxq.config.errors import (
     FluxqError,
     OutOfCredits,
     RateLimited,
     ServerError,
     StopAndAlert,
 )
-from config.redact import redact
-from tasks import bfl_webhook, lifecycle
-from tasks.admission import admit_and_dispatch
-from tasks.poll import schedule_next_poll
-from workers.bfl.outcomes import PostOutcome, post_outcome
-from workers.bfl.responses import Submitted
-from workers.dispatch import runtime_of
-from workers.redacted_task import RedactedTask
-from workers.runtime import Runtime, flower_options
-from workers.state.jobs import Job, JobField, State
-from workers.state.limiter import PauseKind
-from workers.timing import backoff_s
+from fluxq.config.redact import redact
+from fluxq.tasks import bfl_webhook, lifecycle
+from fluxq.tasks.admission import admit_and_dispatch
+from fluxq.tasks.poll import schedule_next_poll
+from fluxq.workers.bfl.outcomes import PostOutcome, post_outcome
+from fluxq.workers.bfl.responses import Submitted
+from fluxq.workers.dispatch import runtime_of
+from fluxq.workers.redacted_task import RedactedTask
+from fluxq.workers.runtime import Runtime, flower_options
+from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.state.limiter import PauseKind
+from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.submit")
 

@@ -13,13 +13,13 @@ import time
 
 import redis
 
-from config.errors import FluxqError
-from tasks.admission import admit_and_dispatch
-from tasks.submit import settle_uncertain
-from workers.runtime import Runtime
-from workers.state import keys
-from workers.state.jobs import State
-from workers.state.limiter import PauseKind
+from fluxq.config.errors import FluxqError
+from fluxq.tasks.admission import admit_and_dispatch
+from fluxq.tasks.submit import settle_uncertain
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
+from fluxq.workers.state.limiter import PauseKind
 
 log = logging.getLogger("fluxq.sweep")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.settings import Settings, load_settings
+from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
+from fluxq.workers.runtime import Runtime, build_runtime
 from tests.pipeline.conftest import InlineDispatcher
-from workers.process.embedded_redis import EmbeddedRedis
-from workers.runtime import Runtime, build_runtime
 
 
 def settings_for(env: Mapping[str, str]) -> Settings:

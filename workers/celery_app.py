@@ -8,9 +8,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from config.celery import ALL_QUEUES, celery_config
-from config.errors import ConfigError
-from config.settings import Settings
+from fluxq.config.celery import ALL_QUEUES, celery_config
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings
 
 
 def _queue(name: str) -> Queue:

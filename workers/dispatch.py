@@ -10,11 +10,11 @@ from typing import Any
 
 from celery import Celery, signature
 
-from config.errors import ConfigError
-from config.settings import Settings
-from workers.celery_app import make_celery
-from workers.runtime import Runtime, build_runtime, describe
-from workers.state.jobs import Job
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.runtime import Runtime, build_runtime, describe
+from fluxq.workers.state.jobs import Job
 
 RUNTIME_ATTRIBUTE = "fluxq_runtime"
 """The attribute of a worker's Celery app that holds its Runtime (set once at start-up)."""

@@ -20,12 +20,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from config.settings import Settings
-from workers.state import keys, timings
-from workers.state.batches import read_batch_status
-from workers.state.jobs import State
-from workers.state.limiter import Caps, SlotLimiter
-from workers.state.store import JobStore
+from fluxq.config.settings import Settings
+from fluxq.workers.state import keys, timings
+from fluxq.workers.state.batches import read_batch_status
+from fluxq.workers.state.jobs import State
+from fluxq.workers.state.limiter import Caps, SlotLimiter
+from fluxq.workers.state.store import JobStore
 
 WEBHOOK_COUNTERS = {
     "authentic": "bfl_webhooks",

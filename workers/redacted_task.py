@@ -16,10 +16,10 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from pydantic import SecretStr
 
-from config.errors import ConfigError, FluxqError
-from config.redact import mentions_secret, redact
-from workers.bfl.webhooks import job_token
-from workers.dispatch import runtime_of
+from fluxq.config.errors import ConfigError, FluxqError
+from fluxq.config.redact import mentions_secret, redact
+from fluxq.workers.bfl.webhooks import job_token
+from fluxq.workers.dispatch import runtime_of
 
 CONTROL_FLOW = (Retry, Ignore, Reject)
 """Celery's own exceptions that steer a task (a retry, a drop): passed on untouched."""

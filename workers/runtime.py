@@ -13,14 +13,14 @@ from typing import Any, Protocol
 import httpx
 import redis
 
-from config.settings import Settings
-from workers.bfl.client import BFLClient
-from workers.state import keys
-from workers.state.jobs import Job
-from workers.state.latency_book import LatencyBook
-from workers.state.lease_keeper import LeaseKeeper
-from workers.state.limiter import Caps, SlotLimiter
-from workers.state.store import JobStore
+from fluxq.config.settings import Settings
+from fluxq.workers.bfl.client import BFLClient
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import Job
+from fluxq.workers.state.latency_book import LatencyBook
+from fluxq.workers.state.lease_keeper import LeaseKeeper
+from fluxq.workers.state.limiter import Caps, SlotLimiter
+from fluxq.workers.state.store import JobStore
 
 PROMPT_PREVIEW_WORDS = 6
 PROMPT_PREVIEW_CHARS = 60

@@ -38,10 +38,10 @@ from typing import IO, Any
 
 import fsspec  # type: ignore[import-untyped]
 
-from config.errors import RetryLater
-from config.output_url import parse_output_options
-from config.redact import redact
-from config.settings import Settings
+from fluxq.config.errors import RetryLater
+from fluxq.config.output_url import parse_output_options
+from fluxq.config.redact import redact
+from fluxq.config.settings import Settings
 
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 """Stores whose one upload of a file appears at its key whole or not at all."""

@@ -38,7 +38,6 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from config.settings import Settings
 from fluxq.cli.batch_view import (
     KeySlots,
     KeyView,
@@ -58,16 +57,17 @@ from fluxq.cli.common import (
     with_redis_or_exit,
 )
 from fluxq.cli.waits import WaitWatch, read_batch_view
-from workers.files import ID_HINT, ID_PATTERN
-from workers.state import keys
-from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
-from workers.state.jobs import MAX_PRIORITY, State
-from workers.state.store import JobStore
+from fluxq.config.settings import Settings
+from fluxq.workers.files import ID_HINT, ID_PATTERN
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
+from fluxq.workers.state.jobs import MAX_PRIORITY, State
+from fluxq.workers.state.store import JobStore
 
 if TYPE_CHECKING:
-    from tasks.batches import EnqueueResult, ReportRow
-    from tasks.batchfile import LineError, Scan
-    from workers.runtime import Runtime
+    from fluxq.tasks.batches import EnqueueResult, ReportRow
+    from fluxq.tasks.batchfile import LineError, Scan
+    from fluxq.workers.runtime import Runtime
 
 # The pipeline (tasks.*, Celery, the catalog's models) is imported inside the commands that act,
 # so that read-only commands (status, list) start in a fraction of a second.
@@ -197,7 +197,7 @@ def _batch_dir(settings: Settings, rt: Runtime | None, name: str, out: Path | No
 
 def _dry_runtime(settings: Settings) -> Runtime | None:
     """A runtime for a dry run when Redis is there (learned latencies); None without one."""
-    from workers.dispatch import celery_runtime  # lazy: the pipeline loads only when acting
+    from fluxq.workers.dispatch import celery_runtime  # lazy: the pipeline loads only when acting
 
     if not settings.redis_url:
         return None
@@ -212,8 +212,8 @@ def _dry_runtime(settings: Settings) -> Runtime | None:
 
 def _mean_s(settings: Settings, rt: Runtime | None, endpoint: str) -> tuple[float, bool]:
     """The mean generation time of ``endpoint`` and whether it was learned (not the prior)."""
-    from workers.poll_schedule import LogNormal  # lazy: the pipeline loads only when acting
-    from workers.state.latency_book import PRIOR_SIGMA  # lazy: the pipeline loads only when acting
+    from fluxq.workers.poll_schedule import LogNormal  # lazy: the pipeline loads only when acting
+    from fluxq.workers.state.latency_book import PRIOR_SIGMA  # lazy: as above
 
     if rt is None:
         return LogNormal.from_median(settings.poll_prior_median_s, PRIOR_SIGMA).mean_s, False
@@ -224,7 +224,7 @@ def _mean_s(settings: Settings, rt: Runtime | None, endpoint: str) -> tuple[floa
 def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, int]) -> float:
     """The least time the lines take with every slot busy: all endpoints share the key's cap,
     and the endpoints of a nested cap group share that group's cap too."""
-    from tasks.batches import group_of  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import group_of  # lazy: the pipeline loads only when acting
 
     work_s: dict[str, float] = {}
     group_caps: dict[str, int] = {}
@@ -241,7 +241,7 @@ def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, i
 
 
 def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
-    from config.catalog import CATALOG, PerImage  # lazy: the pipeline loads only when acting
+    from fluxq.config.catalog import CATALOG, PerImage  # lazy: the pipeline loads only when acting
 
     exact = all(
         isinstance(CATALOG[e].price, PerImage) and e not in UNPRICED_ENDPOINTS
@@ -274,7 +274,7 @@ def _scan(
     spool: TextIO,
     rejected: TextIO | None,
 ) -> Scan:
-    from tasks.batchfile import scan_file  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batchfile import scan_file  # lazy: the pipeline loads only when acting
 
     with _scan_progress() as bar:
         task = bar.add_task(f"checking {path.name}", total=None)
@@ -315,8 +315,8 @@ def _keep_rejected(scan: Scan, written: Path, rejected_path: Path) -> None:
 def _enqueue(
     rt: Runtime, name: str, spool: TextIO, scan: Scan, priority: int, budget: float | None
 ) -> EnqueueResult:
-    from tasks.batches import enqueue_entries  # lazy: the pipeline loads only when acting
-    from tasks.batchfile import Entry  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import enqueue_entries  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batchfile import Entry  # lazy: the pipeline loads only when acting
 
     spool.seek(0)
     try:
@@ -339,7 +339,7 @@ def _enqueue(
 
 
 def _print_result(rt: Runtime, name: str, result: EnqueueResult, *, hints: bool = True) -> int:
-    from tasks.batches import batch_status  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import batch_status  # lazy: the pipeline loads only when acting
 
     conflicts = result.conflicts
     _say(
@@ -401,7 +401,7 @@ def submit(
     ),
 ) -> None:
     """Check every line of FILE, then enqueue them all as batch NAME (nothing if one is bad)."""
-    from tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
     _check_submit_options(name, priority, budget)
@@ -436,7 +436,7 @@ class _Submit:
 
 
 def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
-    from tasks.batches import batch_status  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import batch_status  # lazy: the pipeline loads only when acting
 
     existing = None if rt is None else batch_status(rt, name)
     if existing is not None and existing.paused == "cancelled":
@@ -446,7 +446,7 @@ def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
 def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool = True) -> int:
     """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted).
     ``hints``: end with the commands that watch and report the batch."""
-    from tasks.batches import set_output  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import set_output  # lazy: the pipeline loads only when acting
 
     _refuse_cancelled(rt, job.name)
     rejected_path = _batch_dir(settings, rt, job.name, job.out) / REJECTED_FILE
@@ -657,7 +657,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON arra
 @batch_app.command("cancel")
 def cancel_command(name: str = typer.Argument(..., help="The batch.")) -> None:
     """Cancel every waiting line and queued job of a batch; jobs already sent finish."""
-    from tasks.batches import cancel_batch  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import cancel_batch  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
     with _runtime(settings) as rt:
@@ -677,7 +677,10 @@ def forget_command(
     ),
 ) -> None:
     """Drop a finished batch's names and counters from Redis (its files stay where they are)."""
-    from tasks.batches import BatchBusy, forget_batch  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import (  # lazy: the pipeline loads only when acting
+        BatchBusy,
+        forget_batch,
+    )
 
     if not yes:
         fail(
@@ -708,7 +711,7 @@ def retry_command(
     ),
 ) -> None:
     """Run the failed jobs of a batch again (in its lanes, so its budget applies)."""
-    from tasks.batches import retry_batch  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import retry_batch  # lazy: the pipeline loads only when acting
 
     if not (failed or uncertain):
         fail("nothing to retry: --no-failed without --uncertain chooses no job")
@@ -737,7 +740,7 @@ def resume_command(
     ),
 ) -> None:
     """Resume a batch paused by its budget, adding credits to it."""
-    from tasks.batches import resume_batch  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import resume_batch  # lazy: the pipeline loads only when acting
 
     if budget is not None and not budget > 0:
         fail(f"--budget {budget:g}: must be a number of credits above 0 (it is added)")
@@ -760,7 +763,7 @@ def resume_command(
 
 
 def _write_rows(rows: Iterator[ReportRow], out: TextIO, as_csv: bool) -> int:
-    from tasks.batches import ReportRow  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import ReportRow  # lazy: the pipeline loads only when acting
 
     count = 0
     if as_csv:
@@ -784,7 +787,7 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout)."),
 ) -> None:
     """One row per line of the batch: its job, state, file, seed, cost and failure reason."""
-    from tasks.batches import report_rows  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batches import report_rows  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
     with _runtime(settings) as rt:

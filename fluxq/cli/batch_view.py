@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workers.state import keys
-from workers.state.batches import BatchStatus
-from workers.state.cap_rules import PAUSE_TEXT, PauseKind, aimd_effective_cap
-from workers.state.jobs import State
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import BatchStatus
+from fluxq.workers.state.cap_rules import PAUSE_TEXT, PauseKind, aimd_effective_cap
+from fluxq.workers.state.jobs import State
 
 STATE_ORDER = (*(state.value for state in State), "uncertain")
 """The counts of a status line, in this order."""

@@ -15,12 +15,12 @@ import redis
 import typer
 from rich.console import Console
 
-from config.errors import ConfigError, FluxqError
-from config.settings import Settings, load_settings
-from workers.state.store import JobStore
+from fluxq.config.errors import ConfigError, FluxqError
+from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.state.store import JobStore
 
 if TYPE_CHECKING:
-    from workers.runtime import Runtime
+    from fluxq.workers.runtime import Runtime
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)
@@ -77,7 +77,10 @@ def with_redis_or_exit(settings: Settings) -> Settings:
     cannot start."""
     if settings.redis_url:
         return settings
-    from workers.process.embedded_redis import data_dir_of, ensure_shared  # lazy: unset URL only
+    from fluxq.workers.process.embedded_redis import (  # lazy: unset URL only
+        data_dir_of,
+        ensure_shared,
+    )
 
     data_dir = data_dir_of(settings)
     try:
@@ -106,7 +109,9 @@ def runtime_or_exit(settings: Settings) -> Runtime:
     """A producer-side Runtime on the workers' Redis (``with_redis_or_exit``); exits 2 when it
     cannot be reached."""
     settings = with_redis_or_exit(settings)
-    from workers.dispatch import celery_runtime  # lazy: Celery loads only for commands using it
+    from fluxq.workers.dispatch import (
+        celery_runtime,  # lazy: Celery loads only for commands using it
+    )
 
     rt = celery_runtime(settings)
     try:

@@ -45,7 +45,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
 
-from config.redis_url import check_redis_url
 from fluxq.cli.batch_view import (
     KeyView,
     _as_json,
@@ -57,8 +56,9 @@ from fluxq.cli.batch_view import (
     slot_reads,
     with_holders,
 )
-from workers.state import keys
-from workers.state.batches import BatchStatus, status_from_records
+from fluxq.config.redis_url import check_redis_url
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import BatchStatus, status_from_records
 
 if TYPE_CHECKING:
     from pydantic import SecretStr

@@ -18,9 +18,9 @@ from typing import Any
 
 import typer
 
-from config.settings import Settings
 from fluxq.cli.api import AllowedHosts, is_loopback
 from fluxq.cli.common import console, fail, settings_or_exit, with_redis_or_exit
+from fluxq.config.settings import Settings
 
 TASKS_COLUMNS = "name,uuid,state,args,kwargs,received,started,runtime,worker"
 """Flower's ``tasks_columns``: its default plus args and kwargs, where fluxq's text is."""
@@ -139,7 +139,7 @@ def flower(
     settings = with_redis_or_exit(settings)  # FLUXQ_REDIS_URL, else the embedded Redis
     from flower.options import default_options  # lazy: Flower loads only for this command
 
-    from workers.celery_app import make_celery  # lazy: Celery loads only for this command
+    from fluxq.workers.celery_app import make_celery  # lazy: Celery loads only for this command
 
     if credentials is not None:
         # Flower's options object, in this process: the password reaches no argv and no log.

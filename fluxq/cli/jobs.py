@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from config.errors import InvalidRequest
 from fluxq.cli.batch_view import KeyView, clock
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
 from fluxq.cli.waits import WaitWatch, read_key_view
-from workers.state.jobs import State
+from fluxq.config.errors import InvalidRequest
+from fluxq.workers.state.jobs import State
 
 if TYPE_CHECKING:
-    from workers.runtime import Runtime
+    from fluxq.workers.runtime import Runtime
 
 WAIT_STEP_S = 0.2
 
@@ -58,7 +58,7 @@ def enqueue_command(
     request.update({k: v for k, v in optional.items() if v is not None})
     if output_format is not None:
         request["output_format"] = output_format
-    from tasks.enqueue import enqueue  # lazy: the pipeline loads only for commands that act
+    from fluxq.tasks.enqueue import enqueue  # lazy: the pipeline loads only for commands that act
 
     rt = runtime_or_exit(settings)
     try:
@@ -146,7 +146,7 @@ def _admission_lines(view: KeyView, waiting: int) -> list[str]:
 def resume() -> None:
     """Resume admission after a 402/403 pause (it also resumes by itself when credits return)."""
     settings = settings_or_exit()
-    from tasks.admission import admit_and_dispatch  # lazy: the pipeline loads only here
+    from fluxq.tasks.admission import admit_and_dispatch  # lazy: the pipeline loads only here
 
     rt = runtime_or_exit(settings)
     rt.limiter.resume()
@@ -155,7 +155,9 @@ def resume() -> None:
 
 def cancel(job_id: str = typer.Argument(..., metavar="JOB", help="The job id.")) -> None:
     """Cancel a job not yet sent to BFL (exit 1 when it was sent or had ended already)."""
-    from tasks.batches import cancel_job  # lazy: the pipeline loads only for commands that act
+    from fluxq.tasks.batches import (
+        cancel_job,  # lazy: the pipeline loads only for commands that act
+    )
 
     settings = settings_or_exit()
     rt = runtime_or_exit(settings)

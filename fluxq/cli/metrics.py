@@ -91,7 +91,7 @@ def metrics(
     # lazy: prometheus-client and the collector load only for this command
     from prometheus_client import generate_latest, make_wsgi_app
 
-    from workers.metrics import registry_for  # lazy: see above
+    from fluxq.workers.metrics import registry_for  # lazy: see above
 
     settings = settings_or_exit()
     token = settings.api_token

@@ -10,12 +10,12 @@ from urllib.parse import urlsplit
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
-from config.settings import DEFAULT_ALLOWED_URLS, Settings
 from fluxq.cli.common import console, fail, runtime_or_exit, settings_or_exit
+from fluxq.config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
+from fluxq.config.settings import DEFAULT_ALLOWED_URLS, Settings
 
 if TYPE_CHECKING:
-    from workers.process.supervisor import WorkerSpec
+    from fluxq.workers.process.supervisor import WorkerSpec
 
 
 def _require_bfl_target(settings: Settings) -> None:
@@ -39,7 +39,9 @@ def _require_bfl_target(settings: Settings) -> None:
 
 def worker_process_argv(spec: WorkerSpec, loglevel: str) -> list[str]:
     """How the supervisor starts one worker process (``fluxq.worker_process``)."""
-    from workers.process.children import python_argv  # lazy: only `fluxq worker` starts children
+    from fluxq.workers.process.children import (
+        python_argv,  # lazy: only `fluxq worker` starts children
+    )
 
     return python_argv(
         "fluxq.worker_process",
@@ -59,7 +61,10 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
-    from workers.process.supervisor import Supervisor, default_specs  # lazy: only this command
+    from fluxq.workers.process.supervisor import (  # lazy: only this command
+        Supervisor,
+        default_specs,
+    )
 
     settings = settings_or_exit()
     _require_bfl_target(settings)
@@ -86,7 +91,7 @@ def demo(
     yes: bool = typer.Option(False, "--yes", help="With a real BFL_API_KEY: spend the credits."),
 ) -> None:
     """Run fluxq end to end on this machine: simulator and embedded Redis when none are set."""
-    from config.catalog import estimate_credits, validate_request  # lazy: demo only
+    from fluxq.config.catalog import estimate_credits, validate_request  # lazy: demo only
     from fluxq.demo import DEMO_ENDPOINTS, demo_request, run_demo  # lazy: simulator, uvicorn
 
     settings = settings_or_exit()

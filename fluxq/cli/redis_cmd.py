@@ -12,10 +12,10 @@ import time
 import redis
 import typer
 
-from config.errors import ConfigError
-from config.settings import Settings
 from fluxq.cli.common import console, err_console, fail, settings_or_exit, shown_url
-from workers.process.embedded_redis import (
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings
+from fluxq.workers.process.embedded_redis import (
     STATE_FILE,
     SharedRedis,
     aof_bytes,
@@ -23,8 +23,8 @@ from workers.process.embedded_redis import (
     running_shared,
     stop_shared,
 )
-from workers.state import keys
-from workers.state.store import JobStore
+from fluxq.workers.state import keys
+from fluxq.workers.state.store import JobStore
 
 redis_app = typer.Typer(
     name="redis",

@@ -31,19 +31,19 @@ from typing import TYPE_CHECKING, Any
 import typer
 from pydantic import SecretStr
 
-from config.celery import DEFAULT_THREADS
-from config.settings import Settings
 from fluxq.cli import batch as batch_cli
 from fluxq.cli.batch_view import _status_lines
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
 from fluxq.cli.waits import WaitWatch
-from workers.files import ID_HINT, ID_PATTERN
-from workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
-from workers.state.jobs import State
+from fluxq.config.celery import DEFAULT_THREADS
+from fluxq.config.settings import Settings
+from fluxq.workers.files import ID_HINT, ID_PATTERN
+from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
+from fluxq.workers.state.jobs import State
 
 if TYPE_CHECKING:
-    from simulator import SimulatorServer
-    from workers.runtime import Runtime
+    from fluxq.simulator import SimulatorServer
+    from fluxq.workers.runtime import Runtime
 
 SIMULATOR_KEY = "fluxq-run-simulator-key"
 """The API key a simulated run gives its worker: any non-empty key opens a simulator account."""
@@ -127,7 +127,7 @@ def run_command(
 ) -> None:
     """Run every line of FILE on this machine: Redis, a worker, progress, a summary (exit 1: some
     failed). Ctrl-C stops the worker cleanly; the same command again goes on where it stopped."""
-    from tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
+    from fluxq.tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
     batch = _batch_name(file, name)
@@ -222,7 +222,7 @@ def _run(
 
 
 def _start_simulator(stack: ExitStack, time_scale: float) -> SimulatorServer:
-    from simulator import SimConfig, running_simulator  # lazy: uvicorn, only for --simulate
+    from fluxq.simulator import SimConfig, running_simulator  # lazy: uvicorn, only for --simulate
 
     sim = stack.enter_context(running_simulator(SimConfig(time_scale=time_scale)))
     _note(
@@ -235,7 +235,11 @@ def _start_simulator(stack: ExitStack, time_scale: float) -> SimulatorServer:
 def _start_worker(
     stack: ExitStack, env: dict[str, str], log: Path, threads: int
 ) -> subprocess.Popen[bytes]:
-    from workers.process.children import python_argv, start_child, stop_child  # lazy: run only
+    from fluxq.workers.process.children import (  # lazy: run only
+        python_argv,
+        start_child,
+        stop_child,
+    )
 
     argv = python_argv("fluxq", "worker", "--threads", str(threads), "--loglevel", "warning")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,12 @@ def simulator_command(
     ),
 ) -> None:
     """Run the local BFL API simulator and print the settings that point fluxq at it."""
-    from simulator import SimConfig, parse_faults, parse_latency, serve  # lazy: uvicorn, starlette
+    from fluxq.simulator import (  # lazy: uvicorn, starlette
+        SimConfig,
+        parse_faults,
+        parse_latency,
+        serve,
+    )
 
     try:
         config = SimConfig(

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from config.settings import Settings
 from fluxq.cli.batch_view import (
     KeySlots,
     KeyView,
@@ -59,10 +58,11 @@ from fluxq.cli.batch_view import (
     slot_reads,
     with_holders,
 )
-from workers.state import keys
-from workers.state.batches import BatchStatus
-from workers.state.jobs import State
-from workers.state.limiter import PauseKind
+from fluxq.config.settings import Settings
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import BatchStatus
+from fluxq.workers.state.jobs import State
+from fluxq.workers.state.limiter import PauseKind
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -162,7 +162,9 @@ def celery_ping(settings: Settings) -> Ping:
 
     def ping() -> int:
         if not app:
-            from workers.celery_app import make_celery  # lazy: Celery loads on the ping thread
+            from fluxq.workers.celery_app import (
+                make_celery,  # lazy: Celery loads on the ping thread
+            )
 
             app.append(make_celery(settings))
         replies = app[0].control.ping(timeout=PING_TIMEOUT_S, limit=1)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from config.catalog import CATALOG
-from config.requests import FLUX2_SIDE_MULTIPLE_PX, PROMPT_MAX_CHARS
+from fluxq.config.catalog import CATALOG
+from fluxq.config.requests import FLUX2_SIDE_MULTIPLE_PX, PROMPT_MAX_CHARS
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "bfl" / "openapi.json"
 NON_GENERATION_POSTS = {"/v1/delete_finetune"}

@@ -14,11 +14,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from config.errors import InvalidRequest
-from tasks.enqueue import enqueue_message
-from tasks.schema import EXAMPLE, enqueue_schema, schema_text
-from workers.runtime import Runtime
-from workers.state.jobs import State
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks.enqueue import enqueue_message
+from fluxq.tasks.schema import EXAMPLE, enqueue_schema, schema_text
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.jobs import State
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "enqueue.schema.json"
 
@@ -28,7 +28,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_the_committed_schema_is_what_the_code_generates() -> None:
-    # Regenerate with: python -m tasks.schema > docs/enqueue.schema.json
+    # Regenerate with: python -m fluxq.tasks.schema > docs/enqueue.schema.json
     assert COMMITTED.read_text(encoding="utf-8") == schema_text()
 
 

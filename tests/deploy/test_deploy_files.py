@@ -29,9 +29,9 @@ import pytest
 import typer.main
 import yaml
 
-from config.env_example import env_name, is_secret, render
-from config.errors import ConfigError
-from config.settings import Settings, load_settings
+from fluxq.config.env_example import env_name, is_secret, render
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -428,7 +428,7 @@ def test_every_variable_named_in_deploy_is_one_fluxq_reads() -> None:
 
 def test_the_env_example_is_what_settings_render() -> None:
     assert ENV_EXAMPLE.read_text() == render(), (
-        "deploy/.env.example drifted from Settings: python -m config.env_example > "
+        "deploy/.env.example drifted from Settings: python -m fluxq.config.env_example > "
         "deploy/.env.example"
     )
     listed = re.findall(r"^#([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)

@@ -26,17 +26,17 @@ from typing import Any
 import pytest
 import redis
 
-from simulator.clock import ListenerURLs
-from simulator.config import SimConfig
-from simulator.listeners import bind_loopback
-from simulator.server import SimulatorServer, running_simulator
-from tasks.enqueue import enqueue
+from fluxq.simulator.clock import ListenerURLs
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.listeners import bind_loopback
+from fluxq.simulator.server import SimulatorServer, running_simulator
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.process.children import start_child
+from fluxq.workers.process.embedded_redis import free_port, redis_server_binary
+from fluxq.workers.state.jobs import Job, State
 from tests.conftest import settings_for
 from tests.integration.conftest import FAST_ENV, KEY, Cluster, cluster_env
-from workers.dispatch import celery_runtime
-from workers.process.children import start_child
-from workers.process.embedded_redis import free_port, redis_server_binary
-from workers.state.jobs import Job, State
 
 FAULT_ENV = {
     **FAST_ENV,
@@ -189,7 +189,7 @@ def fault_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatorServer]:
     All three listeners bind 127.0.0.1 (on their own ports), not the 127.0.0.2/3 aliases.
     """
     monkeypatch.setattr(
-        "simulator.server.bind_alias", lambda alias, host, port: bind_loopback(host, port)
+        "fluxq.simulator.server.bind_alias", lambda alias, host, port: bind_loopback(host, port)
     )
     with running_simulator(SimConfig(time_scale=0.02, rng_seed=1234), host="127.0.0.1") as server:
         yield server

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from config.catalog import estimate_credits, validate_request
+from fluxq.config.catalog import estimate_credits, validate_request
+from fluxq.workers.state.limiter import PauseKind
 from tests.faults.conftest import (
     FaultCluster,
     assert_common,
@@ -18,7 +19,6 @@ from tests.faults.conftest import (
     wait_until,
 )
 from tests.integration.conftest import KEY
-from workers.state.limiter import PauseKind
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.state.jobs import Job, State
 from tests.faults.conftest import (
     FaultCluster,
     FaultReport,
@@ -39,7 +40,6 @@ from tests.faults.conftest import (
     wait_until,
 )
 from tests.integration.conftest import KEY
-from workers.state.jobs import Job, State
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator.server import SimulatorServer
-from tasks.enqueue import enqueue
+from fluxq.simulator.server import SimulatorServer
+from fluxq.tasks.enqueue import enqueue
 from tests.faults.conftest import (
     FaultCluster,
     assert_common,

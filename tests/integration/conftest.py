@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from simulator.config import SimConfig
-from simulator.server import SimulatorServer, running_simulator
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.server import SimulatorServer, running_simulator
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.jobs import State
 from tests.conftest import settings_for
-from workers.dispatch import celery_runtime
-from workers.runtime import Runtime
-from workers.state.jobs import State
 
 KEY = "integration-test-key"
 FAST_ENV = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from workers.process.embedded_redis import SharedRedis, pid_alive, read_state
+from fluxq.workers.process.embedded_redis import SharedRedis, pid_alive, read_state
 
 
 def clean_env(**extra: str) -> dict[str, str]:

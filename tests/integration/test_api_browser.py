@@ -28,9 +28,9 @@ import httpx
 import pytest
 import redis
 
+from fluxq.workers.state import keys
 from scripts.flower_screenshot import WIRING, DevTools, _group, _high
 from tests.integration.test_api import ApiServer, free_port
-from workers.state import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

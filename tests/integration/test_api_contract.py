@@ -29,11 +29,11 @@ from schemathesis import Case, HookContext, SerializationContext
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from tasks.batchfile import scan_file
+from fluxq.tasks.batchfile import scan_file
+from fluxq.workers.files import safe_name
+from fluxq.workers.state import keys
 from tests.integration.conftest import Cluster
 from tests.integration.test_api import ApiServer
-from workers.files import safe_name
-from workers.state import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

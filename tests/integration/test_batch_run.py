@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tasks.batches import BatchStatus, batch_status
+from fluxq.tasks.batches import BatchStatus, batch_status
+from fluxq.workers.state import keys
 from tests.integration.conftest import KEY, Cluster
-from workers.state import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -16,12 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from fluxq.client import Client
+from fluxq.workers.bfl import webhooks
+from fluxq.workers.state.jobs import State
 from tests.conftest import settings_for
 from tests.integration.conftest import KEY, Cluster
 from tests.integration.embedded import wait_until
 from tests.integration.test_api import ApiServer, free_port
-from workers.bfl import webhooks
-from workers.state.jobs import State
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
 from tests.integration.conftest import KEY, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -18,10 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import load_settings
 from fluxq.client import Client
-from simulator import SimConfig, parse_latency, running_simulator
-from simulator.server import SimulatorServer
+from fluxq.config.settings import load_settings
+from fluxq.simulator import SimConfig, parse_latency, running_simulator
+from fluxq.simulator.server import SimulatorServer
+from fluxq.workers.process.embedded_redis import (
+    STATE_FILE,
+    aof_bytes,
+    free_port,
+    pid_alive,
+    read_state,
+)
+from fluxq.workers.state import keys
 from tests.integration.conftest import FAST_ENV, KEY
 from tests.integration.embedded import (
     clean_env,
@@ -34,14 +42,6 @@ from tests.integration.embedded import (
     stop_process,
     wait_until,
 )
-from workers.process.embedded_redis import (
-    STATE_FILE,
-    aof_bytes,
-    free_port,
-    pid_alive,
-    read_state,
-)
-from workers.state import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

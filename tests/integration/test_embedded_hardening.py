@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError
-from tests.integration.embedded import server_pids_in, stop_embedded
-from workers.process.embedded_redis import (
+from fluxq.config.errors import ConfigError
+from fluxq.workers.process.embedded_redis import (
     CONF_FILE,
     LOG_FILE,
     STATE_FILE,
@@ -24,6 +23,7 @@ from workers.process.embedded_redis import (
     read_state,
     stop_shared,
 )
+from tests.integration.embedded import server_pids_in, stop_embedded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

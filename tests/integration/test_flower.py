@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.process.embedded_redis import free_port
 from tests.integration.conftest import Cluster
 from tests.integration.embedded import wait_until
-from workers.process.embedded_redis import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -31,8 +31,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from config.celery import ALL_QUEUES, celery_config
-from simulator.server import SimulatorServer
+from fluxq.config.celery import ALL_QUEUES, celery_config
+from fluxq.simulator.server import SimulatorServer
+from fluxq.workers.bfl.webhooks import job_token, key_secret
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.process.embedded_redis import free_port
+from fluxq.workers.state.keys import key_label
 from tests.conftest import settings_for
 from tests.integration.conftest import cluster_env
 from tests.integration.test_flower import (
@@ -44,10 +48,6 @@ from tests.integration.test_flower import (
     in_group,
     running_flower,
 )
-from workers.bfl.webhooks import job_token, key_secret
-from workers.celery_app import make_celery
-from workers.process.embedded_redis import free_port
-from workers.state.keys import key_label
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -59,11 +59,11 @@ JOB = "leaky-job-1"
 
 BATCH = "leaky"
 TASKS = {
-    "fluxq.submit": ("tasks.submit", "submit_job"),
-    "fluxq.poll": ("tasks.poll", "poll_job"),
-    "fluxq.save": ("tasks.save", "save_job"),
-    "fluxq.webhook": ("tasks.callbacks", "deliver_webhook"),
-    "fluxq.enqueue": ("tasks.enqueue", "enqueue_message"),
+    "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
+    "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
+    "fluxq.save": ("fluxq.tasks.save", "save_job"),
+    "fluxq.webhook": ("fluxq.tasks.callbacks", "deliver_webhook"),
+    "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
 }
 """Each fluxq task and the function holding its work, which the wrapper makes raise."""
 
@@ -75,11 +75,11 @@ WRAPPER = '''\
 
 import sys
 
-import tasks.callbacks
-import tasks.enqueue
-import tasks.poll
-import tasks.save
-import tasks.submit
+import fluxq.tasks.callbacks
+import fluxq.tasks.enqueue
+import fluxq.tasks.poll
+import fluxq.tasks.save
+import fluxq.tasks.submit
 from fluxq import worker_process
 
 SECRETS = @SECRETS@

@@ -13,9 +13,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from workers.process.children import start_child, stop_child
-from workers.process.embedded_redis import free_port
-from workers.state import keys
+from fluxq.workers.process.children import start_child, stop_child
+from fluxq.workers.process.embedded_redis import free_port
+from fluxq.workers.state import keys
 
 KEY = "metrics-command-key"
 

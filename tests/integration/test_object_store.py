@@ -15,11 +15,11 @@ import httpx
 import pytest
 import redis
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.state.jobs import State
 from tests.integration.conftest import Cluster
 from tests.integration.test_api import AUTH, TOKEN, ApiServer
 from tests.s3_server import isolated_aws_env, running_moto
-from workers.state.jobs import State
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

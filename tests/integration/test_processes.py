@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from simulator.server import SimulatorServer
-from tasks.enqueue import enqueue
+from fluxq.simulator.server import SimulatorServer
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.process.embedded_redis import read_state
 from tests.integration.conftest import FAST_ENV, KEY, Cluster
 from tests.integration.embedded import stop_embedded, wait_until
-from workers.process.embedded_redis import read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -31,15 +31,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from config.celery import broker_ssl, celery_config
-from config.settings import load_settings
-from simulator.server import SimulatorServer
-from tasks.enqueue import enqueue
+from fluxq.config.celery import broker_ssl, celery_config
+from fluxq.config.settings import load_settings
+from fluxq.simulator.server import SimulatorServer
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.process.embedded_redis import free_port
 from tests.conftest import settings_for
 from tests.integration.conftest import FAST_ENV, KEY, Cluster, cluster_env
-from workers.celery_app import make_celery
-from workers.dispatch import celery_runtime
-from workers.process.embedded_redis import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -19,7 +19,9 @@ import psutil
 import pytest
 import redis
 
-from simulator import SimConfig, parse_latency, running_simulator
+from fluxq.simulator import SimConfig, parse_latency, running_simulator
+from fluxq.workers.process.embedded_redis import pid_alive
+from fluxq.workers.state import keys
 from tests.integration.conftest import FAST_ENV, KEY
 from tests.integration.embedded import (
     clean_env,
@@ -31,8 +33,6 @@ from tests.integration.embedded import (
     stop_process,
     wait_until,
 )
-from workers.process.embedded_redis import pid_alive
-from workers.state import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

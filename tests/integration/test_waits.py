@@ -19,14 +19,14 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from simulator import parse_latency
-from simulator.server import SimulatorServer
+from fluxq.simulator import parse_latency
+from fluxq.simulator.server import SimulatorServer
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.state.keys import key_label
+from fluxq.workers.state.limiter import Caps, PauseKind, SlotLimiter
 from tests.conftest import settings_for
 from tests.integration.conftest import FAST_ENV, KEY, Cluster
 from tests.integration.embedded import clean_env, fluxq, fluxq_argv, stop_process, wait_until
-from workers.celery_app import make_celery
-from workers.state.keys import key_label
-from workers.state.limiter import Caps, PauseKind, SlotLimiter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
 from tests.integration.conftest import KEY, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings, load_settings
-from simulator.config import SimConfig
-from simulator.server import SimulatorServer, running_simulator
-from tasks.callbacks import deliver_webhook
-from tasks.poll import poll_job
-from tasks.save import save_job
-from tasks.submit import submit_job
-from workers.runtime import Runtime, build_runtime
-from workers.state.jobs import Job
+from fluxq.config.settings import Settings, load_settings
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.server import SimulatorServer, running_simulator
+from fluxq.tasks.callbacks import deliver_webhook
+from fluxq.tasks.poll import poll_job
+from fluxq.tasks.save import save_job
+from fluxq.tasks.submit import submit_job
+from fluxq.workers.runtime import Runtime, build_runtime
+from fluxq.workers.state.jobs import Job
 
 KEY = "pipeline-test-key"
 FAST = {

@@ -8,15 +8,15 @@ from collections.abc import Callable
 
 import pytest
 
-from config.catalog import estimate_credits, request_to_json, validate_request
-from config.errors import InvalidRequest
 from fluxq.client import _enqueue_many
-from tasks import batches, lifecycle
-from tasks.batchfile import Entry
-from tasks.enqueue import enqueue, enqueue_message, refuse_message
+from fluxq.config.catalog import estimate_credits, request_to_json, validate_request
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks import batches, lifecycle
+from fluxq.tasks.batchfile import Entry
+from fluxq.tasks.enqueue import enqueue, enqueue_message, refuse_message
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
-from workers.state import keys
-from workers.state.jobs import State
 
 CAP = 3
 

@@ -14,16 +14,16 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from pydantic import SecretStr
 
-from tasks.bfl_webhook import Answer, receive, submit_fields
-from tasks.enqueue import enqueue
-from tasks.submit import SubmitCrashed, submit_job
-from tasks.sweep import SAFETY_POLLED, sweep
+from fluxq.tasks.bfl_webhook import Answer, receive, submit_fields
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.submit import SubmitCrashed, submit_job
+from fluxq.tasks.sweep import SAFETY_POLLED, sweep
+from fluxq.workers.bfl import webhooks
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import JobField, State
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_metrics import scrape
 from tests.simulator.conftest import Received, WebhookReceiver, webhook_receiver
-from workers.bfl import webhooks
-from workers.state import keys
-from workers.state.jobs import JobField, State
 
 __all__ = ["webhook_receiver"]  # the receiver fixture, shared with the simulator's tests
 

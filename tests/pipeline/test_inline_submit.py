@@ -12,14 +12,14 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tasks.bfl_webhook import Answer, receive
-from tasks.enqueue import enqueue
-from tasks.inline_submit import COUNTER, InlineSubmits
+from fluxq.tasks.bfl_webhook import Answer, receive
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.inline_submit import COUNTER, InlineSubmits
+from fluxq.workers.bfl import webhooks
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
 from tests.simulator.conftest import WebhookReceiver, webhook_receiver
-from workers.bfl import webhooks
-from workers.state import keys
-from workers.state.jobs import State
 
 __all__ = ["webhook_receiver"]
 

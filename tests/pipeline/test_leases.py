@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tasks.enqueue import enqueue
-from tasks.poll import poll_job
-from tasks.submit import submit_job
-from tasks.sweep import sweep
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.poll import poll_job
+from fluxq.tasks.submit import submit_job
+from fluxq.tasks.sweep import sweep
+from fluxq.workers.bfl.outcomes import doubt_hold_s
+from fluxq.workers.state.jobs import JobField, State
+from fluxq.workers.state.lease_keeper import LeaseKeeper
 from tests.pipeline.conftest import Pipeline
-from workers.bfl.outcomes import doubt_hold_s
-from workers.state.jobs import JobField, State
-from workers.state.lease_keeper import LeaseKeeper
 
 SHORT_LEASE_S = 0.3
 SLOW_POST_S = 1.2

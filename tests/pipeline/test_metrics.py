@@ -8,13 +8,13 @@ from collections.abc import Callable
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.catalog import estimate_credits, request_to_json, validate_request
-from tasks import batches
-from tasks.batchfile import Entry
-from tasks.enqueue import enqueue
+from fluxq.config.catalog import estimate_credits, request_to_json, validate_request
+from fluxq.tasks import batches
+from fluxq.tasks.batchfile import Entry
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.metrics import registry_for
+from fluxq.workers.state.limiter import PauseKind
 from tests.pipeline.conftest import Pipeline
-from workers.metrics import registry_for
-from workers.state.limiter import PauseKind
 
 CAP = 3
 

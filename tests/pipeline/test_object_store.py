@@ -26,11 +26,11 @@ import redis
 from starlette.exceptions import StarletteDeprecationWarning
 
 from fluxq.api import create_app
-from tasks.enqueue import enqueue
-from tasks.save import save_job, staging_path
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.save import save_job, staging_path
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
 from tests.s3_server import isolated_aws_env, running_moto
-from workers.state.jobs import State
 
 with warnings.catch_warnings():
     # Starlette 1.x warns that its TestClient on httpx (not httpx2) is deprecated; it works.

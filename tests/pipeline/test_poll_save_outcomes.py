@@ -14,14 +14,14 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from tasks.enqueue import enqueue
-from tasks.poll import poll_job
-from tasks.save import save_job
-from tasks.sweep import sweep
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.poll import poll_job
+from fluxq.tasks.save import save_job
+from fluxq.tasks.sweep import sweep
+from fluxq.workers.bfl.client import BFLClient
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
-from workers.bfl.client import BFLClient
-from workers.state import keys
-from workers.state.jobs import State
 
 
 def test_pending_polls_adapt_to_the_observed_latency_and_stay_few(

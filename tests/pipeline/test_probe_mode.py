@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tasks.enqueue import enqueue
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
-from workers.state.jobs import State
 
 CAP = 3
 

@@ -15,15 +15,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from config.errors import InvalidRequest
-from tasks.enqueue import enqueue
-from tasks.submit import submit_job
-from tasks.sweep import sweep
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.submit import submit_job
+from fluxq.tasks.sweep import sweep
+from fluxq.workers.bfl.client import BFLClient
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import NewJob, State
+from fluxq.workers.state.limiter import PauseKind
 from tests.pipeline.conftest import KEY, Pipeline
-from workers.bfl.client import BFLClient
-from workers.state import keys
-from workers.state.jobs import NewJob, State
-from workers.state.limiter import PauseKind
 
 
 def answer_submits_with(

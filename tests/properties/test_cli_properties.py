@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fluxq.cli import app
-from workers.state.store import JobStore
+from fluxq.workers.state.store import JobStore
 
 runner = CliRunner()
 

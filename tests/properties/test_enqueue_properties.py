@@ -18,12 +18,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.catalog import CATALOG
-from config.errors import InvalidRequest
-from tasks.enqueue import enqueue, enqueue_message, refuse_message
-from tasks.save import final_path
-from workers.files import safe_name
-from workers.runtime import Runtime
+from fluxq.config.catalog import CATALOG
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks.enqueue import enqueue, enqueue_message, refuse_message
+from fluxq.tasks.save import final_path
+from fluxq.workers.files import safe_name
+from fluxq.workers.runtime import Runtime
 
 SETTINGS = settings(
     max_examples=60,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import InvalidRequest
-from tasks.enqueue import enqueue
+from fluxq.config.errors import InvalidRequest
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.state.jobs import State
 from tests.pipeline.conftest import Pipeline
-from workers.state.jobs import State
 
 
 def sha256_of(path: Path) -> str:

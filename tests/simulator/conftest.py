@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from config.settings import Settings, load_settings
-from simulator import SimConfig, SimulatorServer
-from workers.bfl.client import BFLClient
-from workers.bfl.responses import Result
+from fluxq.config.settings import Settings, load_settings
+from fluxq.simulator import SimConfig, SimulatorServer
+from fluxq.workers.bfl.client import BFLClient
+from fluxq.workers.bfl.responses import Result
 
 KEY = "test-key-0123456789"
 """The default x-key of the tests' client."""

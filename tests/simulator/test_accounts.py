@@ -10,12 +10,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from config.catalog import estimate_credits
-from config.errors import NotAuthorised, OutOfCredits
-from config.requests import Flux2Inputs, FluxPro11Inputs
-from simulator import SimulatorServer, account_label
+from fluxq.config.catalog import estimate_credits
+from fluxq.config.errors import NotAuthorised, OutOfCredits
+from fluxq.config.requests import Flux2Inputs, FluxPro11Inputs
+from fluxq.simulator import SimulatorServer, account_label
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 
 def test_a_submitted_task_becomes_ready_with_its_sample_prompt_and_seed(client: BFLClient) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from config.errors import RateLimited
-from config.requests import FluxKontextProInputs, FluxPro11Inputs
-from simulator import SimulatorServer
+from fluxq.config.errors import RateLimited
+from fluxq.config.requests import FluxKontextProInputs, FluxPro11Inputs
+from fluxq.simulator import SimulatorServer
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 
 def _fill(client: BFLClient, endpoint: str, count: int) -> None:

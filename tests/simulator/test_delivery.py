@@ -13,12 +13,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from config.errors import DownloadFailed
-from config.requests import FluxKontextProInputs, FluxPro11Inputs
-from simulator import SimulatorServer
-from simulator.images import ImageCache, render_image
+from fluxq.config.errors import DownloadFailed
+from fluxq.config.requests import FluxKontextProInputs, FluxPro11Inputs
+from fluxq.simulator import SimulatorServer
+from fluxq.simulator.images import ImageCache, render_image
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 
 def _sample_url(

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import DownloadFailed, OutcomeUnknown, ReadFailed, ServerError
-from config.requests import FluxPro11Inputs
-from simulator import SimulatorServer
+from fluxq.config.errors import DownloadFailed, OutcomeUnknown, ReadFailed, ServerError
+from fluxq.config.requests import FluxPro11Inputs
+from fluxq.simulator import SimulatorServer
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 REQUEST = FluxPro11Inputs(prompt="x")
 

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from config.errors import DisallowedURL
-from config.requests import FluxPro11Inputs
-from config.settings import Settings
-from simulator import SimConfig, SimulatorServer, running_simulator, serve
+from fluxq.config.errors import DisallowedURL
+from fluxq.config.requests import FluxPro11Inputs
+from fluxq.config.settings import Settings
+from fluxq.simulator import SimConfig, SimulatorServer, running_simulator, serve
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 
 def test_the_polling_url_names_another_host_and_port(

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from config.requests import FluxPro11Inputs
-from simulator import SimulatorServer
+from fluxq.config.requests import FluxPro11Inputs
+from fluxq.simulator import SimulatorServer
+from fluxq.workers.bfl.client import BFLClient, Status
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.bfl.client import BFLClient, Status
 
 
 def _submit(client: BFLClient, prompt: str = "a cat") -> str:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from simulator import SimConfig, create_app, parse_faults, parse_latency
-from simulator.latency import (
+from fluxq.simulator import SimConfig, create_app, parse_faults, parse_latency
+from fluxq.simulator.latency import (
     DEFAULT_LATENCY,
     FixedLatency,
     LogNormalLatency,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from config.requests import FluxDevInputs
-from simulator import SimConfig, Simulator, SimulatorServer, account_label
-from simulator.latency import parse_latency, seeded_duration_s
-from simulator.submit import submit
+from fluxq.config.requests import FluxDevInputs
+from fluxq.simulator import SimConfig, Simulator, SimulatorServer, account_label
+from fluxq.simulator.latency import parse_latency, seeded_duration_s
+from fluxq.simulator.submit import submit
+from fluxq.workers.bfl.client import BFLClient
 from tests.simulator.conftest import KEY, wait_terminal
-from workers.bfl.client import BFLClient
 
 LATENCY = parse_latency("flux-dev=lognormal:5:9.6")
 """Long-tailed, so different prompts almost surely draw different durations."""

@@ -9,10 +9,10 @@ import json
 
 import httpx
 
-from config.requests import FluxPro11Inputs
-from simulator import SimulatorServer, account_label
+from fluxq.config.requests import FluxPro11Inputs
+from fluxq.simulator import SimulatorServer, account_label
+from fluxq.workers.bfl.client import BFLClient
 from tests.simulator.conftest import KEY, LONG, wait_terminal
-from workers.bfl.client import BFLClient
 
 
 def test_stats_show_duplicate_prompt_seed_endpoint_submits(

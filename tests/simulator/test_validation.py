@@ -8,11 +8,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from config.catalog import CATALOG
-from config.errors import InvalidRequest, UnexpectedResponse
-from simulator import SimulatorServer
+from fluxq.config.catalog import CATALOG
+from fluxq.config.errors import InvalidRequest, UnexpectedResponse
+from fluxq.simulator import SimulatorServer
+from fluxq.workers.bfl.client import BFLClient
 from tests.simulator.conftest import KEY
-from workers.bfl.client import BFLClient
 
 
 def test_an_invalid_body_gets_422_naming_every_bad_field(client: BFLClient) -> None:

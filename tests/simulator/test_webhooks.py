@@ -11,9 +11,9 @@ import time
 
 import httpx
 
-from simulator import SimulatorServer, webhook_signature
+from fluxq.simulator import SimulatorServer, webhook_signature
+from fluxq.workers.bfl.client import BFLClient
 from tests.simulator.conftest import KEY, WebhookReceiver
-from workers.bfl.client import BFLClient
 
 SECRET = "whsec-test"
 

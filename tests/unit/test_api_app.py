@@ -18,14 +18,14 @@ import redis
 from starlette.exceptions import StarletteDeprecationWarning
 
 import fluxq.api
-from config.errors import ConfigError
-from config.settings import load_settings
 from fluxq.api import create_app, loggable, openapi_json
 from fluxq.cli.api import AllowedHosts
-from tasks import lifecycle
-from tasks.inline_submit import InlineSubmits
-from workers.dispatch import CeleryDispatcher
-from workers.state import keys
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import load_settings
+from fluxq.tasks import lifecycle
+from fluxq.tasks.inline_submit import InlineSubmits
+from fluxq.workers.dispatch import CeleryDispatcher
+from fluxq.workers.state import keys
 
 with warnings.catch_warnings():
     # Starlette 1.x warns that its TestClient on httpx (not httpx2) is deprecated; it works.

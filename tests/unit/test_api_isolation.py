@@ -17,14 +17,14 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 import fluxq.api
 import fluxq.job_events
-from config.settings import load_settings
 from fluxq.api import create_app, create_job
 from fluxq.cli.api import AllowedHosts, _bind
+from fluxq.config.settings import load_settings
 from fluxq.job_events import JobEvents
 from fluxq.long_poll_gate import waits
-from tasks import lifecycle
-from workers.runtime import Runtime
-from workers.state.jobs import Job, State
+from fluxq.tasks import lifecycle
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.jobs import Job, State
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

@@ -13,9 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import HttpUrl, TypeAdapter
 
-from config.catalog import CATALOG, validate_request
-from config.errors import InvalidRequest
-from config.requests import FLUX2_MAX_MEGAPIXELS, PIXELS_PER_MEGAPIXEL
 from fluxq.api_schemas import (
     ASPECT_TERM_MAX,
     HTTP_URL_PATTERN,
@@ -23,7 +20,10 @@ from fluxq.api_schemas import (
     flux2_side_max,
     job_body_schema,
 )
-from tasks.callbacks import webhook_url_problem
+from fluxq.config.catalog import CATALOG, validate_request
+from fluxq.config.errors import InvalidRequest
+from fluxq.config.requests import FLUX2_MAX_MEGAPIXELS, PIXELS_PER_MEGAPIXEL
+from fluxq.tasks.callbacks import webhook_url_problem
 
 HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
 

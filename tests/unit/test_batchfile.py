@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tasks import batchfile
-from tasks.batchfile import (
+from fluxq.tasks import batchfile
+from fluxq.tasks.batchfile import (
     MAX_LINE_ID_CHARS,
     MAX_REPORTED_ERRORS,
     Entry,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.catalog import (
+from fluxq.config.catalog import (
     CATALOG,
     PerImage,
     PerMegapixel,
@@ -21,8 +21,8 @@ from config.catalog import (
     request_to_json,
     validate_request,
 )
-from config.errors import InvalidRequest
-from config.requests import (
+from fluxq.config.errors import InvalidRequest
+from fluxq.config.requests import (
     FLUX2_MAX_MEGAPIXELS,
     FLUX2_MIN_SIDE_PX,
     FLUX2_SIDE_MULTIPLE_PX,

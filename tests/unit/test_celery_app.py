@@ -6,11 +6,11 @@ import json
 
 import redis
 
-from config.celery import ALL_QUEUES
-from config.settings import Settings
-from workers.celery_app import make_celery
-from workers.dispatch import CeleryDispatcher
-from workers.state.jobs import Job, State
+from fluxq.config.celery import ALL_QUEUES
+from fluxq.config.settings import Settings
+from fluxq.workers.celery_app import make_celery
+from fluxq.workers.dispatch import CeleryDispatcher
+from fluxq.workers.state.jobs import Job, State
 
 
 def declare_all_queues(app_url: str) -> None:

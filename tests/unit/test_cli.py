@@ -8,10 +8,10 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from config.settings import Settings
 from fluxq.cli import app
-from workers.state import keys
-from workers.state.limiter import Caps, PauseKind, SlotLimiter
+from fluxq.config.settings import Settings
+from fluxq.workers.state import keys
+from fluxq.workers.state.limiter import Caps, PauseKind, SlotLimiter
 
 runner = CliRunner()
 

@@ -16,18 +16,18 @@ import redis
 from click.testing import Result
 from typer.testing import CliRunner
 
-from config.settings import load_settings
 from fluxq.cli import app
 from fluxq.cli import batch as batch_cli
-from tasks import lifecycle
+from fluxq.config.settings import load_settings
+from fluxq.tasks import lifecycle
+from fluxq.workers.poll_schedule import LogNormal
+from fluxq.workers.runtime import Runtime, build_runtime
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
+from fluxq.workers.state.latency_book import PRIOR_SIGMA
 from tests.pipeline.conftest import InlineDispatcher
 from tests.unit.test_cli_failures import one_line_failure as one_line_process_failure
 from tests.unit.test_cli_failures import run_fluxq
-from workers.poll_schedule import LogNormal
-from workers.runtime import Runtime, build_runtime
-from workers.state import keys
-from workers.state.jobs import State
-from workers.state.latency_book import PRIOR_SIGMA
 
 runner = CliRunner()
 KEY = "unit-test-key"

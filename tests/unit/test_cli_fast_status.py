@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.errors import ConfigError
-from config.redis_url import check_redis_url
-from config.settings import load_settings
 from fluxq.cli.fast_status import Target, parse_args, parse_target, redis_url_from
-from workers.process.embedded_redis import free_port, redis_server_binary
-from workers.state import keys
+from fluxq.config.errors import ConfigError
+from fluxq.config.redis_url import check_redis_url
+from fluxq.config.settings import load_settings
+from fluxq.workers.process.embedded_redis import free_port, redis_server_binary
+from fluxq.workers.state import keys
 
 HEAVY = ("typer", "rich", "pydantic", "pydantic_settings", "redis", "celery", "click", "asyncio")
 """Top-level packages the fast path must not import."""

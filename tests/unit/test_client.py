@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from config.errors import (
+from fluxq.config.errors import (
     DisallowedURL,
     DownloadFailed,
     InvalidRequest,
@@ -29,9 +29,9 @@ from config.errors import (
     StopAndAlert,
     UnexpectedResponse,
 )
-from config.settings import Settings
-from workers.bfl.client import BFLClient, retry_after_s
-from workers.bfl.responses import Status
+from fluxq.config.settings import Settings
+from fluxq.workers.bfl.client import BFLClient, retry_after_s
+from fluxq.workers.bfl.responses import Status
 
 KEY = "test-key-do-not-log"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -308,7 +308,7 @@ def test_the_client_repr_never_shows_the_key() -> None:
 
 
 def test_submit_posts_only_the_fields_the_user_set_from_a_validated_request() -> None:
-    from config.catalog import validate_request
+    from fluxq.config.catalog import validate_request
 
     seen: list[httpx.Request] = []
 
@@ -323,7 +323,7 @@ def test_submit_posts_only_the_fields_the_user_set_from_a_validated_request() ->
 
 
 def test_submit_to_an_unknown_endpoint_is_refused_before_any_request() -> None:
-    from config.catalog import validate_request
+    from fluxq.config.catalog import validate_request
 
     request = validate_request("flux-dev", {"prompt": "p"})
     with pytest.raises(InvalidRequest, match="endpoint"):

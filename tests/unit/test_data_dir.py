@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.settings import load_settings
-from workers.process.embedded_redis import _config, data_dir_of, default_data_dir
+from fluxq.config.settings import load_settings
+from fluxq.workers.process.embedded_redis import _config, data_dir_of, default_data_dir
 
 
 def test_linux_uses_xdg_data_home_when_absolute_else_local_share() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from workers.process.embedded_redis import EmbeddedRedis
+from fluxq.workers.process.embedded_redis import EmbeddedRedis
 
 
 def test_an_embedded_redis_answers_on_loopback_and_stops_by_its_own_pid() -> None:

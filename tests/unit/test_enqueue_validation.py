@@ -17,15 +17,15 @@ from celery import signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.errors import InvalidRequest
-from config.settings import Settings, load_settings
-from tasks import lifecycle
-from tasks.enqueue import enqueue, enqueue_message, prepare_job, refuse_message
-from workers.dispatch import celery_runtime
-from workers.files import safe_name
-from workers.runtime import Runtime
-from workers.state import keys
-from workers.state.jobs import State
+from fluxq.config.errors import InvalidRequest
+from fluxq.config.settings import Settings, load_settings
+from fluxq.tasks import lifecycle
+from fluxq.tasks.enqueue import enqueue, enqueue_message, prepare_job, refuse_message
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.files import safe_name
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import State
 
 REQUEST = {"prompt": "a heron at dawn"}
 
@@ -475,7 +475,7 @@ def test_a_callback_is_stored_with_args_kwargs_and_options(rt: Runtime) -> None:
 
 
 def test_a_20_mb_prompt_is_refused_at_enqueue_naming_prompt_and_its_bound(rt: Runtime) -> None:
-    from config.catalog import CATALOG  # the bound is catalog data, per endpoint
+    from fluxq.config.catalog import CATALOG  # the bound is catalog data, per endpoint
 
     bound = CATALOG["flux-dev"].prompt_max_chars
     assert bound is not None

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.files import (
+from fluxq.workers.files import (
     MAX_NAME_CHARS,
     append_manifest,
     remove_stale_parts,

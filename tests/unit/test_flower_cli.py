@@ -14,9 +14,9 @@ import pytest
 import typer
 from flower.options import default_options
 
-from config.errors import ConfigError
-from config.settings import Settings, load_settings
 from fluxq.cli.flower import TASKS_COLUMNS, basic_auth, flower_argv
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings, load_settings
 
 PASSWORD = "a-flower-password-42"
 

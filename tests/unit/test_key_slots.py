@@ -27,7 +27,6 @@ from rich.console import Console
 from starlette.exceptions import StarletteDeprecationWarning
 from typer.testing import CliRunner
 
-from config.settings import Settings, load_settings
 from fluxq.api import create_app
 from fluxq.cli import app
 from fluxq.cli import batch as batch_cli
@@ -46,11 +45,12 @@ from fluxq.cli.fast_status import (
     key_settings_from,
 )
 from fluxq.cli.waits import WaitWatch, read_key_slots
-from workers.metrics import SLOT_HOLDERS, registry_for
-from workers.state import keys
-from workers.state.batches import BatchStatus
-from workers.state.limiter import Caps, SlotLimiter, aimd_effective_cap
-from workers.state.store import JobStore
+from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.metrics import SLOT_HOLDERS, registry_for
+from fluxq.workers.state import keys
+from fluxq.workers.state.batches import BatchStatus
+from fluxq.workers.state.limiter import Caps, SlotLimiter, aimd_effective_cap
+from fluxq.workers.state.store import JobStore
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

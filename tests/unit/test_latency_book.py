@@ -7,9 +7,9 @@ import math
 import pytest
 import redis
 
-from workers.poll_schedule import budget_schedule
-from workers.state import keys
-from workers.state.latency_book import (
+from fluxq.workers.poll_schedule import budget_schedule
+from fluxq.workers.state import keys
+from fluxq.workers.state.latency_book import (
     COLD_INTERVAL_S,
     COLD_REFIT_INTERVAL_S,
     MIN_OBSERVATIONS,

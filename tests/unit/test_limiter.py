@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from workers.state import keys
-from workers.state.jobs import DEFAULT_PRIORITY, NewJob, State
-from workers.state.limiter import Caps, PauseKind, SlotLimiter
-from workers.state.store import JobStore
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import DEFAULT_PRIORITY, NewJob, State
+from fluxq.workers.state.limiter import Caps, PauseKind, SlotLimiter
+from fluxq.workers.state.store import JobStore
 
 NOW_S = 1_700_000_000.125
 LABEL = "abc123abc123"

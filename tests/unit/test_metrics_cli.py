@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fluxq.cli import app
 from fluxq.cli import metrics as metrics_cli
-from workers.process.embedded_redis import free_port
+from fluxq.workers.process.embedded_redis import free_port
 
 runner = CliRunner()
 TOKEN = "metrics-test-token"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError
-from config.settings import load_settings
-from workers.storage import StoreFailed, open_store
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import load_settings
+from fluxq.workers.storage import StoreFailed, open_store
 
 
 def refusal(**overrides: object) -> str:

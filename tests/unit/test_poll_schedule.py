@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from workers import poll_schedule
-from workers.poll_schedule import (
+from fluxq.workers import poll_schedule
+from fluxq.workers.poll_schedule import (
     LogNormal,
     Schedule,
     best_schedule,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from config.errors import FluxqError, InvalidRequest
-from config.settings import Settings
-from workers.bfl.client import BFLClient
-from workers.bfl.outcomes import HOLD_QUANTILE, PostOutcome, doubt_hold_s, post_outcome
-from workers.poll_schedule import LogNormal
+from fluxq.config.errors import FluxqError, InvalidRequest
+from fluxq.config.settings import Settings
+from fluxq.workers.bfl.client import BFLClient
+from fluxq.workers.bfl.outcomes import HOLD_QUANTILE, PostOutcome, doubt_hold_s, post_outcome
+from fluxq.workers.poll_schedule import LogNormal
 
 KEY = "test-key-do-not-log"
 

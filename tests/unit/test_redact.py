@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from config.redact import MAX_TEXT_CHARS, REDACTED, redact, secrets_of
-from config.settings import Settings
+from fluxq.config.redact import MAX_TEXT_CHARS, REDACTED, redact, secrets_of
+from fluxq.config.settings import Settings
 
 KEY = "bfl-key/with+odd=chars 123"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from config.errors import JobFailed
-from config.settings import Settings, load_settings
-from workers.bfl.webhooks import job_token, key_secret
-from workers.dispatch import celery_runtime
-from workers.redacted_task import TaskCrashed
-from workers.runtime import Runtime
-from workers.state.keys import key_label
+from fluxq.config.errors import JobFailed
+from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.bfl.webhooks import job_token, key_secret
+from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.redacted_task import TaskCrashed
+from fluxq.workers.runtime import Runtime
+from fluxq.workers.state.keys import key_label
 
 KEY = "offline-test-key-7f3a9c"
 HOOK_SECRET = "bfl-webhook-secret-0123456789abcdef"
@@ -27,11 +27,11 @@ OWN_SECRET = "own-webhook-secret-fedcba9876543210"
 JOB = "job-1"
 
 TASKS = {
-    "fluxq.submit": ("tasks.submit", "submit_job"),
-    "fluxq.poll": ("tasks.poll", "poll_job"),
-    "fluxq.save": ("tasks.save", "save_job"),
-    "fluxq.webhook": ("tasks.callbacks", "deliver_webhook"),
-    "fluxq.enqueue": ("tasks.enqueue", "enqueue_message"),
+    "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
+    "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
+    "fluxq.save": ("fluxq.tasks.save", "save_job"),
+    "fluxq.webhook": ("fluxq.tasks.callbacks", "deliver_webhook"),
+    "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
 }
 
 
@@ -89,7 +89,7 @@ def test_a_clean_fluxq_error_passes_unchanged(rt: Runtime, monkeypatch: pytest.M
     def fails(*args: object, **kwargs: object) -> None:
         raise JobFailed("the job cannot succeed: nothing secret here")
 
-    monkeypatch.setattr("tasks.poll.poll_job", fails)
+    monkeypatch.setattr("fluxq.tasks.poll.poll_job", fails)
     result = rt.dispatch.app.tasks["fluxq.poll"].apply(args=(JOB,))  # type: ignore[attr-defined]
     assert isinstance(result.result, JobFailed)
     assert str(result.result) == "the job cannot succeed: nothing secret here"

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from config.errors import ConfigError
-from config.settings import Settings, load_settings
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.state import keys
-from workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, TRANSITIONS, NewJob, State
-from workers.state.store import MAX_SEQ, JobStore, backlog_score
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, TRANSITIONS, NewJob, State
+from fluxq.workers.state.store import MAX_SEQ, JobStore, backlog_score
 
 NOW_S = 1_700_000_000.25
 LABEL = "abc123abc123"

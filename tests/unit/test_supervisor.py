@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from workers.process.supervisor import (
+from fluxq.workers.process.supervisor import (
     STABLE_AFTER_S,
     Supervisor,
     WorkerSpec,

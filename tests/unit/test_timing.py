@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.timing import backoff_s
+from fluxq.workers.timing import backoff_s
 
 
 @pytest.mark.parametrize(

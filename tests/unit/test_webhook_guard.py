@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tasks import callbacks
-from tasks.callbacks import deliver_webhook, refusal_reason
-from tasks.enqueue import enqueue
-from workers.runtime import Runtime
+from fluxq.tasks import callbacks
+from fluxq.tasks.callbacks import deliver_webhook, refusal_reason
+from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.runtime import Runtime
 
 REQUEST = {"prompt": "notify me"}
 

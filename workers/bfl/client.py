@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from config.catalog import NOT_UTF8, get_endpoint, not_utf8_at, request_to_json
-from config.errors import (
+from fluxq.config.catalog import NOT_UTF8, get_endpoint, not_utf8_at, request_to_json
+from fluxq.config.errors import (
     DisallowedURL,
     DownloadFailed,
     FieldError,
@@ -38,9 +38,9 @@ from config.errors import (
     ServerError,
     UnexpectedResponse,
 )
-from config.redact import Secrets, mentions_secret, redact, secrets_of
-from config.settings import Settings
-from workers.bfl.responses import (
+from fluxq.config.redact import Secrets, mentions_secret, redact, secrets_of
+from fluxq.config.settings import Settings
+from fluxq.workers.bfl.responses import (
     Downloaded,
     Result,
     Status,
@@ -48,8 +48,8 @@ from workers.bfl.responses import (
     parse_result,
     parse_submitted,
 )
-from workers.bfl.webhooks import key_secret
-from workers.state.keys import key_label
+from fluxq.workers.bfl.webhooks import key_secret
+from fluxq.workers.state.keys import key_label
 
 USER_AGENT = "fluxq/0.1"
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from config.errors import (
+from fluxq.config.errors import (
     FluxqError,
     InvalidRequest,
     NotSent,
@@ -45,7 +45,7 @@ from config.errors import (
     StopAndAlert,
     UnexpectedResponse,
 )
-from workers.poll_schedule import LogNormal
+from fluxq.workers.poll_schedule import LogNormal
 
 UNAVAILABLE_STATUS = 503
 """The one 5xx that says nothing was created: BFL's "temporary service capacity"."""

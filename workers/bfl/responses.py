@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from config.errors import UnexpectedResponse
-from config.redact import Secrets, redact
+from fluxq.config.errors import UnexpectedResponse
+from fluxq.config.redact import Secrets, redact
 
 
 class Status(StrEnum):

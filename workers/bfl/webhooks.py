@@ -23,9 +23,9 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from config.errors import UnexpectedResponse
-from config.redact import Secrets
-from workers.bfl.responses import Result, parse_result
+from fluxq.config.errors import UnexpectedResponse
+from fluxq.config.redact import Secrets
+from fluxq.workers.bfl.responses import Result, parse_result
 
 WEBHOOK_PATH = "/v1/bfl/webhooks"
 """Where ``fluxq api`` receives BFL's webhooks: ``{WEBHOOK_PATH}/{job_id}/{token}``."""

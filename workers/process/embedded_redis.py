@@ -39,9 +39,9 @@ from types import TracebackType
 
 import redis
 
-from config.errors import ConfigError
-from config.settings import Settings
-from workers.process.children import start_child
+from fluxq.config.errors import ConfigError
+from fluxq.config.settings import Settings
+from fluxq.workers.process.children import start_child
 
 START_TIMEOUT_S = 10.0
 """How long to wait for a new redis-server to answer PING."""

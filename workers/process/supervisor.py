@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from config.celery import CONTROL_QUEUE, POLL_QUEUE, SAVE_QUEUE, SUBMIT_QUEUE
-from workers.process.children import start_child, stop_child
+from fluxq.config.celery import CONTROL_QUEUE, POLL_QUEUE, SAVE_QUEUE, SUBMIT_QUEUE
+from fluxq.workers.process.children import start_child, stop_child
 
 log = logging.getLogger("fluxq.supervisor")
 

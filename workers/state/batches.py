@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workers.state.jobs import State
+from fluxq.workers.state.jobs import State
 
 if TYPE_CHECKING:  # an annotation only: the fast `fluxq batch status` imports no redis-py
-    from workers.state.store import JobStore
+    from fluxq.workers.state.store import JobStore
 
 DEFAULT_BATCH_PRIORITY = 2
 """Batches rank below jobs sent one by one (priority 5) unless told otherwise; the lane share

@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from workers.state import keys
+from fluxq.workers.state import keys
 
 MAX_PRIORITY = 9
 """The highest priority; priorities run 0..MAX_PRIORITY and a higher one is admitted sooner."""

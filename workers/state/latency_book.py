@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.poll_schedule import LogNormal, Schedule, budget_schedule, fit
-from workers.state import keys
+from fluxq.workers.poll_schedule import LogNormal, Schedule, budget_schedule, fit
+from fluxq.workers.state import keys
 
 WINDOW = 1024
 """Observations kept per list: enough that the fitted median wanders by about 1.5 % (256 let it

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import redis
 
-from workers.state.limiter import SlotLimiter
+from fluxq.workers.state.limiter import SlotLimiter
 
 log = logging.getLogger("fluxq.leases")
 

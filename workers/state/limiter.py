@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.state import keys
-from workers.state.cap_rules import PAUSE_TEXT as PAUSE_TEXT  # re-exported: the limiter's API
-from workers.state.cap_rules import Pause as Pause
-from workers.state.cap_rules import PauseKind as PauseKind
-from workers.state.cap_rules import aimd_effective_cap as aimd_effective_cap
-from workers.state.cap_rules import pause_in_force
-from workers.state.scripts import Scripts
+from fluxq.workers.state import keys
+from fluxq.workers.state.cap_rules import PAUSE_TEXT as PAUSE_TEXT  # re-exported: the limiter's API
+from fluxq.workers.state.cap_rules import Pause as Pause
+from fluxq.workers.state.cap_rules import PauseKind as PauseKind
+from fluxq.workers.state.cap_rules import aimd_effective_cap as aimd_effective_cap
+from fluxq.workers.state.cap_rules import pause_in_force
+from fluxq.workers.state.scripts import Scripts
 
 LANE_SHARE = 0.25
 """Batch lanes may always fill this share of the cap first (6 of 24): jobs sent one by one

@@ -18,7 +18,7 @@ LIB = "lib"
 @cache
 def source(name: str) -> str:
     """The text Redis runs for ``lua/<name>.lua``: the shared helpers, then the script."""
-    folder = resources.files("workers.state") / "lua"
+    folder = resources.files("fluxq.workers.state") / "lua"
     lib = (folder / f"{LIB}.lua").read_text(encoding="utf-8")
     return lib + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 
-from config.errors import FieldError, InvalidRequest
-from workers.files import safe_name
-from workers.state import keys
-from workers.state.jobs import (
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.workers.files import safe_name
+from fluxq.workers.state import keys
+from fluxq.workers.state.jobs import (
     MAX_PRIORITY,
     PROTECTED_FIELDS,
     WRITABLE_FIELDS,
@@ -25,7 +25,7 @@ from workers.state.jobs import (
     parse_job,
     sources,
 )
-from workers.state.scripts import Scripts
+from fluxq.workers.state.scripts import Scripts
 
 PRIORITY_BAND = 2**42
 """Width of one priority band of backlog scores: fronted jobs in its first half, new ones after."""

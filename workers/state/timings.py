@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.state import keys
+from fluxq.workers.state import keys
 
 BUCKETS_S: tuple[float, ...] = (
     0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,

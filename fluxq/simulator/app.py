@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from simulator.config import SimConfig
-from simulator.delivery import parse_sample
-from simulator.engine import Reply, Simulator, detail
-from simulator.faults import DroppedResponse
-from simulator.images import CONTENT_TYPES
-from simulator.submit import submit
-from simulator.webhooks import WebhookDispatcher
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.delivery import parse_sample
+from fluxq.simulator.engine import Reply, Simulator, detail
+from fluxq.simulator.faults import DroppedResponse
+from fluxq.simulator.images import CONTENT_TYPES
+from fluxq.simulator.submit import submit
+from fluxq.simulator.webhooks import WebhookDispatcher
 
 Role = Literal["all", "api", "polling", "delivery"]
 """Which listener an app serves: API host, polling "cluster" host, delivery, or all three."""

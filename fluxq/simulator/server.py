@@ -17,12 +17,12 @@ from typing import Any, Self
 
 import uvicorn
 
-from simulator.accounts import account_label
-from simulator.app import Role, create_app
-from simulator.clock import ListenerURLs
-from simulator.config import SimConfig
-from simulator.engine import Simulator
-from simulator.listeners import (
+from fluxq.simulator.accounts import account_label
+from fluxq.simulator.app import Role, create_app
+from fluxq.simulator.clock import ListenerURLs
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.engine import Simulator
+from fluxq.simulator.listeners import (
     DELIVERY_HOST_ALIAS,
     POLLING_HOST_ALIAS,
     bind_alias,

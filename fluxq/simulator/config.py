@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from simulator.latency import Latency, check_latency_keys
+from fluxq.simulator.latency import Latency, check_latency_keys
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 """A probability per request, 0 (never) to 1 (always)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from simulator.accounts import Account
+from fluxq.simulator.accounts import Account
 
 
 class TaskStatus(StrEnum):

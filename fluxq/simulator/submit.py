@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from config.catalog import (
+from fluxq.config.catalog import (
     CATALOG,
     EndpointSpec,
     estimate_credits,
@@ -22,12 +22,12 @@ from config.catalog import (
     output_size,
     validate_request,
 )
-from config.errors import FieldError, InvalidRequest
-from simulator.accounts import Account
-from simulator.config import SimConfig
-from simulator.engine import NOT_AUTHENTICATED, Reply, Simulator, detail
-from simulator.latency import latency_for, seeded_duration_s
-from simulator.tasks import Task, TaskStatus
+from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.simulator.accounts import Account
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.engine import NOT_AUTHENTICATED, Reply, Simulator, detail
+from fluxq.simulator.latency import latency_for, seeded_duration_s
+from fluxq.simulator.tasks import Task, TaskStatus
 
 MAX_SEED = 2**32 - 1
 """Largest seed the simulator picks when the request has none."""

@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from simulator.accounts import Account, Accounts, key_digest
-from simulator.clock import Clock, ListenerURLs
-from simulator.config import SimConfig
-from simulator.delivery import SampleRef, Verdict, check_sample, sign_sample_url
-from simulator.images import ImageCache
-from simulator.tasks import Task, TaskStatus, TaskStore, view_task
+from fluxq.simulator.accounts import Account, Accounts, key_digest
+from fluxq.simulator.clock import Clock, ListenerURLs
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.delivery import SampleRef, Verdict, check_sample, sign_sample_url
+from fluxq.simulator.images import ImageCache
+from fluxq.simulator.tasks import Task, TaskStatus, TaskStore, view_task
 
 Phase = Literal["submit", "poll", "download"]
 Fault = Literal["500", "503", "403", "drop"]

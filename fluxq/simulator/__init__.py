@@ -3,14 +3,14 @@
 ``running_simulator(SimConfig(time_scale=0.01))`` in tests; ``serve()`` behind ``fluxq simulator``.
 """
 
-from simulator.accounts import account_label
-from simulator.app import create_app
-from simulator.config import SimConfig
-from simulator.engine import Simulator
-from simulator.faults import parse_faults
-from simulator.latency import parse_latency
-from simulator.server import SimulatorServer, running_simulator, serve
-from simulator.webhooks import webhook_signature
+from fluxq.simulator.accounts import account_label
+from fluxq.simulator.app import create_app
+from fluxq.simulator.config import SimConfig
+from fluxq.simulator.engine import Simulator
+from fluxq.simulator.faults import parse_faults
+from fluxq.simulator.latency import parse_latency
+from fluxq.simulator.server import SimulatorServer, running_simulator, serve
+from fluxq.simulator.webhooks import webhook_signature
 
 __all__ = [
     "SimConfig",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from config.catalog import CATALOG
+from fluxq.config.catalog import CATALOG
 
 Z_95 = 1.6448536269514722
 """The 95th percentile of the standard normal: turns a (p50, p95) pair into a lognormal sigma."""

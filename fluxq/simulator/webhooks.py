@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from simulator.engine import Simulator
-from simulator.tasks import Task
+from fluxq.simulator.engine import Simulator
+from fluxq.simulator.tasks import Task
 
 logger = logging.getLogger(__name__)
 
