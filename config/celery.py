@@ -6,6 +6,7 @@ No Celery app lives here: ``workers.celery_app.make_celery(settings)`` builds on
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,19 +30,35 @@ VISIBILITY_TIMEOUT_S = 3600
 """Redis redelivers an unacked message after this long. It must exceed every countdown we use
 (poll steps ≤ a few minutes, backoffs ≤ 60 s), or a waiting ETA message is delivered twice."""
 
-TASK_MODULES = (
-    "fluxq.tasks.submit",
-    "fluxq.tasks.poll",
-    "fluxq.tasks.save",
-    "fluxq.tasks.callbacks",
-    "fluxq.tasks.enqueue",
-)
-"""The modules that define fluxq's tasks; a worker imports them before it consumes."""
 
-TASK_ROUTES = {
-    "fluxq.submit": {"queue": SUBMIT_QUEUE},
-    "fluxq.poll": {"queue": POLL_QUEUE},
-    "fluxq.save": {"queue": SAVE_QUEUE},
+@dataclass(frozen=True)
+class TaskSpec:
+    """One fluxq task: its Celery name, the queue it is routed to and the module defining it.
+
+    The name and queue are a wire contract (messages in flight, other services' ``send_task``):
+    they never change. The decorators, routes, a worker's imports and the dispatcher read them here.
+    """
+
+    name: str
+    queue: str
+    module: str
+
+
+SUBMIT = TaskSpec("fluxq.submit", SUBMIT_QUEUE, "fluxq.tasks.submit")
+POLL = TaskSpec("fluxq.poll", POLL_QUEUE, "fluxq.tasks.poll")
+SAVE = TaskSpec("fluxq.save", SAVE_QUEUE, "fluxq.tasks.save")
+NOTIFY = TaskSpec("fluxq.webhook", CONTROL_QUEUE, "fluxq.tasks.notify")
+"""POSTs a job's outcome to the user's URL (named "webhook" on the wire since its first release)."""
+ENQUEUE = TaskSpec("fluxq.enqueue", CONTROL_QUEUE, "fluxq.tasks.enqueue")
+TASKS = (SUBMIT, POLL, SAVE, NOTIFY, ENQUEUE)
+"""Every fluxq task; a worker imports their modules before it consumes."""
+
+TASK_MODULES = tuple(dict.fromkeys(spec.module for spec in TASKS))
+"""The modules that define fluxq's tasks (Celery's ``include``)."""
+
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    **{spec.name: {"queue": spec.queue} for spec in TASKS},
+    # Anything else named fluxq.* (a task added without a spec) goes to the control queue.
     "fluxq.*": {"queue": CONTROL_QUEUE},
 }
 

@@ -2,9 +2,9 @@
 
 Every way in goes through the same code as the other front doors: a job through
 ``tasks.enqueue`` (the same checks, so a bad body is refused with every bad field named), a batch
-through ``tasks.batchfile.scan_file`` and ``tasks.batches.enqueue_entries`` (the path of ``fluxq
-batch submit``). Errors use BFL's own 422 shape, ``{"detail": [{"loc", "msg", "type"}]}``, so a
-client already written for BFL reads ours too; no traceback ever reaches a client.
+through ``fluxq.batch_submit.submit_file`` (as ``fluxq batch submit``). Errors use BFL's own 422
+shape, ``{"detail": [{"loc", "msg", "type"}]}``, so a client already written for BFL reads ours
+too; no traceback ever reaches a client.
 
 ``create_app(settings)`` builds the app; one producer Runtime is made at start-up and closed at
 shutdown. ``python -m fluxq.api`` prints the OpenAPI document (``docs/openapi.json``).
@@ -69,30 +69,31 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fluxq import api_schemas
+from fluxq.api_bfl_webhooks import Answer, receive
+from fluxq.api_inline_submit import InlineSubmits
+from fluxq.batch_submit import (
+    BadLines,
+    BadParameters,
+    CancelledBatch,
+    FileRefused,
+    NoLines,
+    batch_problems,
+    submit_file,
+)
 from fluxq.cli.api import AllowedHosts
-from fluxq.cli.batch_view import _as_json
+from fluxq.cli.batch_view import status_json
 from fluxq.cli.waits import read_batch_view
-from fluxq.config.catalog import CATALOG, escape_surrogates, get_endpoint
+from fluxq.config.catalog import CATALOG, escape_surrogates
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.settings import Settings, load_settings
 from fluxq.job_events import JobEvents
 from fluxq.long_poll_gate import LongPollGate
 from fluxq.long_poll_gate import refusal as long_poll_refusal
-from fluxq.tasks.batches import (
-    batch_status,
-    cancel_batch,
-    cancel_job,
-    enqueue_entries,
-    report_rows,
-)
-from fluxq.tasks.batchfile import Entry, scan_file
-from fluxq.tasks.bfl_webhook import Answer, receive
+from fluxq.tasks.batches import batch_status, cancel_batch, cancel_job, report_rows
 from fluxq.tasks.enqueue import enqueue, prepare_job
-from fluxq.tasks.inline_submit import InlineSubmits
 from fluxq.tasks.sweep import workers_seen
 from fluxq.workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
 from fluxq.workers.dispatch import celery_runtime
-from fluxq.workers.files import ID_HINT, ID_PATTERN
 from fluxq.workers.metrics import registry_for
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
@@ -106,12 +107,6 @@ MAX_WAIT_S = 60.0
 
 WAIT_STEP_S = 0.15
 """How often a wait without JobEvents (an app whose lifespan did not run) reads its job."""
-
-MAX_BATCH_CHARS = 64
-"""A batch name's longest form (as ``fluxq batch submit``): job ids are ``{batch}.{line id}``."""
-
-MAX_REPORTED_ERRORS = 20
-"""Bad lines named in a refused batch's 422, as ``fluxq batch submit`` prints them."""
 
 MAX_LONG_POLLS = 256
 """Long polls (``wait_s`` > 0) held at once, each a connection and a waiter (their reads are
@@ -535,7 +530,7 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         rt = celery_runtime(settings)
-        # The slot a webhook frees is refilled from here, with no Celery hop (tasks.inline_submit).
+        # The slot a webhook frees is refilled from here, with no Celery hop (api_inline_submit).
         inline = None
         if settings.api_submits and settings.bfl_api_key is not None:
             inline = InlineSubmits.install(rt)
@@ -992,57 +987,36 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
 # --- batches -----------------------------------------------------------------------------------
 
 
-def _batch_problems(
-    name: str, endpoint: str | None, priority: int, budget: float | None
-) -> list[dict[str, object]]:
-    problems: list[dict[str, object]] = []
-    if not ID_PATTERN.fullmatch(name) or len(name) > MAX_BATCH_CHARS:
-        problems.append(
-            _field(["query", "name"], f"{ID_HINT}; at most {MAX_BATCH_CHARS} characters")
-        )
-    if endpoint is not None:
-        try:
-            get_endpoint(endpoint)
-        except InvalidRequest as exc:
-            problems.extend(_field(["query", "endpoint"], e.msg) for e in exc.errors)
-    if not 0 <= priority <= MAX_PRIORITY:
-        problems.append(_field(["query", "priority"], f"must be 0..{MAX_PRIORITY}"))
-    if budget is not None and not budget > 0:
-        problems.append(_field(["query", "budget"], "must be a number of credits above 0"))
-    return problems
+def _in_query(problems: Iterable[FieldError]) -> list[dict[str, object]]:
+    """A batch's bad parameters (``batch_problems``), as the query parameters they are here."""
+    return [_field(["query", *e.loc], e.msg) for e in problems]
 
 
 def submit_batch(
     rt: Runtime, path: Path, name: str, endpoint: str | None, priority: int, budget: float | None
 ) -> JSONResponse:
     """``fluxq batch submit`` for an uploaded file: every line checked, then all or nothing."""
-
-    existing = batch_status(rt, name)
-    if existing is not None and existing.paused == "cancelled":
-        return _problem(409, f"batch {name} was cancelled: submit the file under another name")
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
-        try:
-            scan = scan_file(path, endpoint=endpoint, params={}, fmt="jsonl", spool=spool)
-        except ValueError as exc:
-            return _invalid([_field(["body"], str(exc))])
-        if scan.error_count:
-            problems = [
-                _field(["body", error.line, *error.field.split(".")], error.reason)
-                for error in scan.errors[:MAX_REPORTED_ERRORS]
-            ]
-            return _invalid(problems, lines=scan.lines, invalid=scan.error_count)
-        if not scan.valid:
-            return _invalid([_field(["body"], "no lines: send one JSON request per line")])
-        spool.seek(0)
-        result = enqueue_entries(
-            rt, name, (Entry.decode(text) for text in spool), priority=priority, budget=budget
+    try:
+        submitted = submit_file(
+            rt, path, name=name, endpoint=endpoint, fmt="jsonl", priority=priority, budget=budget
         )
+    except CancelledBatch as exc:
+        return _problem(409, str(exc))
+    except BadLines as exc:
+        lines = [_field(["body", *e.loc], e.msg) for e in exc.errors]
+        return _invalid(lines, lines=exc.scan.lines, invalid=exc.scan.error_count)
+    except NoLines:
+        return _invalid([_field(["body"], "no lines: send one JSON request per line")])
+    except FileRefused as exc:
+        return _invalid([_field(["body"], str(exc))])
+    except BadParameters as exc:
+        return _invalid(_in_query(exc.errors))
     created = BatchCreated(
         batch=name,
-        added=result.added,
-        already_there=result.present,
-        conflicts=len(result.conflicts),
-        lines=scan.lines,
+        added=submitted.added,
+        already_there=submitted.present,
+        conflicts=len(submitted.conflicts),
+        lines=submitted.lines,
     )
     return JSONResponse(created.model_dump(), status_code=201)
 
@@ -1050,7 +1024,7 @@ def submit_batch(
 def batch_out(rt: Runtime, status: BatchStatus) -> BatchOut:
     """The status with its key's slots and why it is blocked, as ``fluxq batch status --json``."""
     view = read_batch_view(rt.redis, rt.settings, status, now_s=time.time())
-    return BatchOut.model_validate(_as_json(status, view))
+    return BatchOut.model_validate(status_json(status, view))
 
 
 def _report_lines(rt: Runtime, name: str) -> Iterator[bytes]:
@@ -1090,15 +1064,13 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
     async def post_batch(
         request: Request,
         rt: RuntimeDep,
-        # Checked by _batch_problems (every bad one named at once): their schemas say its rules.
+        # Checked by batch_problems (every bad one named at once): their schemas say its rules.
         name: Annotated[
             str,
             Query(
                 description="The batch; job ids are <name>.<line id>.",
                 examples=[api_schemas.JOB_EXAMPLE["batch"]],
-                json_schema_extra=api_schemas.keywords(
-                    api_schemas.ID_SCHEMA | {"maxLength": MAX_BATCH_CHARS}
-                ),
+                json_schema_extra=api_schemas.keywords(api_schemas.BATCH_NAME_SCHEMA),
             ),
         ],
         endpoint: Annotated[
@@ -1124,7 +1096,9 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         nothing is enqueued (422 naming the first 20 as ``["body", line, field]``).
         ``Content-Type: application/x-ndjson`` or ``application/jsonl`` only (415 otherwise)."""
         require_type(request, BATCH_TYPES)
-        problems = _batch_problems(name, endpoint, priority, budget)
+        problems = _in_query(
+            batch_problems(name, endpoint=endpoint, priority=priority, budget=budget)
+        )
         if problems:
             return _invalid(problems)
         with tempfile.TemporaryDirectory(prefix="fluxq-api-") as tmp:

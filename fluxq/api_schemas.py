@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from fluxq.batch_submit import MAX_BATCH_CHARS
 from fluxq.config.catalog import CATALOG
 from fluxq.config.requests import (
     FLUX2_MAX_MEGAPIXELS,
@@ -33,7 +34,7 @@ from fluxq.config.requests import (
 )
 from fluxq.tasks.batches import ReportRow
 from fluxq.tasks.batchfile import LINE_FIELDS, MAX_LINE_ID_CHARS
-from fluxq.tasks.callbacks import MAX_WEBHOOK_URL_CHARS
+from fluxq.tasks.notify import MAX_WEBHOOK_URL_CHARS
 from fluxq.tasks.schema import EXAMPLE
 from fluxq.workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
 from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
@@ -75,6 +76,10 @@ ID_SCHEMA: dict[str, Any] = {
 }
 """A job id or a batch name (``workers.files.ID_PATTERN``)."""
 
+BATCH_NAME_SCHEMA: dict[str, Any] = ID_SCHEMA | {"maxLength": MAX_BATCH_CHARS}
+"""The name of a batch of lines (``fluxq.batch_submit.name_problem``): its job ids are
+``<batch>.<line id>``."""
+
 NAME_SCHEMA: dict[str, Any] = {
     "type": "string",
     "pattern": anchored(NAME_PATTERN.pattern),
@@ -97,7 +102,7 @@ WEBHOOK_URL_SCHEMA: dict[str, Any] = {
     "minLength": 1,
     "maxLength": MAX_WEBHOOK_URL_CHARS,
 }
-"""An absolute http(s) URL (``tasks.callbacks.webhook_url_problem``)."""
+"""An absolute http(s) URL (``tasks.notify.webhook_url_problem``)."""
 
 
 WHOLE_NUMBER: dict[str, Any] = {

@@ -14,13 +14,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fluxq.batch_submit import BadLines, NoLines, batch_problems, submit_file
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.settings import Settings, load_settings
-from fluxq.tasks.batches import EnqueueResult, enqueue_entries, set_budget
-from fluxq.tasks.batchfile import MAX_REPORTED_ERRORS, Entry, scan_file
+from fluxq.tasks.batches import EnqueueResult
 from fluxq.tasks.enqueue import enqueue as enqueue_job
 from fluxq.workers.dispatch import celery_runtime
-from fluxq.workers.files import ID_HINT, ID_PATTERN
 from fluxq.workers.process.embedded_redis import shared_redis
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY
@@ -146,17 +145,14 @@ def enqueue_many(
     Each request is a dict of request fields, optionally with its own ``id`` (else a digest of
     its content), ``name`` (its file stem, else the id) and ``endpoint`` (else ``endpoint``).
     Every request is validated first, in constant memory: if any is bad, InvalidRequest names
-    the first 20 (``[position].field``) and nothing is enqueued. Job ids are ``{batch}.{id}``,
+    the first 20 (``[position].field``) and nothing is enqueued (no requests at all is refused
+    too, as is a cancelled batch: ``fluxq batch submit``'s rules). Job ids are ``{batch}.{id}``,
     so enqueueing the same requests again adds only those missing. ``budget`` (credits) pauses
     the batch before it would spend more; ``priority`` orders batches among themselves.
     """
     return default_client().enqueue_many(
         endpoint, requests, batch=batch, priority=priority, budget=budget
     )
-
-
-MAX_BATCH_CHARS = 64
-"""A batch name's longest form: job ids are ``{batch}.{line id}`` and must stay short."""
 
 
 def _enqueue_many(
@@ -167,36 +163,36 @@ def _enqueue_many(
     priority: int,
     budget: float | None,
 ) -> EnqueueResult:
-    if not ID_PATTERN.fullmatch(batch) or len(batch) > MAX_BATCH_CHARS:
-        raise InvalidRequest(
-            "invalid batch", errors=[FieldError(("batch",), f"{ID_HINT}; at most 64 characters")]
-        )
+    problems = batch_problems(batch, endpoint=endpoint, priority=priority, budget=budget)
+    if problems:  # before ``requests`` is read; the batch's ``name`` is ``batch`` here
+        named = [FieldError(("batch",) if e.loc == ("name",) else e.loc, e.msg) for e in problems]
+        raise InvalidRequest("invalid batch", errors=named)
     with tempfile.TemporaryDirectory(prefix="fluxq-many-") as tmp:
-        # The requests become a JSONL file and go through the batch file's checks: the same
-        # validation, ids and duplicate rules as ``fluxq batch submit``, in constant memory.
+        # The requests become a JSONL file and go in as a batch file does (``submit_file``): the
+        # same limits, validation, ids and duplicate rules as ``fluxq batch submit``.
         lines = Path(tmp) / "requests.jsonl"
         with lines.open("w", encoding="utf-8") as out:
             for position, request in enumerate(requests, start=1):
                 out.write(_json_line(position, request))
-        with (Path(tmp) / "spool").open("w+", encoding="utf-8") as spool:
-            try:
-                scan = scan_file(lines, endpoint=endpoint, params={}, fmt="jsonl", spool=spool)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
-            if scan.error_count:
-                errors = [
-                    FieldError((f"[{error.line}]", error.field), error.reason)
-                    for error in scan.errors[:MAX_REPORTED_ERRORS]
-                ]
-                raise InvalidRequest(
-                    f"{scan.error_count} of {scan.lines} requests are invalid; nothing enqueued",
-                    errors=errors,
-                )
-            spool.seek(0)
-            set_budget(rt, batch, budget)
-            return enqueue_entries(
-                rt, batch, (Entry.decode(text) for text in spool), priority=priority
+        try:
+            submitted = submit_file(
+                rt,
+                lines,
+                name=batch,
+                endpoint=endpoint,
+                fmt="jsonl",
+                priority=priority,
+                budget=budget,
             )
+        except BadLines as exc:  # a line is a request, named by its position
+            scan = exc.scan
+            raise InvalidRequest(
+                f"{scan.error_count} of {scan.lines} requests are invalid; nothing enqueued",
+                errors=[FieldError((f"[{e.loc[0]}]", *e.loc[1:]), e.msg) for e in exc.errors],
+            ) from None
+        except NoLines:
+            raise InvalidRequest("no requests: nothing enqueued") from None
+    return submitted.enqueued
 
 
 def _json_line(position: int, request: object) -> str:

@@ -7,20 +7,21 @@ Started by the supervisor as ``python -P -m fluxq.worker_process --name … --qu
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import socket
 from typing import Any
 
 from celery import signals
 
+from fluxq.config.celery import TASK_MODULES
 from fluxq.config.settings import load_settings
-from fluxq.tasks import callbacks, enqueue, poll, save, submit
 from fluxq.tasks.sweep import SweepTimer
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import celery_runtime
 
-TASK_MODULES = (callbacks, enqueue, poll, save, submit)
-"""Imported above, before Celery's loader imports them by name with the working directory on
+LOADED_TASK_MODULES = tuple(importlib.import_module(name) for name in TASK_MODULES)
+"""Imported here, before Celery's loader imports them by name with the working directory on
 ``sys.path``: they are then already loaded from fluxq, never from the user's directory."""
 
 

@@ -1,4 +1,4 @@
-"""fluxq's pipeline: admission, submit, poll, save, callbacks, the sweep and enqueue.
+"""fluxq's pipeline: admission, submit, poll, save, notify, the sweep and enqueue.
 
 Each Celery task is a thin wrapper over a plain function; ``lifecycle`` owns every state change.
 Users and services enqueue through ``fluxq`` (or the ``fluxq.enqueue`` task by name), not here.

@@ -49,7 +49,8 @@ from fluxq.workers.files import (
 
 FORMATS = ("jsonl", "csv")
 MAX_LINE_ID_CHARS = 60
-"""The longest id a line may give: its job id is ``<batch>.<id>``, and a batch has at most 64."""
+"""The longest id a line may give: its job id is ``<batch>.<id>``, and a batch name has at most
+64 characters (``fluxq.batch_submit.MAX_BATCH_CHARS``, which checks that the two fit)."""
 MAX_REPORTED_ERRORS = 20
 MAX_REJECTED_TEXT_CHARS = 2000
 PROGRESS_EVERY_LINES = 10_000

@@ -31,10 +31,11 @@ from fluxq.config.catalog import (
     request_to_json,
     validate_request,
 )
+from fluxq.config.celery import ENQUEUE
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.redact import redact, secrets_of
 from fluxq.tasks.admission import admit_and_dispatch
-from fluxq.tasks.callbacks import full_signature, webhook_url_problem
+from fluxq.tasks.notify import full_signature, webhook_url_problem
 from fluxq.workers.dispatch import runtime_of
 from fluxq.workers.files import (
     ID_HINT,
@@ -336,7 +337,7 @@ def refuse_message(
     return job_id
 
 
-@shared_task(name="fluxq.enqueue", base=RedactedTask, bind=True, acks_late=True)
+@shared_task(name=ENQUEUE.name, base=RedactedTask, bind=True, acks_late=True)
 def enqueue_task(self: Task, request: Any = None, endpoint: Any = None, **options: Any) -> str:
     """Celery task for other services: kwargs ``request`` (JSON), ``endpoint`` and optional
     ``job_id``, ``batch``, ``name``, ``priority``, ``callback``, ``webhook_url``.

@@ -13,22 +13,14 @@ from collections.abc import Mapping
 from fluxq.config.catalog import estimate_credits, validate_request
 from fluxq.config.errors import InvalidRequest
 from fluxq.tasks.admission import admit_and_dispatch
-from fluxq.tasks.callbacks import notify_terminal
-from fluxq.workers.bfl.outcomes import doubt_hold_s
+from fluxq.tasks.notify import notify_terminal
 from fluxq.workers.runtime import Runtime
-from fluxq.workers.state import timings
+from fluxq.workers.state import histograms
 from fluxq.workers.state.jobs import Job, JobField, State
-from fluxq.workers.state.latency_book import size_class
 
 log = logging.getLogger("fluxq.lifecycle")
 
 Fields = Mapping[str, str | int | float]
-
-UNCERTAIN_REASON = (
-    "uncertain: BFL may have created and billed the task ({detail}); not resubmitted "
-    "(FLUXQ_RESUBMIT_UNCERTAIN=true allows it)"
-)
-"""The reason of a job failed as uncertain; ``{detail}`` says what happened to its POST."""
 
 
 def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
@@ -49,7 +41,10 @@ def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
 
 
 def requeue(rt: Runtime, job: Job, reason: str) -> bool:
-    """Put an admitted job (never sent, or safe to send again) back at the head of its backlog."""
+    """Put an admitted job (never sent, or safe to send again) back at the head of its backlog.
+
+    Its ``submitting_at`` marker goes first: the job was not submitted."""
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
     return rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
 
 
@@ -64,7 +59,7 @@ def ready(rt: Runtime, job: Job, fields: Fields) -> bool:
     _release(rt, job)
     submitted_at = job.times.get(State.SUBMITTED.value)
     if moved and submitted_at is not None:
-        timings.observe(rt.redis, timings.SUBMIT_TO_READY, job.endpoint, now - submitted_at)
+        histograms.observe(rt.redis, histograms.SUBMIT_TO_READY, job.endpoint, now - submitted_at)
     return moved
 
 
@@ -89,7 +84,7 @@ def end(
     moved = rt.store.transition(job.job_id, to, now_s=now, reason=reason, fields=fields)
     ready_at = job.times.get(State.READY.value)
     if moved and to is State.DONE and ready_at is not None:
-        timings.observe(rt.redis, timings.READY_TO_SAVED, job.endpoint, now - ready_at)
+        histograms.observe(rt.redis, histograms.READY_TO_SAVED, job.endpoint, now - ready_at)
     if moved and job.state is State.ADMITTED and job.est is not None:
         rt.store.account(job.batch, committed=-job.est)  # never sent: nothing was spent
     # Only what the job (as the caller read it) holds is given back: a ready job's slot went at
@@ -117,43 +112,6 @@ def end(
 def fail(rt: Runtime, job: Job, reason: str) -> bool:
     """End the job as failed with a reason a person can read."""
     return end(rt, job, State.FAILED, reason=reason)
-
-
-def fail_uncertain(rt: Runtime, job: Job, detail: str) -> bool:
-    """The POST may have created a task we cannot see: flag and count it, and fail it.
-
-    Its slot stays held while such a task could still run (``doubt_hold_until_s``), and is
-    counted among the doubtful holds. A late answer recovers the job (``recover_uncertain``).
-    """
-    rt.store.mark_uncertain(job.job_id)
-    until_s = doubt_hold_until_s(rt, job)
-    rt.limiter.hold_doubtful(job.job_id, job.group, until_s=until_s)
-    log.error(
-        "submit outcome unknown, slot held %.0f s job=%s batch=%s detail=%s",
-        until_s - rt.clock(),
-        job.job_id,
-        job.batch,
-        detail,
-    )
-    reason = UNCERTAIN_REASON.format(detail=detail)
-    moved = end(rt, job, State.FAILED, reason=reason, keep_slot=True)
-    if moved and job.est is not None:
-        rt.store.account(job.batch, spent=job.est)  # it may have been billed: count it so
-    return moved
-
-
-def doubt_hold_until_s(rt: Runtime, job: Job) -> float:
-    """Until when the slot of a job whose POST's outcome is unknown stays held: from now (the POST
-    has ended, or its worker is gone), as long as a task of its endpoint could still run."""
-    size = size_class(job.request.get("width"), job.request.get("height"))
-    model = rt.latency.model(job.endpoint, size)
-    hold_s = doubt_hold_s(
-        model,
-        factor=rt.settings.doubt_hold_factor,
-        floor_s=rt.settings.doubt_hold_floor_s,
-        ceiling_s=rt.settings.poll_deadline_s,
-    )
-    return rt.clock() + hold_s
 
 
 def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:

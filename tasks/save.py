@@ -13,8 +13,10 @@ from typing import Any
 from celery import Task, shared_task
 
 from fluxq.config.catalog import output_format, validate_request
+from fluxq.config.celery import SAVE
 from fluxq.config.errors import DownloadFailed, FluxqError, JobFailed, RetryLater
 from fluxq.tasks import lifecycle
+from fluxq.workers.backoff import backoff_s
 from fluxq.workers.bfl.responses import Downloaded, Status
 from fluxq.workers.dispatch import runtime_of
 from fluxq.workers.files import (
@@ -31,7 +33,6 @@ from fluxq.workers.runtime import Runtime, flower_options
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import Job, JobField, State
 from fluxq.workers.storage import ObjectStore, StoreFailed, json_bytes, manifest_line, open_store
-from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.save")
 
@@ -120,7 +121,7 @@ def _refetch(rt: Runtime, job: Job) -> bool:
         return False
     rt.store.incr(job.job_id, JobField.REFETCHED)
     try:
-        fresh = rt.client.get_result(job.polling_url)
+        fresh = rt.bfl.get_result(job.polling_url)
     except FluxqError as err:
         log.info("re-fetch of the result failed job=%s error=%s", job.job_id, err)
         return False
@@ -198,7 +199,7 @@ def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | f
     the job has failed."""
     assert job.sample_url is not None
     try:
-        return rt.client.download(job.sample_url, temp)
+        return rt.bfl.download(job.sample_url, temp)
     except DownloadFailed as exc:
         if exc.status_code == 200:  # too large, or empty: the same URL would fail the same way
             lifecycle.fail(rt, job, f"download failed: {exc}")
@@ -288,7 +289,7 @@ def _manifest_entry(job: Job, image: Path, meta: dict[str, Any]) -> dict[str, An
     }
 
 
-@shared_task(name="fluxq.save", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
+@shared_task(name=SAVE.name, base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def save(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: download and save the image; retry briefly on transport errors."""
     countdown = save_job(runtime_of(self.app), job_id)

@@ -9,6 +9,7 @@ import logging
 
 from celery import Task, shared_task
 
+from fluxq.config.celery import SUBMIT
 from fluxq.config.errors import (
     FluxqError,
     OutOfCredits,
@@ -17,9 +18,12 @@ from fluxq.config.errors import (
     StopAndAlert,
 )
 from fluxq.config.redact import redact
-from fluxq.tasks import bfl_webhook, lifecycle
+from fluxq.tasks import lifecycle
 from fluxq.tasks.admission import admit_and_dispatch
-from fluxq.tasks.poll import schedule_next_poll
+from fluxq.tasks.bfl_status import schedule_next_poll
+from fluxq.tasks.uncertain import settle_uncertain
+from fluxq.workers.backoff import backoff_s
+from fluxq.workers.bfl import webhooks
 from fluxq.workers.bfl.outcomes import PostOutcome, post_outcome
 from fluxq.workers.bfl.responses import Submitted
 from fluxq.workers.dispatch import runtime_of
@@ -27,7 +31,6 @@ from fluxq.workers.redacted_task import RedactedTask
 from fluxq.workers.runtime import Runtime, flower_options
 from fluxq.workers.state.jobs import Job, JobField, State
 from fluxq.workers.state.limiter import PauseKind
-from fluxq.workers.timing import backoff_s
 
 log = logging.getLogger("fluxq.submit")
 
@@ -45,25 +48,18 @@ class SubmitCrashed(RuntimeError):
     """Raised when a submit failed with an error that is not BFL's answer (its text redacted)."""
 
 
-def _give_back(rt: Runtime, job: Job, reason: str) -> None:
-    """Return the job to the head of its backlog: it was not submitted."""
-    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-    lifecycle.requeue(rt, job, reason)
-
-
-def settle_uncertain(rt: Runtime, job: Job, detail: str) -> str:
-    """The POST may have created a task: count it, and resubmit only if the user allows it.
-
-    Returns ``"requeued"`` or ``"uncertain"`` (failed). A failed job keeps its slot leased until
-    the lease lapses, because a task we cannot see may still run at BFL.
-    """
-    if rt.settings.resubmit_uncertain:
-        rt.store.mark_uncertain(job.job_id)
-        _give_back(rt, job, f"resubmitting after an unknown outcome: {detail}")
-        admit_and_dispatch(rt)
-        return "requeued"
-    lifecycle.fail_uncertain(rt, job, detail)
-    return "uncertain"
+def webhook_fields(rt: Runtime, job: Job) -> dict[str, str]:
+    """What webhook mode adds to a job's POST: the job's ``webhook_url`` and the key's
+    ``webhook_secret`` (``fluxq.api_bfl_webhooks`` checks both when BFL calls back); none when
+    the mode is off."""
+    settings = rt.settings
+    if settings.bfl_webhook_base_url is None or settings.bfl_webhook_secret is None:
+        return {}
+    secret = settings.bfl_webhook_secret
+    return {
+        "webhook_url": webhooks.webhook_url(settings.bfl_webhook_base_url, secret, job.job_id),
+        "webhook_secret": webhooks.key_secret(secret, job.key_label),
+    }
 
 
 def _claim(rt: Runtime, job_id: str) -> Job | None:
@@ -87,11 +83,11 @@ def _paused(rt: Runtime, job: Job, exc: StopAndAlert) -> None:
     if isinstance(exc, OutOfCredits):
         rt.limiter.pause(PauseKind.OUT_OF_CREDITS, str(exc))
         log.error("out of credits: admission paused label=%s job=%s", rt.label, job.job_id)
-        _give_back(rt, job, "402: out of credits; admission paused until credits return")
+        lifecycle.requeue(rt, job, "402: out of credits; admission paused until credits return")
         return
     rt.limiter.pause(PauseKind.NOT_AUTHORISED, str(exc))
     log.critical("BFL refused the API key: admission paused label=%s: %s", rt.label, exc)
-    _give_back(rt, job, "403: the API key was refused; admission paused")
+    lifecycle.requeue(rt, job, "403: the API key was refused; admission paused")
 
 
 def _on_rate_limited(rt: Runtime, job: Job, exc: RateLimited) -> float | None:
@@ -106,12 +102,12 @@ def _on_rate_limited(rt: Runtime, job: Job, exc: RateLimited) -> float | None:
         if rt.limiter.held() - 1 >= rt.limiter.effective_cap(now_s=rt.clock()):
             # A probe took the slot this job was admitted for: ours fill BFL, nobody else's.
             rt.limiter.count("probe_429")
-            _give_back(rt, job, "429: a probe took the freed slot first; back at the head")
+            lifecycle.requeue(rt, job, "429: a probe took the freed slot first; back at the head")
             return None
     rt.limiter.count("cap_signal_429")
     cap = rt.limiter.rate_limited(now_s=rt.clock(), retry_after_s=exc.retry_after_s)
     log.info("429 despite a free slot job=%s effective_cap=%d", job.job_id, cap)
-    _give_back(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
+    lifecycle.requeue(rt, job, "429: BFL's active-task cap is full (another client on this key?)")
     return None
 
 
@@ -212,14 +208,14 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     if job is None:
         return None
     attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
-    hook_fields = bfl_webhook.submit_fields(rt, job)
+    hook_fields = webhook_fields(rt, job)
     body = {**job.request, **hook_fields}
     # The marker is the last write before the POST: a failure before it leaves a job that was
     # certainly not sent (requeued by the sweep), never a false "uncertain".
     rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
-            submitted = rt.client.submit_json(job.endpoint, body)
+            submitted = rt.bfl.submit_json(job.endpoint, body)
     except FluxqError as exc:
         countdown_s = _on_error(rt, job, exc, attempt)
         if countdown_s is not None:  # the job keeps its slot until it tries again
@@ -230,14 +226,14 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
         # Not BFL's answer (a bug): the job stays admitted with its marker, and the sweep or a
         # redelivery settles it. Celery logs an exception's text and Flower shows it, and this
         # one may quote the body: the key's webhook secret and the job's URL token come out.
-        secrets = (*rt.client.secrets, *hook_fields.values())
+        secrets = (*rt.bfl.secrets, *hook_fields.values())
         shown = redact(f"{type(exc).__name__}: {exc}", secrets)
         raise SubmitCrashed(f"submit of job {job_id} failed: {shown}") from None
     _record(rt, job, submitted)
     return None
 
 
-@shared_task(name="fluxq.submit", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
+@shared_task(name=SUBMIT.name, base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def submit(self: Task, job_id: str, batch: str = "") -> None:
     """Celery task: submit the job; retry after a refusal (503, not sent), or a 5xx if allowed."""
     countdown = submit_job(runtime_of(self.app), job_id)

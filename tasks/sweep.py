@@ -15,7 +15,7 @@ import redis
 
 from fluxq.config.errors import FluxqError
 from fluxq.tasks.admission import admit_and_dispatch
-from fluxq.tasks.submit import settle_uncertain
+from fluxq.tasks.uncertain import settle_uncertain
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State
@@ -77,7 +77,7 @@ def _check_credits(rt: Runtime, now_s: float) -> None:
     if not rt.redis.set(keys.lock("credits-check"), "1", nx=True, px=interval_ms):
         return
     try:
-        credits = rt.client.credits()
+        credits = rt.bfl.credits()
     except FluxqError as exc:
         log.info("credit check failed: %s", exc)
         return

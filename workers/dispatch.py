@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery, signature
 
+from fluxq.config.celery import NOTIFY, POLL, SAVE, SUBMIT, TaskSpec
 from fluxq.config.errors import ConfigError
 from fluxq.config.settings import Settings
 from fluxq.workers.celery_app import make_celery
@@ -21,29 +22,29 @@ RUNTIME_ATTRIBUTE = "fluxq_runtime"
 
 
 class CeleryDispatcher:
-    """Sends fluxq.submit / poll / save / webhook and user callbacks through Celery."""
+    """Sends fluxq.submit / poll / save, user notifications and user callbacks through Celery."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def _send(self, name: str, job: Job, *, countdown_s: float = 0.0) -> None:
+    def _send(self, task: TaskSpec, job: Job, *, countdown_s: float = 0.0) -> None:
         argsrepr, kwargsrepr = describe(job)
         options: dict[str, Any] = {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
         if countdown_s > 0:
             options["countdown"] = countdown_s
-        self.app.send_task(name, args=[job.job_id], kwargs={"batch": job.batch}, **options)
+        self.app.send_task(task.name, args=[job.job_id], kwargs={"batch": job.batch}, **options)
 
     def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self._send("fluxq.submit", job, countdown_s=countdown_s)
+        self._send(SUBMIT, job, countdown_s=countdown_s)
 
     def poll(self, job: Job, *, countdown_s: float) -> None:
-        self._send("fluxq.poll", job, countdown_s=countdown_s)
+        self._send(POLL, job, countdown_s=countdown_s)
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self._send("fluxq.save", job, countdown_s=countdown_s)
+        self._send(SAVE, job, countdown_s=countdown_s)
 
-    def webhook(self, job: Job) -> None:
-        self._send("fluxq.webhook", job)
+    def notify(self, job: Job) -> None:
+        self._send(NOTIFY, job)
 
     def callback(self, job: Job, payload: dict[str, object]) -> None:
         """Run the user's Celery signature with the job's outcome as keyword arguments."""

@@ -1,7 +1,7 @@
 """Prometheus metrics, gathered from Redis at scrape time by whichever process serves them.
 
 Workers serve nothing: everything here is read from the keys they already keep (counters,
-leases, lanes, batch hashes, ``workers/state/timings`` histograms), with a handful of round trips
+leases, lanes, batch hashes, ``workers/state/histograms``), with a handful of round trips
 whose number grows with the number of batches and cap groups, never with the number of jobs, so a
 scrape costs the same with ten jobs queued or a million. ``prometheus-client`` renders the text.
 """
@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fluxq.config.settings import Settings
-from fluxq.workers.state import keys, timings
+from fluxq.workers.state import histograms, keys
 from fluxq.workers.state.batches import read_batch_status
 from fluxq.workers.state.jobs import State
 from fluxq.workers.state.limiter import Caps, SlotLimiter
@@ -240,13 +240,14 @@ class FluxqCollector(Collector):
 
     def _histograms(self) -> Iterator[Metric]:
         helps = {
-            timings.SUBMIT_TO_READY: "Seconds from BFL's answer to the POST to the poll that saw "
-            "Ready",
-            timings.READY_TO_SAVED: "Seconds from the poll that saw Ready to the saved file",
+            histograms.SUBMIT_TO_READY: (
+                "Seconds from BFL's answer to the POST to the poll that saw Ready"
+            ),
+            histograms.READY_TO_SAVED: "Seconds from the poll that saw Ready to the saved file",
         }
         for name, text in helps.items():
             family = HistogramMetricFamily(f"fluxq_{name}_seconds", text, labels=["endpoint"])
-            for histogram in timings.read(self._redis, name):
+            for histogram in histograms.read(self._redis, name):
                 family.add_metric(
                     [histogram.endpoint], list(histogram.buckets), sum_value=histogram.total
                 )

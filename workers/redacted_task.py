@@ -56,7 +56,7 @@ class RedactedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         except ConfigError:
             return ()
         # The client's: every secret of the settings, and the webhook secret derived from them.
-        found: list[SecretStr | str | None] = list(rt.client.secrets)
+        found: list[SecretStr | str | None] = list(rt.bfl.secrets)
         secret = rt.settings.bfl_webhook_secret
         job_id = args[0] if args else kwargs.get("job_id", self.request.id)
         if secret is not None and isinstance(job_id, str):

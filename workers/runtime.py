@@ -35,7 +35,7 @@ class Dispatcher(Protocol):
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None: ...
 
-    def webhook(self, job: Job) -> None: ...
+    def notify(self, job: Job) -> None: ...
 
     def callback(self, job: Job, payload: dict[str, object]) -> None: ...
 
@@ -70,7 +70,7 @@ class Runtime:
     redis: redis.Redis[str]
     store: JobStore
     limiter: SlotLimiter
-    client: BFLClient
+    bfl: BFLClient
     dispatch: Dispatcher
     label: str
     leases: LeaseKeeper
@@ -79,7 +79,7 @@ class Runtime:
 
     def close(self) -> None:
         self.leases.close()
-        self.client.close()
+        self.bfl.close()
         self.redis.close()
 
 
@@ -113,7 +113,7 @@ def build_runtime(
         redis=client,
         store=JobStore(client, terminal_ttl_s=settings.job_ttl_s),
         limiter=limiter,
-        client=BFLClient(settings, transport=transport),
+        bfl=BFLClient(settings, transport=transport),
         dispatch=dispatch,
         label=label,
         leases=LeaseKeeper(limiter, clock=time.time),

@@ -108,7 +108,7 @@ class AllowedHosts:
         return ", ".join([*sorted(self.names), *(f"*{s}" for s in self.suffixes)])
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY only on a connection whose socket
     # says so. Without it every keep-alive response (headers, then body: two writes) waited
@@ -147,7 +147,7 @@ def api(
         fail(redis_failure(settings.redis_url, exc), cause=exc)
     finally:
         client.close()
-    sock = _bind(host, port)
+    sock = bind_listener(host, port)
     hosts = AllowedHosts.build(host, settings.api_allowed_hosts, settings.bfl_webhook_base_url)
     app = create_app(settings, hosts=hosts)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")

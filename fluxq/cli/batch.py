@@ -31,6 +31,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -41,11 +42,11 @@ from rich.text import Text
 from fluxq.cli.batch_view import (
     KeySlots,
     KeyView,
-    _as_json,
-    _credits,
-    _duration,
-    _status_lines,
+    credits_text,
+    duration_text,
     no_batch_message,
+    status_json,
+    status_lines,
 )
 from fluxq.cli.common import (
     console,
@@ -58,13 +59,13 @@ from fluxq.cli.common import (
 )
 from fluxq.cli.waits import WaitWatch, read_batch_view
 from fluxq.config.settings import Settings
-from fluxq.workers.files import ID_HINT, ID_PATTERN
 from fluxq.workers.state import keys
 from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
-from fluxq.workers.state.jobs import MAX_PRIORITY, State
+from fluxq.workers.state.jobs import State
 from fluxq.workers.state.store import JobStore
 
 if TYPE_CHECKING:
+    from fluxq.batch_submit import SubmitResult
     from fluxq.tasks.batches import EnqueueResult, ReportRow
     from fluxq.tasks.batchfile import LineError, Scan
     from fluxq.workers.runtime import Runtime
@@ -72,8 +73,6 @@ if TYPE_CHECKING:
 # The pipeline (tasks.*, Celery, the catalog's models) is imported inside the commands that act,
 # so that read-only commands (status, list) start in a fraction of a second.
 
-MAX_BATCH_NAME_CHARS = 64
-"""A batch name's limit: a line's job id is ``<batch>.<line id>`` (line ids up to 60)."""
 MAX_SHOWN_CONFLICTS = 20
 """Conflicting lines listed after a submit, like the bad lines of a refused file."""
 REJECTED_FILE = "rejected.jsonl"
@@ -109,16 +108,6 @@ def _status_or_exit(store: JobStore, name: str) -> BatchStatus:
     if status is None:
         fail(no_batch_message(name))
     return status
-
-
-def _check_name(name: str) -> None:
-    if len(name) > MAX_BATCH_NAME_CHARS:
-        fail(
-            f"--name {name[:20]}…: at most {MAX_BATCH_NAME_CHARS} characters "
-            "(a job id is <batch>.<line id>)"
-        )
-    if not ID_PATTERN.fullmatch(name):
-        fail(f"--name {name!r}: {ID_HINT}")
 
 
 def _dollars(credits: float) -> str:
@@ -252,7 +241,7 @@ def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
         kind = "an estimate: per-megapixel prices depend on image sizes"
     endpoints = ", ".join(f"{e} {n:,}" for e, n in sorted(scan.by_endpoint.items()))
     _say(f"jobs: {scan.valid:,} ({endpoints})")
-    _say(f"cost: {_credits(scan.credits)} credits = {_dollars(scan.credits)} ({kind})")
+    _say(f"cost: {credits_text(scan.credits)} credits = {_dollars(scan.credits)} ({kind})")
     learned = [_mean_s(settings, rt, e)[1] for e in scan.by_endpoint]
     source = "assumed, none observed yet"
     if all(learned):
@@ -260,47 +249,68 @@ def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
     elif any(learned):
         source = "learned for some endpoints, assumed for others"
     _say(
-        f"time: at least about {_duration(_expected_s(settings, rt, scan.by_endpoint))} "
+        f"time: at least about {duration_text(_expected_s(settings, rt, scan.by_endpoint))} "
         f"(mean generation time {source}; assumes all {settings.active_cap} slots stay busy)"
     )
 
 
-def _scan(
-    path: Path,
-    *,
-    endpoint: str | None,
-    params: dict[str, str],
-    fmt: str | None,
-    spool: TextIO,
-    rejected: TextIO | None,
-) -> Scan:
-    from fluxq.tasks.batchfile import scan_file  # lazy: the pipeline loads only when acting
+class _SubmitView:
+    """``batch submit``'s side of ``submit_file`` (a ``SubmitWatch``): a bar while the file is
+    read; before any line goes in, the bad lines it skips and the estimate; a bar while they go in.
+    """
 
-    with _scan_progress() as bar:
-        task = bar.add_task(f"checking {path.name}", total=None)
-        try:
-            return scan_file(
-                path,
-                endpoint=endpoint,
-                params=params,
-                fmt=fmt,
-                spool=spool,
-                rejected=rejected,
-                progress=lambda lines: bar.update(task, completed=lines),
-            )
-        except (ValueError, OSError) as exc:
-            fail(str(exc))
+    def __init__(
+        self,
+        settings: Settings,
+        rt: Runtime | None,
+        job: _Submit,
+        rejected_path: Path,
+        written: Path,
+        rejected: TextIO | None,
+    ) -> None:
+        self.settings = settings
+        self.rt = rt
+        self.job = job
+        self.rejected_path = rejected_path
+        self.written = written
+        self.rejected = rejected
+        self.adding_lines = False
+        """True once lines may have gone in (a Ctrl-C then says the re-run adds the rest)."""
+        self._bars = ExitStack()
+        self._bar: Progress | None = None
+        self._task = TaskID(0)
 
+    def __enter__(self) -> _SubmitView:
+        self._show(_scan_progress(), f"checking {self.job.file.name}", None)
+        return self
 
-def _refuse_bad_lines(scan: Scan, skip_invalid: bool, rejected_path: Path) -> None:
-    if not scan.error_count:
-        return
-    _print_errors(scan)
-    if not skip_invalid:
-        fail(
-            f"nothing enqueued: {scan.error_count:,} of {scan.lines:,} lines are invalid "
-            f"(--skip-invalid enqueues the rest and writes them to {rejected_path})"
-        )
+    def __exit__(self, *exc: object) -> None:
+        self._bars.close()
+
+    def _show(self, bar: Progress, description: str, total: int | None) -> None:
+        self._bar = self._bars.enter_context(bar)
+        self._task = bar.add_task(description, total=total)
+
+    def _update(self, completed: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed)
+
+    def scanning(self, lines: int) -> None:
+        self._update(lines)
+
+    def checked(self, scan: Scan) -> None:
+        self._bars.close()  # the scan's bar goes before anything is said
+        _print_errors(scan)  # with --skip-invalid: the lines left out
+        if self.rejected is not None and scan.error_count:
+            self.rejected.close()
+            _keep_rejected(scan, self.written, self.rejected_path)
+        _print_estimate(self.settings, self.rt, scan)
+        if not (self.job.dry_run or self.rt is None):
+            self._show(_enqueue_progress(), f"adding to batch {self.job.name}", scan.valid)
+            self.adding_lines = True
+
+    def adding(self, seen: int) -> None:
+        self._update(seen)
 
 
 def _keep_rejected(scan: Scan, written: Path, rejected_path: Path) -> None:
@@ -310,32 +320,6 @@ def _keep_rejected(scan: Scan, written: Path, rejected_path: Path) -> None:
     except OSError as exc:
         fail(f"nothing enqueued: cannot write {rejected_path}: {exc.strerror or exc}")
     _warn(f"skipped {scan.error_count:,} invalid lines: written to {rejected_path}")
-
-
-def _enqueue(
-    rt: Runtime, name: str, spool: TextIO, scan: Scan, priority: int, budget: float | None
-) -> EnqueueResult:
-    from fluxq.tasks.batches import enqueue_entries  # lazy: the pipeline loads only when acting
-    from fluxq.tasks.batchfile import Entry  # lazy: the pipeline loads only when acting
-
-    spool.seek(0)
-    try:
-        with _enqueue_progress() as bar:
-            task = bar.add_task(f"adding to batch {name}", total=scan.valid)
-            return enqueue_entries(
-                rt,
-                name,
-                (Entry.decode(line.rstrip("\n")) for line in spool),
-                priority=priority,
-                budget=budget,
-                progress=lambda seen: bar.update(task, completed=seen),
-            )
-    except KeyboardInterrupt:
-        _warn(
-            f"fluxq: interrupted: some lines of batch {name} were added; the same command "
-            "again adds only the rest"
-        )
-        raise typer.Exit(code=130) from None
 
 
 def _print_result(rt: Runtime, name: str, result: EnqueueResult, *, hints: bool = True) -> int:
@@ -363,12 +347,21 @@ def _print_result(rt: Runtime, name: str, result: EnqueueResult, *, hints: bool 
     return 1 if conflicts else 0
 
 
-def _check_submit_options(name: str, priority: int, budget: float | None) -> None:
-    _check_name(name)
-    if not 0 <= priority <= MAX_PRIORITY:
-        fail(f"--priority {priority}: must be 0..{MAX_PRIORITY}")
-    if budget is not None and not budget > 0:
-        fail(f"--budget {budget:g}: must be a number of credits above 0")
+def _check_submit_options(
+    name: str, endpoint: str | None, priority: int, budget: float | None
+) -> None:
+    """The first bad option, as ``--option value: why`` (the limits of ``batch_problems``)."""
+    from fluxq.batch_submit import batch_problems  # lazy: the pipeline loads only when acting
+
+    problems = batch_problems(name, endpoint=endpoint, priority=priority, budget=budget)
+    if problems:
+        given = {
+            "name": f" {name[:20]!r}…" if len(name) > 20 else f" {name!r}",
+            "priority": f" {priority}",
+            "budget": f" {budget:g}" if budget is not None else "",
+        }
+        option = str(problems[0].loc[0])
+        fail(f"--{option}{given.get(option, '')}: {problems[0].msg}")
 
 
 @batch_app.command("submit")
@@ -404,7 +397,7 @@ def submit(
     from fluxq.tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
-    _check_submit_options(name, priority, budget)
+    _check_submit_options(name, endpoint, priority, budget)
     try:
         params = parse_params(param)
     except ValueError as exc:
@@ -435,49 +428,70 @@ class _Submit:
     skip_invalid: bool
 
 
-def _refuse_cancelled(rt: Runtime | None, name: str) -> None:
-    from fluxq.tasks.batches import batch_status  # lazy: the pipeline loads only when acting
-
-    existing = None if rt is None else batch_status(rt, name)
-    if existing is not None and existing.paused == "cancelled":
-        fail(f"batch {name} was cancelled: submit the file under another --name")
-
-
 def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool = True) -> int:
     """Scan, then (unless a dry run) enqueue; the exit code (1: some lines conflicted).
     ``hints``: end with the commands that watch and report the batch."""
-    from fluxq.tasks.batches import set_output  # lazy: the pipeline loads only when acting
-
-    _refuse_cancelled(rt, job.name)
     rejected_path = _batch_dir(settings, rt, job.name, job.out) / REJECTED_FILE
     keep = job.skip_invalid and not job.dry_run
     with tempfile.TemporaryDirectory(prefix="fluxq-batch-") as tmp, ExitStack() as files:
-        spool = files.enter_context((Path(tmp) / "spool").open("w+", encoding="utf-8"))
         written = Path(tmp) / REJECTED_FILE
         rejected = files.enter_context(written.open("w", encoding="utf-8")) if keep else None
-        scan = _scan(
-            job.file,
-            endpoint=job.endpoint,
-            params=job.params,
-            fmt=job.fmt,
-            spool=spool,
-            rejected=rejected,
+        view = _SubmitView(settings, rt, job, rejected_path, written, rejected)
+        submitted = _submit_file(rt, job, view)
+    if submitted.dry_run or rt is None:
+        _say(f"dry run: nothing enqueued ({submitted.lines:,} lines checked)")
+        return 0
+    return _print_result(rt, job.name, submitted.enqueued, hints=hints)
+
+
+def _submit_file(rt: Runtime | None, job: _Submit, view: _SubmitView) -> SubmitResult:
+    """``submit_file`` with each refusal one line (exit 2), and a Ctrl-C while lines go in."""
+    from fluxq.batch_submit import (  # lazy: the pipeline loads only when acting
+        BadLines,
+        CancelledBatch,
+        FileRefused,
+        NoLines,
+        submit_file,
+    )
+
+    try:
+        with view:
+            return submit_file(
+                rt,
+                job.file,
+                name=job.name,
+                endpoint=job.endpoint,
+                params=job.params,
+                fmt=job.fmt,
+                priority=job.priority,
+                budget=job.budget,
+                out=None if job.out is None else job.out.resolve(),
+                skip_invalid=job.skip_invalid,
+                rejected=view.rejected,
+                dry_run=job.dry_run,
+                watch=view,
+            )
+    except CancelledBatch:
+        fail(f"batch {job.name} was cancelled: submit the file under another --name")
+    except BadLines as exc:
+        _print_errors(exc.scan)
+        fail(
+            f"nothing enqueued: {exc.scan.error_count:,} of {exc.scan.lines:,} lines are invalid "
+            f"(--skip-invalid enqueues the rest and writes them to {view.rejected_path})"
         )
-        if rejected is not None:
-            rejected.close()
-        _refuse_bad_lines(scan, job.skip_invalid, rejected_path)
-        if not scan.valid:
-            fail(f"nothing to enqueue: {job.file} has no valid lines")
-        if keep and scan.error_count:
-            _keep_rejected(scan, written, rejected_path)
-        _print_estimate(settings, rt, scan)
-        if job.dry_run or rt is None:
-            _say(f"dry run: nothing enqueued ({scan.lines:,} lines checked)")
-            return 0
-        if job.out is not None:
-            set_output(rt, job.name, job.out.resolve())
-        result = _enqueue(rt, job.name, spool, scan, job.priority, job.budget)
-        return _print_result(rt, job.name, result, hints=hints)
+    except NoLines as exc:
+        _print_errors(exc.scan)  # with --skip-invalid: every line is bad
+        fail(str(exc))
+    except (FileRefused, OSError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        if not view.adding_lines:
+            raise
+        _warn(
+            f"fluxq: interrupted: some lines of batch {job.name} were added; the same command "
+            "again adds only the rest"
+        )
+        raise typer.Exit(code=130) from None
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -488,10 +502,10 @@ def _one_line(status: BatchStatus) -> str:
     text = (
         f"batch {status.batch}: {counts[State.DONE.value]:,} done, "
         f"{counts[State.FAILED.value]:,} failed, {counts[State.CANCELLED.value]:,} cancelled, "
-        f"{status.waiting:,} waiting of {status.total:,}; spent {_credits(status.spent)}"
+        f"{status.waiting:,} waiting of {status.total:,}; spent {credits_text(status.spent)}"
     )
     if status.budget is not None:
-        text += f" of budget {_credits(status.budget)}"
+        text += f" of budget {credits_text(status.budget)}"
     if status.paused:
         text += f"; paused: {status.paused}"
     return text
@@ -507,7 +521,7 @@ def _render(
     head = Table.grid(padding=(0, 1))
     head.add_row(bar, Text(f"{ended:,} of {status.total:,} lines ended"))
     view = None if slots is None else KeyView(slots, None)
-    lines = [*_status_lines(status, view), *(f"  {n}" for n in notes)]
+    lines = [*status_lines(status, view), *(f"  {n}" for n in notes)]
     return Group(head, Text("\n".join(lines)))
 
 
@@ -614,9 +628,9 @@ def status_command(
         status = watched.status
     view = read_batch_view(store.redis, settings, status, now_s=time.time())
     if as_json:
-        typer.echo(json.dumps(_as_json(status, view)))
+        typer.echo(json.dumps(status_json(status, view)))
     else:
-        for line in _status_lines(status, view):
+        for line in status_lines(status, view):
             _say_plain(line)
     if watched is not None and not watched.interrupted:
         failed = status.counts.get(State.FAILED.value, 0)
@@ -635,7 +649,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON arra
     found = (read_batch_status(store, batch, now_s=now) for batch in store.batches())
     statuses = [status for status in found if status is not None]
     if as_json:
-        typer.echo(json.dumps([_as_json(status) for status in statuses]))
+        typer.echo(json.dumps([status_json(status) for status in statuses]))
         return
     if not statuses:
         _say("no batches yet (`fluxq batch submit FILE --name N` makes one)")
@@ -648,7 +662,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="A JSON arra
             f"{s.counts[State.DONE.value]:,}",
             f"{s.counts[State.FAILED.value]:,}",
             f"{s.waiting:,}",
-            _credits(s.spent),
+            credits_text(s.spent),
             Text(s.paused or ""),
         )
     console.print(table)

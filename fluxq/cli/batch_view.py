@@ -30,7 +30,7 @@ def no_batch_message(name: str) -> str:
     return f"no batch named {name} (`fluxq batch list` shows every batch)"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes = round(seconds / 60)
@@ -39,11 +39,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _credits(value: float) -> str:
+def credits_text(value: float) -> str:
     return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
-def _as_json(status: BatchStatus, view: KeyView | None = None) -> dict[str, Any]:
+def status_json(status: BatchStatus, view: KeyView | None = None) -> dict[str, Any]:
     """The status as JSON; with ``view``, also the key's ``slots`` and the ``wait_reason``."""
     data = dataclasses.asdict(status)
     data["waiting"] = status.waiting
@@ -54,7 +54,7 @@ def _as_json(status: BatchStatus, view: KeyView | None = None) -> dict[str, Any]
     return data
 
 
-def _status_lines(status: BatchStatus, view: KeyView | None = None) -> list[str]:
+def status_lines(status: BatchStatus, view: KeyView | None = None) -> list[str]:
     """The status as text; with ``view`` (while the batch is not finished), also the key's slots
     and, when it is blocked, why."""
     name, counts = status.batch, status.counts
@@ -63,11 +63,12 @@ def _status_lines(status: BatchStatus, view: KeyView | None = None) -> list[str]
         "  " + "  ".join(f"{state} {counts.get(state, 0):,}" for state in STATE_ORDER),
     ]
     if status.images_per_minute is not None:
-        eta = "—" if status.eta_s is None or status.finished else _duration(status.eta_s)
+        eta = "—" if status.eta_s is None or status.finished else duration_text(status.eta_s)
         lines.append(f"  {status.images_per_minute:,.1f} images/min, ETA {eta}")
-    money = f"  credits: spent {_credits(status.spent)}, committed {_credits(status.committed)}"
+    spent, committed = credits_text(status.spent), credits_text(status.committed)
+    money = f"  credits: spent {spent}, committed {committed}"
     if status.budget is not None:
-        money += f", budget {_credits(status.budget)}"
+        money += f", budget {credits_text(status.budget)}"
     lines.append(money)
     if status.paused == "budget":
         lines.append(f"  paused: budget — `fluxq batch resume {name} --budget MORE`")
@@ -233,7 +234,7 @@ def key_slots_from(
     doubtful_ids = {job_id for job_id, _ in doubt}
     values = [_text(value) for value in _items(cap_state)]
     state = dict(zip(CAP_FIELDS, values, strict=True))
-    effective, next_step = _effective_cap(key_cap, state, now_s, aimd_interval_s)
+    effective, next_step = effective_cap_and_step(key_cap, state, now_s, aimd_interval_s)
     kind, detail, until = _pause(state, now_s)
     holders = [_text(member) or "" for member in _items(members)]
     return KeySlots(
@@ -270,7 +271,7 @@ def with_holders(slots: KeySlots, replies: Sequence[object]) -> KeySlots:
     return dataclasses.replace(slots, sending=sending, stale=stale, by_batch=ranked)
 
 
-def _effective_cap(
+def effective_cap_and_step(
     key_cap: int, state: Mapping[str, str | None], now_s: float, interval_s: float
 ) -> tuple[int, float | None]:
     """``aimd_effective_cap``, and when the cut cap regains its next slot."""

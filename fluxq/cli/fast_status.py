@@ -47,13 +47,13 @@ from urllib.parse import unquote, urlsplit
 
 from fluxq.cli.batch_view import (
     KeyView,
-    _as_json,
-    _status_lines,
     batch_reason,
     holder_reads,
     key_slots_from,
     no_batch_message,
     slot_reads,
+    status_json,
+    status_lines,
     with_holders,
 )
 from fluxq.config.redis_url import check_redis_url
@@ -348,8 +348,8 @@ def _render(
         return "", f"fluxq: {no_batch_message(name)}\n", USER_ERROR_EXIT
     status, view = found
     if as_json:
-        return json.dumps(_as_json(status, view)) + "\n", "", 0
-    lines = _status_lines(status, view)
+        return json.dumps(status_json(status, view)) + "\n", "", 0
+    lines = status_lines(status, view)
     # The normal command prints these lines with rich, markup, highlighting and emoji off
     # (``batch._say_plain``): only control characters are changed by it.
     if any(_CONTROL.search(line) for line in lines):

@@ -32,12 +32,11 @@ import typer
 from pydantic import SecretStr
 
 from fluxq.cli import batch as batch_cli
-from fluxq.cli.batch_view import _status_lines
+from fluxq.cli.batch_view import status_lines
 from fluxq.cli.common import console, err_console, fail, runtime_or_exit, settings_or_exit
 from fluxq.cli.waits import WaitWatch
 from fluxq.config.celery import DEFAULT_THREADS
 from fluxq.config.settings import Settings
-from fluxq.workers.files import ID_HINT, ID_PATTERN
 from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus, read_batch_status
 from fluxq.workers.state.jobs import State
 
@@ -68,12 +67,12 @@ def _note(text: str) -> None:
 def _batch_name(file: Path, name: str | None) -> str:
     if name is not None:
         return name
+    from fluxq.batch_submit import name_problem  # lazy: the pipeline loads only when acting
+
     stem = file.stem
-    if not ID_PATTERN.fullmatch(stem) or len(stem) > batch_cli.MAX_BATCH_NAME_CHARS:
-        fail(
-            f"the file's name {stem[:40]!r} cannot name a batch ({ID_HINT}; at most "
-            f"{batch_cli.MAX_BATCH_NAME_CHARS} characters): give one with --name"
-        )
+    problem = name_problem(stem)
+    if problem is not None:
+        fail(f"the file's name {stem[:40]!r} cannot name a batch ({problem}): give one with --name")
     return stem
 
 
@@ -131,7 +130,7 @@ def run_command(
 
     settings = settings_or_exit()
     batch = _batch_name(file, name)
-    batch_cli._check_submit_options(batch, DEFAULT_BATCH_PRIORITY, budget)
+    batch_cli._check_submit_options(batch, endpoint, DEFAULT_BATCH_PRIORITY, budget)
     try:
         params = parse_params(param)
     except ValueError as exc:
@@ -268,7 +267,7 @@ def _summarise(batch: str, outcome: _Outcome) -> int:
     if status is None:  # nothing was added (every line conflicted)
         _say(f"batch {batch}: nothing to run")
         return 1
-    for line in _status_lines(status):
+    for line in status_lines(status):
         _say(line)
     counts = status.counts
     done, failed = counts[State.DONE.value], counts[State.FAILED.value]

@@ -10,7 +10,8 @@ import pytest
 
 from fluxq.config.catalog import estimate_credits, validate_request
 from fluxq.workers.state.limiter import PauseKind
-from tests.faults.conftest import (
+from tests.support.env import KEY
+from tests.support.faults import (
     FaultCluster,
     assert_common,
     judge,
@@ -18,7 +19,6 @@ from tests.faults.conftest import (
     unreadable,
     wait_until,
 )
-from tests.integration.conftest import KEY
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

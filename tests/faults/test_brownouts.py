@@ -30,7 +30,8 @@ import pytest
 
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.state.jobs import Job, State
-from tests.faults.conftest import (
+from tests.support.env import KEY
+from tests.support.faults import (
     FaultCluster,
     FaultReport,
     assert_common,
@@ -39,7 +40,6 @@ from tests.faults.conftest import (
     sweep_actions,
     wait_until,
 )
-from tests.integration.conftest import KEY
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

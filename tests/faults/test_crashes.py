@@ -11,7 +11,8 @@ import pytest
 
 from fluxq.simulator.server import SimulatorServer
 from fluxq.tasks.enqueue import enqueue
-from tests.faults.conftest import (
+from tests.support.env import KEY
+from tests.support.faults import (
     FaultCluster,
     assert_common,
     children_of,
@@ -21,7 +22,6 @@ from tests.faults.conftest import (
     sweep_actions,
     wait_until,
 )
-from tests.integration.conftest import KEY
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

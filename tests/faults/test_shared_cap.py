@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import FaultCluster, assert_common, judge
+from tests.support.faults import FaultCluster, assert_common, judge
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 

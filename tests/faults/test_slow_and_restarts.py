@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import (
+from tests.support.faults import (
     FaultCluster,
     RestartableRedis,
     alive,

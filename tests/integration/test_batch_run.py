@@ -19,7 +19,8 @@ import pytest
 
 from fluxq.tasks.batches import BatchStatus, batch_status
 from fluxq.workers.state import keys
-from tests.integration.conftest import KEY, Cluster
+from tests.support.cluster import Cluster
+from tests.support.env import KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -18,10 +18,10 @@ from pydantic import SecretStr
 from fluxq.client import Client
 from fluxq.workers.bfl import webhooks
 from fluxq.workers.state.jobs import State
-from tests.conftest import settings_for
-from tests.integration.conftest import KEY, Cluster
-from tests.integration.embedded import wait_until
-from tests.integration.test_api import ApiServer, free_port
+from tests.support.api import ApiServer
+from tests.support.cluster import Cluster
+from tests.support.env import KEY, settings_for
+from tests.support.net import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

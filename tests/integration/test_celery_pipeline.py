@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from fluxq.tasks.enqueue import enqueue
-from tests.integration.conftest import KEY, Cluster
+from tests.support.cluster import Cluster
+from tests.support.env import KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

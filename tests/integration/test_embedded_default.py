@@ -30,8 +30,8 @@ from fluxq.workers.process.embedded_redis import (
     read_state,
 )
 from fluxq.workers.state import keys
-from tests.integration.conftest import FAST_ENV, KEY
-from tests.integration.embedded import (
+from tests.support.cluster import FAST_ENV
+from tests.support.embedded import (
     clean_env,
     client_of,
     embedded,
@@ -42,6 +42,7 @@ from tests.integration.embedded import (
     stop_process,
     wait_until,
 )
+from tests.support.env import KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

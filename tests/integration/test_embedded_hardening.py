@@ -23,7 +23,7 @@ from fluxq.workers.process.embedded_redis import (
     read_state,
     stop_shared,
 )
-from tests.integration.embedded import server_pids_in, stop_embedded
+from tests.support.embedded import server_pids_in, stop_embedded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

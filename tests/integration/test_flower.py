@@ -24,8 +24,8 @@ import pytest
 
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.process.embedded_redis import free_port
-from tests.integration.conftest import Cluster
-from tests.integration.embedded import wait_until
+from tests.support.cluster import Cluster
+from tests.support.net import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -37,8 +37,6 @@ from fluxq.workers.bfl.webhooks import job_token, key_secret
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.process.embedded_redis import free_port
 from fluxq.workers.state.keys import key_label
-from tests.conftest import settings_for
-from tests.integration.conftest import cluster_env
 from tests.integration.test_flower import (
     AUTH_ENV,
     PASSWORD,
@@ -48,10 +46,11 @@ from tests.integration.test_flower import (
     in_group,
     running_flower,
 )
+from tests.support.cluster import cluster_env
+from tests.support.env import KEY, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-KEY = "flower-leak-key-5d8e1b7c"
 HOOK_SECRET = "flower-leak-bfl-hook-secret-9a7c5e3b1d"
 OWN_SECRET = "flower-leak-own-hook-secret-2468ace0"
 JOB = "leaky-job-1"
@@ -62,7 +61,7 @@ TASKS = {
     "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
     "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
     "fluxq.save": ("fluxq.tasks.save", "save_job"),
-    "fluxq.webhook": ("fluxq.tasks.callbacks", "deliver_webhook"),
+    "fluxq.webhook": ("fluxq.tasks.notify", "deliver_notification"),
     "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
 }
 """Each fluxq task and the function holding its work, which the wrapper makes raise."""
@@ -75,8 +74,8 @@ WRAPPER = '''\
 
 import sys
 
-import fluxq.tasks.callbacks
 import fluxq.tasks.enqueue
+import fluxq.tasks.notify
 import fluxq.tasks.poll
 import fluxq.tasks.save
 import fluxq.tasks.submit

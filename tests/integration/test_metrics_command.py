@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,13 +15,11 @@ from pydantic import SecretStr
 from fluxq.workers.process.children import start_child, stop_child
 from fluxq.workers.process.embedded_redis import free_port
 from fluxq.workers.state import keys
-
-KEY = "metrics-command-key"
+from tests.support.env import KEY, clean_env
 
 
 def env_for(redis_url: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_")}
-    return clean | {"FLUXQ_REDIS_URL": redis_url, "BFL_API_KEY": KEY}
+    return clean_env() | {"FLUXQ_REDIS_URL": redis_url, "BFL_API_KEY": KEY}
 
 
 def samples(text: str) -> dict[str, float]:

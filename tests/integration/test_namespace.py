@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Cluster
+from tests.support.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -17,9 +17,9 @@ import redis
 
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.state.jobs import State
-from tests.integration.conftest import Cluster
-from tests.integration.test_api import AUTH, TOKEN, ApiServer
-from tests.s3_server import isolated_aws_env, running_moto
+from tests.support.api import AUTH, TOKEN, ApiServer
+from tests.support.cluster import Cluster
+from tests.support.s3 import isolated_aws_env, running_moto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -21,18 +21,14 @@ import pytest
 from fluxq.simulator.server import SimulatorServer
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.process.embedded_redis import read_state
-from tests.integration.conftest import FAST_ENV, KEY, Cluster
-from tests.integration.embedded import stop_embedded, wait_until
+from tests.support.cluster import FAST_ENV, Cluster
+from tests.support.embedded import stop_embedded, wait_until
+from tests.support.env import KEY, clean_env
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 USER_MODULE = 'raise RuntimeError("user tasks imported")\n'
-
-
-def clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_") and k != "BFL_API_KEY"
-    }
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -77,13 +73,6 @@ def kill_left_over(pids: Iterable[int]) -> None:
         if live(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def accepts(port: int) -> bool:

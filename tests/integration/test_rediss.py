@@ -38,8 +38,8 @@ from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import celery_runtime
 from fluxq.workers.process.embedded_redis import free_port
-from tests.conftest import settings_for
-from tests.integration.conftest import FAST_ENV, KEY, Cluster, cluster_env
+from tests.support.cluster import FAST_ENV, Cluster, cluster_env
+from tests.support.env import KEY, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -22,8 +22,8 @@ import redis
 from fluxq.simulator import SimConfig, parse_latency, running_simulator
 from fluxq.workers.process.embedded_redis import pid_alive
 from fluxq.workers.state import keys
-from tests.integration.conftest import FAST_ENV, KEY
-from tests.integration.embedded import (
+from tests.support.cluster import FAST_ENV
+from tests.support.embedded import (
     clean_env,
     client_of,
     embedded,
@@ -33,6 +33,7 @@ from tests.integration.embedded import (
     stop_process,
     wait_until,
 )
+from tests.support.env import KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -24,9 +24,9 @@ from fluxq.simulator.server import SimulatorServer
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.state.keys import key_label
 from fluxq.workers.state.limiter import Caps, PauseKind, SlotLimiter
-from tests.conftest import settings_for
-from tests.integration.conftest import FAST_ENV, KEY, Cluster
-from tests.integration.embedded import clean_env, fluxq, fluxq_argv, stop_process, wait_until
+from tests.support.cluster import FAST_ENV, Cluster
+from tests.support.embedded import clean_env, fluxq, fluxq_argv, stop_process, wait_until
+from tests.support.env import KEY, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -5,7 +5,6 @@ Plus invariant 5: the API key appears nowhere in Redis, Celery messages, logs or
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,15 +16,10 @@ import pytest
 from celery import Celery
 
 from fluxq.tasks.enqueue import enqueue
-from tests.integration.conftest import KEY, Cluster
+from tests.support.cluster import Cluster
+from tests.support.env import KEY, clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_") and k != "BFL_API_KEY"
-    }
 
 
 def test_the_demo_runs_end_to_end_with_simulator_and_embedded_redis_and_says_so(

@@ -16,7 +16,7 @@ from fluxq.tasks.batchfile import Entry
 from fluxq.tasks.enqueue import enqueue, enqueue_message, refuse_message
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 CAP = 3
 

@@ -1,7 +1,7 @@
 """Webhook mode through the real task logic: the simulator calls back, ``receive`` settles it.
 
 A loopback receiver stands where ``fluxq api`` would: it records what the simulator POSTs (path,
-headers, body), and each test hands that, unchanged, to ``tasks.bfl_webhook.receive``.
+headers, body), and each test hands that, unchanged, to ``fluxq.api_bfl_webhooks.receive``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from pydantic import SecretStr
 
-from fluxq.tasks.bfl_webhook import Answer, receive, submit_fields
+from fluxq.api_bfl_webhooks import Answer, receive
 from fluxq.tasks.enqueue import enqueue
-from fluxq.tasks.submit import SubmitCrashed, submit_job
+from fluxq.tasks.submit import SubmitCrashed, submit_job, webhook_fields
 from fluxq.tasks.sweep import SAFETY_POLLED, sweep
 from fluxq.workers.bfl import webhooks
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import JobField, State
-from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_metrics import scrape
-from tests.simulator.conftest import Received, WebhookReceiver, webhook_receiver
+from tests.support.pipeline import Pipeline
+from tests.support.webhooks import Received, WebhookReceiver, webhook_receiver
 
 __all__ = ["webhook_receiver"]  # the receiver fixture, shared with the simulator's tests
 
@@ -248,10 +248,10 @@ def test_a_submit_that_crashes_never_shows_the_webhook_secret_or_the_job_token(
     def crash(endpoint: str, body: dict[str, object]) -> object:
         raise TypeError(f"cannot handle {body!r}")
 
-    monkeypatch.setattr(pipeline.rt.client, "submit_json", crash)
+    monkeypatch.setattr(pipeline.rt.bfl, "submit_json", crash)
     job_id = enqueue(pipeline.rt, "flux-dev", REQUEST)
     job = pipeline.job(job_id)
-    fields = submit_fields(pipeline.rt, job)
+    fields = webhook_fields(pipeline.rt, job)
     # When the submit runs, what Celery would log and Flower show is redacted of both secrets
     with pytest.raises(SubmitCrashed) as crashed:
         submit_job(pipeline.rt, job_id)

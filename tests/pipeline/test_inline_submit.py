@@ -1,4 +1,5 @@
-"""``fluxq api``'s own submits (``tasks.inline_submit``): the real task logic against the simulator.
+"""``fluxq api``'s own submits (``fluxq.api_inline_submit``): the real task logic against the
+simulator.
 
 The Pipeline's recording dispatcher stands for Celery: what ``InlineSubmits`` hands to the
 workers lands there, and the tests run it as a worker would (``pipeline.drain``).
@@ -12,14 +13,14 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from fluxq.tasks.bfl_webhook import Answer, receive
+from fluxq.api_bfl_webhooks import Answer, receive
+from fluxq.api_inline_submit import COUNTER, InlineSubmits
 from fluxq.tasks.enqueue import enqueue
-from fluxq.tasks.inline_submit import COUNTER, InlineSubmits
 from fluxq.workers.bfl import webhooks
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
-from tests.simulator.conftest import WebhookReceiver, webhook_receiver
+from tests.support.pipeline import Pipeline
+from tests.support.webhooks import WebhookReceiver, webhook_receiver
 
 __all__ = ["webhook_receiver"]
 
@@ -103,13 +104,13 @@ def test_an_error_that_is_not_bfls_answer_hands_the_job_over_and_it_is_never_pai
     pipeline: Pipeline, inline: InlineSubmits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _worker_seen(pipeline)
-    real_submit = pipeline.rt.client.submit_json
+    real_submit = pipeline.rt.bfl.submit_json
 
     def answer_lost_in_a_bug(endpoint: str, body: dict[str, object]) -> object:
         real_submit(endpoint, body)  # BFL created (and billed) the task...
         raise RuntimeError("a bug after the POST")  # ...and its answer never got recorded
 
-    monkeypatch.setattr(pipeline.rt.client, "submit_json", answer_lost_in_a_bug)
+    monkeypatch.setattr(pipeline.rt.bfl, "submit_json", answer_lost_in_a_bug)
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "buggy"})
     inline.close()
     monkeypatch.undo()

@@ -18,7 +18,7 @@ from fluxq.tasks.sweep import sweep
 from fluxq.workers.bfl.outcomes import doubt_hold_s
 from fluxq.workers.state.jobs import JobField, State
 from fluxq.workers.state.lease_keeper import LeaseKeeper
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 SHORT_LEASE_S = 0.3
 SLOW_POST_S = 1.2

@@ -14,7 +14,7 @@ from fluxq.tasks.batchfile import Entry
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.metrics import registry_for
 from fluxq.workers.state.limiter import PauseKind
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 CAP = 3
 

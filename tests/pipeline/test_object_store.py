@@ -29,8 +29,8 @@ from fluxq.api import create_app
 from fluxq.tasks.enqueue import enqueue
 from fluxq.tasks.save import save_job, staging_path
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
-from tests.s3_server import isolated_aws_env, running_moto
+from tests.support.pipeline import Pipeline
+from tests.support.s3 import isolated_aws_env, running_moto
 
 with warnings.catch_warnings():
     # Starlette 1.x warns that its TestClient on httpx (not httpx2) is deprecated; it works.

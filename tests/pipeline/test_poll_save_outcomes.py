@@ -21,7 +21,7 @@ from fluxq.tasks.sweep import sweep
 from fluxq.workers.bfl.client import BFLClient
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 
 def test_pending_polls_adapt_to_the_observed_latency_and_stay_few(
@@ -112,8 +112,8 @@ def test_an_unknown_status_is_terminal_never_an_endless_poll(pipeline: Pipeline)
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": "x", "status": "Failed"})
 
-    pipeline.rt.client.close()
-    pipeline.rt.client = BFLClient(pipeline.rt.settings, transport=httpx.MockTransport(handler))
+    pipeline.rt.bfl.close()
+    pipeline.rt.bfl = BFLClient(pipeline.rt.settings, transport=httpx.MockTransport(handler))
     # When it is polled, Then polling ends with a failure naming the status
     assert poll_job(pipeline.rt, job_id) is None
     job = pipeline.job(job_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 CAP = 3
 

@@ -23,7 +23,8 @@ from fluxq.workers.bfl.client import BFLClient
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import NewJob, State
 from fluxq.workers.state.limiter import PauseKind
-from tests.pipeline.conftest import KEY, Pipeline
+from tests.support.env import KEY
+from tests.support.pipeline import Pipeline
 
 
 def answer_submits_with(
@@ -37,8 +38,8 @@ def answer_submits_with(
             return httpx.Response(status, json={"detail": "busy"}, headers=headers)
         return real.handle_request(request)
 
-    pipeline.rt.client.close()
-    pipeline.rt.client = BFLClient(pipeline.rt.settings, transport=httpx.MockTransport(handler))
+    pipeline.rt.bfl.close()
+    pipeline.rt.bfl = BFLClient(pipeline.rt.settings, transport=httpx.MockTransport(handler))
 
 
 def test_a_job_flows_from_enqueue_to_a_saved_image_with_a_matching_sidecar(

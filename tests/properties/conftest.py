@@ -1,11 +1,6 @@
-"""Fixtures for the property tests: the pipeline tests' simulator-backed pipeline, and a
-Runtime on the real Redis whose dispatcher only records (enqueue admits and sends submits)."""
+"""Fixtures for the property tests: the pipeline tests' simulator-backed pipeline
+(tests/support/pipeline.py); the root conftest's ``runtime`` records what enqueue sends."""
 
 from __future__ import annotations
 
-from tests.pipeline.conftest import (  # noqa: F401 - fixtures, found by name
-    InlineDispatcher,
-    make_pipeline,
-    pipeline,
-    sim,
-)
+from tests.support.pipeline import make_pipeline, pipeline, sim  # noqa: F401 - fixtures, by name

@@ -3,7 +3,6 @@ exists in Redis (exit 0) or names a problem (exit 2); never another exit code or
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from fluxq.cli import app
 from fluxq.workers.state.store import JobStore
+from tests.support.env import scrub_env
 
 runner = CliRunner()
 
@@ -43,11 +43,8 @@ def enqueue_args(draw: st.DrawFn) -> list[str]:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("FLUXQ_") or name == "BFL_API_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(str(tmp_path))
+def scrubbed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    scrub_env(monkeypatch, tmp_path)
 
 
 @settings(
@@ -55,7 +52,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 )
 @given(args=enqueue_args())
 def test_enqueue_either_enqueues_or_exits_2_naming_a_problem(
-    clean_env: None, redis_url: str, args: list[str]
+    scrubbed: None, redis_url: str, args: list[str]
 ) -> None:
     flush = redis.Redis.from_url(redis_url)
     flush.flushdb()

@@ -13,7 +13,7 @@ import pytest
 from fluxq.config.errors import InvalidRequest
 from fluxq.tasks.enqueue import enqueue
 from fluxq.workers.state.jobs import State
-from tests.pipeline.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 
 def sha256_of(path: Path) -> str:

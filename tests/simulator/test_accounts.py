@@ -15,7 +15,8 @@ from fluxq.config.errors import NotAuthorised, OutOfCredits
 from fluxq.config.requests import Flux2Inputs, FluxPro11Inputs
 from fluxq.simulator import SimulatorServer, account_label
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import wait_terminal
 
 
 def test_a_submitted_task_becomes_ready_with_its_sample_prompt_and_seed(client: BFLClient) -> None:

@@ -11,7 +11,8 @@ from fluxq.config.errors import RateLimited
 from fluxq.config.requests import FluxKontextProInputs, FluxPro11Inputs
 from fluxq.simulator import SimulatorServer
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, LONG, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import LONG, wait_terminal
 
 
 def _fill(client: BFLClient, endpoint: str, count: int) -> None:

@@ -18,7 +18,8 @@ from fluxq.config.requests import FluxKontextProInputs, FluxPro11Inputs
 from fluxq.simulator import SimulatorServer
 from fluxq.simulator.images import ImageCache, render_image
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import wait_terminal
 
 
 def _sample_url(

@@ -15,7 +15,8 @@ from fluxq.config.errors import DownloadFailed, OutcomeUnknown, ReadFailed, Serv
 from fluxq.config.requests import FluxPro11Inputs
 from fluxq.simulator import SimulatorServer
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import wait_terminal
 
 REQUEST = FluxPro11Inputs(prompt="x")
 

@@ -19,7 +19,8 @@ from fluxq.config.requests import FluxPro11Inputs
 from fluxq.config.settings import Settings
 from fluxq.simulator import SimConfig, SimulatorServer, running_simulator, serve
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import wait_terminal
 
 
 def test_the_polling_url_names_another_host_and_port(

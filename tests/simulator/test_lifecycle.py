@@ -11,7 +11,8 @@ import uuid
 from fluxq.config.requests import FluxPro11Inputs
 from fluxq.simulator import SimulatorServer
 from fluxq.workers.bfl.client import BFLClient, Status
-from tests.simulator.conftest import KEY, LONG, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import LONG, wait_terminal
 
 
 def _submit(client: BFLClient, prompt: str = "a cat") -> str:

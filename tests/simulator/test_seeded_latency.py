@@ -14,7 +14,8 @@ from fluxq.simulator import SimConfig, Simulator, SimulatorServer, account_label
 from fluxq.simulator.latency import parse_latency, seeded_duration_s
 from fluxq.simulator.submit import submit
 from fluxq.workers.bfl.client import BFLClient
-from tests.simulator.conftest import KEY, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import wait_terminal
 
 LATENCY = parse_latency("flux-dev=lognormal:5:9.6")
 """Long-tailed, so different prompts almost surely draw different durations."""

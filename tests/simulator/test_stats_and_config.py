@@ -12,7 +12,8 @@ import httpx
 from fluxq.config.requests import FluxPro11Inputs
 from fluxq.simulator import SimulatorServer, account_label
 from fluxq.workers.bfl.client import BFLClient
-from tests.simulator.conftest import KEY, LONG, wait_terminal
+from tests.support.env import KEY
+from tests.support.simulator import LONG, wait_terminal
 
 
 def test_stats_show_duplicate_prompt_seed_endpoint_submits(

@@ -12,7 +12,7 @@ from fluxq.config.catalog import CATALOG
 from fluxq.config.errors import InvalidRequest, UnexpectedResponse
 from fluxq.simulator import SimulatorServer
 from fluxq.workers.bfl.client import BFLClient
-from tests.simulator.conftest import KEY
+from tests.support.env import KEY
 
 
 def test_an_invalid_body_gets_422_naming_every_bad_field(client: BFLClient) -> None:

@@ -13,7 +13,8 @@ import httpx
 
 from fluxq.simulator import SimulatorServer, webhook_signature
 from fluxq.workers.bfl.client import BFLClient
-from tests.simulator.conftest import KEY, WebhookReceiver
+from tests.support.env import KEY
+from tests.support.webhooks import WebhookReceiver
 
 SECRET = "whsec-test"
 

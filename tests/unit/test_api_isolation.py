@@ -18,7 +18,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 import fluxq.api
 import fluxq.job_events
 from fluxq.api import create_app, create_job
-from fluxq.cli.api import AllowedHosts, _bind
+from fluxq.cli.api import AllowedHosts, bind_listener
 from fluxq.config.settings import load_settings
 from fluxq.job_events import JobEvents
 from fluxq.long_poll_gate import waits
@@ -286,7 +286,7 @@ def test_only_a_plain_positive_wait_s_is_beyond_doubt_a_long_poll(
 def test_the_api_socket_asks_for_tcp_nodelay_on_its_connections() -> None:
     """asyncio sets TCP_NODELAY only on a socket whose proto is IPPROTO_TCP: without it each
     keep-alive response waited 40 ms for the client's delayed ACK."""
-    listener = _bind("127.0.0.1", 0)
+    listener = bind_listener("127.0.0.1", 0)
     nodelay: list[int] = []
 
     async def scenario() -> None:

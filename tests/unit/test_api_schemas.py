@@ -23,7 +23,7 @@ from fluxq.api_schemas import (
 from fluxq.config.catalog import CATALOG, validate_request
 from fluxq.config.errors import InvalidRequest
 from fluxq.config.requests import FLUX2_MAX_MEGAPIXELS, PIXELS_PER_MEGAPIXEL
-from fluxq.tasks.callbacks import webhook_url_problem
+from fluxq.tasks.notify import webhook_url_problem
 
 HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
 

@@ -511,6 +511,8 @@ def test_the_same_file_gives_the_same_ids_and_any_change_a_new_one(tmp_path: Pat
     assert len({e.line_id for e in first[1:]}) == len(variants) - 1
 
 
+@pytest.mark.slow  # 200,000 lines under tracemalloc: 26 s of CPU, minutes on a busy machine
+@pytest.mark.timeout(480)
 def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     count = 200_000

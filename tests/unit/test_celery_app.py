@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
+import pytest
 import redis
 
-from fluxq.config.celery import ALL_QUEUES
+from fluxq.config.celery import ALL_QUEUES, TASK_MODULES, TASKS, TaskSpec
 from fluxq.config.settings import Settings
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import CeleryDispatcher
@@ -43,7 +45,7 @@ def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared
     dispatcher.submit(job("p"))
     dispatcher.poll(job("p"), countdown_s=0)
     dispatcher.save(job("p"))
-    dispatcher.webhook(job("p"))
+    dispatcher.notify(job("p"))
     # Then each queue holds exactly its own message
     lengths = {name: redis_client.llen(name) for name in ALL_QUEUES}
     assert lengths == {"fluxq.submit": 1, "fluxq.poll": 1, "fluxq.save": 1, "fluxq.control": 1}
@@ -63,3 +65,29 @@ def test_messages_carry_only_the_job_id_and_batch_and_a_readable_flower_text(
     body = json.loads(__import__("base64").b64decode(message["body"]))
     assert body[0] == ["job-1"]
     assert body[1] == {"batch": "night-7"}
+
+
+@pytest.mark.parametrize("spec", TASKS, ids=lambda spec: spec.name)
+def test_each_task_spec_names_a_task_its_module_registers_and_routes_it_to_its_queue(
+    spec: TaskSpec,
+) -> None:
+    # Given an app built as workers and producers build it, and the spec's module imported
+    app = make_celery(Settings(redis_url="redis://localhost:1/0"))
+    importlib.import_module(spec.module)
+    # Then the app knows a task of that name, defined in that module, routed to that queue
+    task = app.tasks[spec.name]
+    assert task.run.__module__ == spec.module
+    assert app.amqp.router.route({}, spec.name)["queue"].name == spec.queue
+    assert spec.module in TASK_MODULES
+    assert spec.module in app.conf.include
+
+
+def test_task_names_and_queues_are_the_wire_contract() -> None:
+    # Messages in flight and other services' send_task calls use these: they never change
+    assert {spec.name: spec.queue for spec in TASKS} == {
+        "fluxq.submit": "fluxq.submit",
+        "fluxq.poll": "fluxq.poll",
+        "fluxq.save": "fluxq.save",
+        "fluxq.webhook": "fluxq.control",
+        "fluxq.enqueue": "fluxq.control",
+    }

@@ -32,8 +32,8 @@ from fluxq.config.errors import (
 from fluxq.config.settings import Settings
 from fluxq.workers.bfl.client import BFLClient, retry_after_s
 from fluxq.workers.bfl.responses import Status
+from tests.support.env import KEY
 
-KEY = "test-key-do-not-log"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fluxq.config.settings import load_settings
-from fluxq.workers.process.embedded_redis import _config, data_dir_of, default_data_dir
+from fluxq.workers.process.embedded_redis import data_dir_of, default_data_dir, redis_conf_text
 
 
 def test_linux_uses_xdg_data_home_when_absolute_else_local_share() -> None:
@@ -30,7 +30,7 @@ def test_fluxq_data_dir_wins(tmp_path: Path) -> None:
 
 
 def test_the_server_config_quotes_paths_and_keeps_the_password_out_of_argv() -> None:
-    text = _config(Path('/data/a "b" dir'), 6399, "pw123")
+    text = redis_conf_text(Path('/data/a "b" dir'), 6399, "pw123")
     assert 'dir "/data/a \\"b\\" dir"' in text
     assert "bind 127.0.0.1\n" in text
     assert "protected-mode yes\n" in text

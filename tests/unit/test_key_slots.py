@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,9 +32,9 @@ from fluxq.cli import batch as batch_cli
 from fluxq.cli import waits as waits_module
 from fluxq.cli.batch_view import (
     KeySlots,
-    _effective_cap,
     blocked_reason,
     clock,
+    effective_cap_and_step,
     slots_line,
 )
 from fluxq.cli.fast_status import (
@@ -51,12 +50,12 @@ from fluxq.workers.state import keys
 from fluxq.workers.state.batches import BatchStatus
 from fluxq.workers.state.limiter import Caps, SlotLimiter, aimd_effective_cap
 from fluxq.workers.state.store import JobStore
+from tests.support.env import KEY, clean_env, scrub_env
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-KEY = "key-slots-test-key"
 LABEL = keys.key_label(SecretStr(KEY))
 CAP = 4
 runner = CliRunner()
@@ -64,10 +63,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("FLUXQ_") or name == "BFL_API_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(str(tmp_path))
+    scrub_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -155,7 +151,7 @@ def test_the_effective_cap_is_the_limiters_and_says_when_it_grows(
         "reduced_to": str(reduced_to),
         "reduced_at": repr(now - elapsed_s),
     }
-    effective, step = _effective_cap(24, state, now, 5.0)
+    effective, step = effective_cap_and_step(24, state, now, 5.0)
     assert effective == aimd_effective_cap(24, reduced_to, now - elapsed_s, now, 5.0)
     if effective == 24:
         assert step is None
@@ -316,8 +312,7 @@ def test_a_batch_whose_own_jobs_hold_slots_is_not_blocked(
 
 
 def run_status(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_")}
-    base.pop("BFL_API_KEY", None)
+    base = clean_env()
     return subprocess.run(
         [sys.executable, "-P", "-X", "importtime", "-m", "fluxq", "batch", "status", *args],
         cwd=cwd, env=base | env, capture_output=True, text=True, timeout=60, check=False,

@@ -11,8 +11,7 @@ from fluxq.config.settings import Settings
 from fluxq.workers.bfl.client import BFLClient
 from fluxq.workers.bfl.outcomes import HOLD_QUANTILE, PostOutcome, doubt_hold_s, post_outcome
 from fluxq.workers.poll_schedule import LogNormal
-
-KEY = "test-key-do-not-log"
+from tests.support.env import KEY
 
 
 def outcome_of(handler: object, body: dict[str, object] | None = None) -> PostOutcome:

@@ -13,23 +13,24 @@ from pydantic import SecretStr
 from fluxq.config.redact import MAX_TEXT_CHARS, REDACTED, redact, secrets_of
 from fluxq.config.settings import Settings
 
-KEY = "bfl-key/with+odd=chars 123"
+ODD_KEY = "bfl-key/with+odd=chars 123"
+"""A key whose characters change under URL quoting and JSON escaping."""
 
 
 @pytest.mark.parametrize(
     "form",
     [
-        KEY,
-        quote(KEY, safe=""),
-        quote(KEY, safe="").lower(),
-        quote(KEY),
-        quote_plus(KEY),
-        json.dumps(KEY)[1:-1],
+        ODD_KEY,
+        quote(ODD_KEY, safe=""),
+        quote(ODD_KEY, safe="").lower(),
+        quote(ODD_KEY),
+        quote_plus(ODD_KEY),
+        json.dumps(ODD_KEY)[1:-1],
     ],
 )
 def test_a_secret_and_its_obvious_transforms_are_redacted(form: str) -> None:
     text = f"detail: key {form!s} is not valid"
-    out = redact(text, [SecretStr(KEY)])
+    out = redact(text, [SecretStr(ODD_KEY)])
     assert form not in out
     assert REDACTED in out
     assert out.startswith("detail: key ")

@@ -20,8 +20,8 @@ from fluxq.workers.dispatch import celery_runtime
 from fluxq.workers.redacted_task import TaskCrashed
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.keys import key_label
+from tests.support.env import KEY
 
-KEY = "offline-test-key-7f3a9c"
 HOOK_SECRET = "bfl-webhook-secret-0123456789abcdef"
 OWN_SECRET = "own-webhook-secret-fedcba9876543210"
 JOB = "job-1"
@@ -30,7 +30,7 @@ TASKS = {
     "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
     "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
     "fluxq.save": ("fluxq.tasks.save", "save_job"),
-    "fluxq.webhook": ("fluxq.tasks.callbacks", "deliver_webhook"),
+    "fluxq.webhook": ("fluxq.tasks.notify", "deliver_notification"),
     "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
 }
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from fluxq.tasks import callbacks
-from fluxq.tasks.callbacks import deliver_webhook, refusal_reason
+from fluxq.tasks import notify
 from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.notify import deliver_notification, refusal_reason
 from fluxq.workers.runtime import Runtime
 
 REQUEST = {"prompt": "notify me"}
@@ -125,12 +125,12 @@ def test_a_host_name_resolving_to_a_private_address_is_refused(
         looked_up.append(host)
         return ["93.184.216.34", "169.254.169.254"]
 
-    monkeypatch.setattr(callbacks, "resolve_host", resolver)
+    monkeypatch.setattr(notify, "resolve_host", resolver)
     posted: list[object] = []
-    monkeypatch.setattr(callbacks, "post_webhook", lambda *a, **k: posted.append(a))
+    monkeypatch.setattr(notify, "post_webhook", lambda *a, **k: posted.append(a))
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url="https://hooks.example.com/fluxq")
     # When it is delivered
-    assert deliver_webhook(rt, job_id, attempt=1) is None
+    assert deliver_notification(rt, job_id, attempt=1) is None
     # Then nothing was posted, it is not retried, and the job says why
     assert looked_up == ["hooks.example.com"]
     assert posted == []
@@ -145,7 +145,7 @@ def test_a_loopback_receiver_is_not_contacted_by_default_and_the_job_says_why(
     rt: Runtime, listener: int
 ) -> None:
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url=f"http://127.0.0.1:{listener}/hook")
-    assert deliver_webhook(rt, job_id, attempt=1) is None
+    assert deliver_notification(rt, job_id, attempt=1) is None
     assert Listener.hits == []
     job = rt.store.get(job_id)
     assert job is not None
@@ -159,7 +159,7 @@ def test_a_loopback_receiver_is_contacted_when_private_destinations_are_allowed(
 ) -> None:
     allow_private(rt)
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url=f"http://127.0.0.1:{listener}/hook")
-    assert deliver_webhook(rt, job_id, attempt=1) is None
+    assert deliver_notification(rt, job_id, attempt=1) is None
     assert [path for path, _ in Listener.hits] == ["/hook"]
     job = rt.store.get(job_id)
     assert job is not None
@@ -174,7 +174,7 @@ def test_a_redirect_is_not_followed(rt: Runtime, listener: int) -> None:
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url=f"http://127.0.0.1:{listener}/hook")
     # When the webhook is delivered, on every attempt
     attempts = rt.settings.webhook_max_attempts
-    countdowns = [deliver_webhook(rt, job_id, attempt=n) for n in range(1, attempts + 1)]
+    countdowns = [deliver_notification(rt, job_id, attempt=n) for n in range(1, attempts + 1)]
     # Then the redirect target was never contacted, and the job failed its webhook
     assert {path for path, _ in Listener.hits} == {"/hook"}
     assert countdowns[-1] is None
@@ -189,14 +189,14 @@ def test_the_post_goes_to_the_address_that_was_checked(
     # Given a name that resolves (through the patched resolver) to the loopback listener, and
     # a guard told to accept it: a second lookup by the HTTP client could be answered
     # differently (DNS rebinding), so the connection must use the checked address
-    monkeypatch.setattr(callbacks, "resolve_host", lambda host, port: ["127.0.0.1"])
+    monkeypatch.setattr(notify, "resolve_host", lambda host, port: ["127.0.0.1"])
     real_reason: Callable[[str], str | None] = refusal_reason
     monkeypatch.setattr(
-        callbacks, "refusal_reason", lambda a: None if a == "127.0.0.1" else real_reason(a)
+        notify, "refusal_reason", lambda a: None if a == "127.0.0.1" else real_reason(a)
     )
     url = f"http://hooks.example.com:{listener}/hook"
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url=url)
-    assert deliver_webhook(rt, job_id, attempt=1) is None
+    assert deliver_notification(rt, job_id, attempt=1) is None
     # Then the listener got it, addressed to the original host (the autouse no_dns fixture
     # fails any real lookup of hooks.example.com)
     assert len(Listener.hits) == 1
@@ -214,8 +214,8 @@ def test_a_stored_url_that_no_longer_validates_is_refused_not_retried(
     job_id = enqueue(rt, "flux-dev", REQUEST)
     rt.store.update(job_id, {"webhook_url": "http:///etc/passwd"})
     posted: list[object] = []
-    monkeypatch.setattr(callbacks, "post_webhook", lambda *a, **k: posted.append(a))
-    assert deliver_webhook(rt, job_id, attempt=1) is None
+    monkeypatch.setattr(notify, "post_webhook", lambda *a, **k: posted.append(a))
+    assert deliver_notification(rt, job_id, attempt=1) is None
     assert posted == []
     job = rt.store.get(job_id)
     assert job is not None
@@ -226,11 +226,11 @@ def test_a_failed_lookup_is_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch
     def no_answer(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
 
-    monkeypatch.setattr(callbacks, "resolve_host", no_answer)
+    monkeypatch.setattr(notify, "resolve_host", no_answer)
     job_id = enqueue(rt, "flux-dev", REQUEST, webhook_url="https://hooks.example.com/fluxq")
-    assert deliver_webhook(rt, job_id, attempt=1) is not None
+    assert deliver_notification(rt, job_id, attempt=1) is not None
     last = rt.settings.webhook_max_attempts
-    assert deliver_webhook(rt, job_id, attempt=last) is None
+    assert deliver_notification(rt, job_id, attempt=last) is None
     job = rt.store.get(job_id)
     assert job is not None
     assert job.webhook_failed

@@ -505,7 +505,7 @@ def _unquoted(value: str) -> str:
     return "".join(out)
 
 
-def _config(data_dir: Path, port: int, password: str) -> str:
+def redis_conf_text(data_dir: Path, port: int, password: str) -> str:
     lines = [
         "bind 127.0.0.1",
         f"port {port}",
@@ -542,7 +542,7 @@ def _start(data_dir: Path) -> SharedRedis:
 
 
 def _start_once(data_dir: Path, port: int, password: str) -> tuple[SharedRedis | None, str]:
-    _write_private(data_dir / CONF_FILE, _config(data_dir, port, password))
+    _write_private(data_dir / CONF_FILE, redis_conf_text(data_dir, port, password))
     (data_dir / PID_FILE).unlink(missing_ok=True)
     log_path = data_dir / LOG_FILE
     log_start = log_path.stat().st_size if log_path.exists() else 0

@@ -1,8 +1,9 @@
 """Webhook mode: BFL calls ``fluxq api`` back when a task ends, and its job moves on at once.
 
-``submit_fields`` adds the job's ``webhook_url`` and the key's ``webhook_secret`` to each POST;
-``receive`` settles what arrives. Polls remain as a slow safety net
-(``tasks.poll.schedule_next_poll``), and a webhook for a job whose POST got no answer
+Submit adds the job's ``webhook_url`` and the key's ``webhook_secret`` to each POST
+(``tasks.submit.webhook_fields``); ``receive``, run by ``fluxq api``'s webhook route, settles what
+arrives, through the same ``tasks.bfl_status`` a poll uses. Polls remain as a slow safety net
+(``tasks.bfl_status.schedule_next_poll``), and a webhook for a job whose POST got no answer
 (uncertain) proves the task exists: the job is recovered and saved, never submitted again.
 
 Every delivery gets an answer (``Answer``): a forged one is refused and counted; one for an
@@ -18,13 +19,13 @@ from enum import StrEnum
 
 from fluxq.config.errors import UnexpectedResponse
 from fluxq.tasks import lifecycle
-from fluxq.tasks.poll import failure_reason, on_ready
+from fluxq.tasks.bfl_status import on_end
 from fluxq.workers.bfl import webhooks
 from fluxq.workers.bfl.responses import Result, Status
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.jobs import Job, JobField, State
 
-log = logging.getLogger("fluxq.bfl_webhook")
+log = logging.getLogger("fluxq.bfl_webhook")  # its name since before it moved beside the API
 
 
 class Answer(StrEnum):
@@ -36,18 +37,6 @@ class Answer(StrEnum):
     RETRY = "retry"  # the job's own POST is still out: BFL should deliver again later
     FORGED = "forged"  # a wrong token or secret: refused and counted
     DISABLED = "disabled"  # webhook mode is off here
-
-
-def submit_fields(rt: Runtime, job: Job) -> dict[str, str]:
-    """The fields webhook mode adds to a job's POST; none when the mode is off."""
-    settings = rt.settings
-    if settings.bfl_webhook_base_url is None or settings.bfl_webhook_secret is None:
-        return {}
-    secret = settings.bfl_webhook_secret
-    return {
-        "webhook_url": webhooks.webhook_url(settings.bfl_webhook_base_url, secret, job.job_id),
-        "webhook_secret": webhooks.key_secret(secret, job.key_label),
-    }
 
 
 def receive(rt: Runtime, job_id: str, token: str, headers: Mapping[str, str], raw: bytes) -> Answer:
@@ -68,7 +57,7 @@ def receive(rt: Runtime, job_id: str, token: str, headers: Mapping[str, str], ra
         log.warning("webhook refused: no valid secret or signature for job=%s", job_id)
         return Answer.FORGED
     try:
-        result = webhooks.parse_delivery(raw, secrets=rt.client.secrets)
+        result = webhooks.parse_delivery(raw, secrets=rt.bfl.secrets)
     except UnexpectedResponse as exc:
         rt.limiter.count("bfl_webhooks_ignored")
         log.warning("webhook ignored for job=%s: %s", job_id, exc)
@@ -111,14 +100,11 @@ def _act(rt: Runtime, job: Job, result: Result) -> Answer:
 
 def _settle(rt: Runtime, job: Job, result: Result, *, recovered: bool) -> Answer:
     """A terminal status moves the job on; Pending (a progress call) and "not found" do not."""
-    if result.status is Status.READY:
-        submitted_at = job.times.get(State.SUBMITTED.value)
-        seen = None
-        if submitted_at is not None and not recovered:
-            elapsed_s = max(0.0, rt.clock() - submitted_at)
-            seen = (elapsed_s, elapsed_s)  # a webhook says when, to within its delivery
-        return Answer.SETTLED if on_ready(rt, job, result, seen=seen) else Answer.IGNORED
     if result.status in (Status.PENDING, Status.TASK_NOT_FOUND):
         return Answer.IGNORED  # the safety-net poll asks BFL itself
-    moved = lifecycle.fail(rt, job, failure_reason(result))
-    return Answer.SETTLED if moved else Answer.IGNORED
+    submitted_at = job.times.get(State.SUBMITTED.value)
+    seen = None
+    if result.status is Status.READY and submitted_at is not None and not recovered:
+        elapsed_s = max(0.0, rt.clock() - submitted_at)
+        seen = (elapsed_s, elapsed_s)  # a webhook says when, to within its delivery
+    return Answer.SETTLED if on_end(rt, job, result, seen=seen) else Answer.IGNORED

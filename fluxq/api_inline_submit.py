@@ -30,7 +30,7 @@ from fluxq.tasks.sweep import workers_seen
 from fluxq.workers.runtime import Dispatcher, Runtime
 from fluxq.workers.state.jobs import Job
 
-log = logging.getLogger("fluxq.inline_submit")
+log = logging.getLogger("fluxq.inline_submit")  # its name since before it moved beside the API
 
 THREADS = 8
 """POSTs in flight from one API process at once: each takes milliseconds, and a POST that hangs
@@ -107,8 +107,8 @@ class InlineSubmits:
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
         self.inner.save(job, countdown_s=countdown_s)
 
-    def webhook(self, job: Job) -> None:
-        self.inner.webhook(job)
+    def notify(self, job: Job) -> None:
+        self.inner.notify(job)
 
     def callback(self, job: Job, payload: dict[str, object]) -> None:
         self.inner.callback(job, payload)

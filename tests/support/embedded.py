@@ -7,8 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,20 @@ from typing import Any
 import redis
 
 from fluxq.workers.process.embedded_redis import SharedRedis, pid_alive, read_state
+from tests.support.env import clean_env
+from tests.support.net import wait_until
 
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment less any FLUXQ_* or key, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXQ_") and k != "BFL_API_KEY"}
-    env.update({"PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
-    env.update(extra)
-    return env
+__all__ = [
+    "clean_env",
+    "client_of",
+    "embedded",
+    "fluxq",
+    "fluxq_argv",
+    "server_pids_in",
+    "stop_embedded",
+    "stop_process",
+    "wait_until",
+]
 
 
 def fluxq_argv(*args: str) -> list[str]:
@@ -60,15 +65,6 @@ def server_pids_in(data_dir: Path) -> list[int]:
         if "redis" in comm and cwd == want and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-def wait_until(check: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval_s)
-    return check()
 
 
 def stop_embedded(data_dir: Path) -> None:

@@ -1,4 +1,7 @@
-"""The user's callbacks on a terminal job: a Celery signature, and an HMAC-signed HTTP webhook.
+"""Notifying the user of a terminal job: their Celery signature, and an HMAC-signed HTTP POST.
+
+The POST goes to the job's ``webhook_url`` (the user's name for it); BFL's own callbacks to fluxq
+are the webhooks of ``workers.bfl.webhooks``.
 
 (The third channel, a Redis pub/sub event per state change, is published by the store's Lua.)
 
@@ -22,14 +25,15 @@ from typing import Any
 import httpx
 from celery import Task, shared_task
 
+from fluxq.config.celery import NOTIFY
 from fluxq.config.errors import WebhookRefused
+from fluxq.workers.backoff import backoff_s
 from fluxq.workers.dispatch import runtime_of
 from fluxq.workers.redacted_task import RedactedTask
 from fluxq.workers.runtime import Runtime, flower_options
 from fluxq.workers.state.jobs import Job, JobField
-from fluxq.workers.timing import backoff_s
 
-log = logging.getLogger("fluxq.callbacks")
+log = logging.getLogger("fluxq.notify")
 
 SIGNATURE_HEADER = "X-Fluxq-Signature"
 WEBHOOK_TIMEOUT_S = 10.0
@@ -212,10 +216,10 @@ def notify_terminal(rt: Runtime, before: Job) -> None:
         except Exception:  # a broken user signature must not break the pipeline
             log.exception("callback signature failed job=%s", job_id)
     if job.webhook_url:
-        rt.dispatch.webhook(job)
+        rt.dispatch.notify(job)
 
 
-def deliver_webhook(rt: Runtime, job_id: str, *, attempt: int) -> float | None:
+def deliver_notification(rt: Runtime, job_id: str, *, attempt: int) -> float | None:
     """POST the job's outcome to its webhook URL. Returns a countdown to retry, else None."""
     job = rt.store.get(job_id)
     if job is None or not job.webhook_url:
@@ -257,9 +261,9 @@ def deliver_webhook(rt: Runtime, job_id: str, *, attempt: int) -> float | None:
     )
 
 
-@shared_task(name="fluxq.webhook", base=RedactedTask, bind=True, max_retries=None, acks_late=True)
-def webhook(self: Task, job_id: str, batch: str = "") -> None:
-    """Celery task: deliver the job's webhook, retried with backoff."""
-    countdown = deliver_webhook(runtime_of(self.app), job_id, attempt=self.request.retries + 1)
+@shared_task(name=NOTIFY.name, base=RedactedTask, bind=True, max_retries=None, acks_late=True)
+def notify(self: Task, job_id: str, batch: str = "") -> None:
+    """Celery task: POST the job's outcome to its webhook URL, retried with backoff."""
+    countdown = deliver_notification(runtime_of(self.app), job_id, attempt=self.request.retries + 1)
     if countdown is not None:
         raise self.retry(countdown=countdown, **flower_options(self))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fluxq.workers.timing import backoff_s
+from fluxq.workers.backoff import backoff_s
 
 
 @pytest.mark.parametrize(

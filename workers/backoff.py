@@ -1,4 +1,4 @@
-"""Pure timing rules: how long to back off (when to poll next is ``workers.poll_schedule``).
+"""Pure backoff: how long to wait before a retry (when to poll next is ``workers.poll_schedule``).
 
 No clock and no sleeping here: callers pass elapsed times and a random source, tests use tables.
 """
