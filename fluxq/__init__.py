@@ -10,8 +10,9 @@ The front door for users and services::
     count = fluxq.enqueue_many("flux-dev", ({"prompt": p} for p in prompts), batch="night-43")
 
 ``fluxq.Client(settings)`` for an explicit connection; the ``fluxq`` command for everything else.
-The names below are imported on first use, so ``fluxq``'s command line starts without loading
-Celery and the pipeline it does not need (``fluxq batch status`` answers in a fraction of a second).
+The client and job names are imported on first use, so ``fluxq``'s command line starts without
+loading Celery and the pipeline it does not need (``fluxq batch status`` answers in a fraction of
+a second).
 """
 
 from __future__ import annotations
@@ -19,28 +20,31 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The error tree, every error fluxq raises to a caller (catchable as fluxq.FluxqError): a module
+# of plain classes, imported at once.
+from fluxq.config.errors import (
+    ConfigError,
+    DisallowedURL,
+    DownloadFailed,
+    FieldError,
+    FluxqError,
+    InvalidRequest,
+    JobFailed,
+    NotAuthorised,
+    NotSent,
+    OutcomeUnknown,
+    OutOfCredits,
+    RateLimited,
+    ReadFailed,
+    RetryLater,
+    ServerError,
+    StopAndAlert,
+    UnexpectedResponse,
+    WebhookRefused,
+)
+
 if TYPE_CHECKING:
     from fluxq.client import Client, JobHandle, enqueue, enqueue_many
-    from fluxq.config.errors import (
-        ConfigError,
-        DisallowedURL,
-        DownloadFailed,
-        FieldError,
-        FluxqError,
-        InvalidRequest,
-        JobFailed,
-        NotAuthorised,
-        NotSent,
-        OutcomeUnknown,
-        OutOfCredits,
-        RateLimited,
-        ReadFailed,
-        RetryLater,
-        ServerError,
-        StopAndAlert,
-        UnexpectedResponse,
-        WebhookRefused,
-    )
     from fluxq.workers.state.jobs import State
 
 __all__ = [
@@ -69,35 +73,12 @@ __all__ = [
     "enqueue_many",
 ]
 
-ERRORS = (
-    "ConfigError",
-    "DisallowedURL",
-    "DownloadFailed",
-    "FieldError",
-    "FluxqError",
-    "InvalidRequest",
-    "JobFailed",
-    "NotAuthorised",
-    "NotSent",
-    "OutcomeUnknown",
-    "OutOfCredits",
-    "RateLimited",
-    "ReadFailed",
-    "RetryLater",
-    "ServerError",
-    "StopAndAlert",
-    "UnexpectedResponse",
-    "WebhookRefused",
-)
-
 _HOMES = {
     "Client": "fluxq.client",
     "JobHandle": "fluxq.client",
     "enqueue": "fluxq.client",
     "enqueue_many": "fluxq.client",
     "State": "fluxq.workers.state.jobs",
-    # The error tree: every error fluxq raises to a caller, catchable as fluxq.FluxqError.
-    **dict.fromkeys(ERRORS, "fluxq.config.errors"),
 }
 
 

@@ -7,18 +7,16 @@ import logging
 import socket
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import redis
-from starlette.exceptions import StarletteDeprecationWarning
 
 import fluxq.api
-from fluxq.api import create_app, loggable, openapi_json
+from fluxq.api import loggable, openapi_json
 from fluxq.api_inline_submit import InlineSubmits
 from fluxq.cli.api import AllowedHosts
 from fluxq.config.errors import ConfigError
@@ -26,48 +24,17 @@ from fluxq.config.settings import load_settings
 from fluxq.tasks import lifecycle
 from fluxq.workers.dispatch import CeleryDispatcher
 from fluxq.workers.state import keys
-
-with warnings.catch_warnings():
-    # Starlette 1.x warns that its TestClient on httpx (not httpx2) is deprecated; it works.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
+from tests.support.api import BASE_URL, MakeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "api-test-token"
 GOOD = {"prompt": "a heron", "width": 512, "height": 512}
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
-BASE_URL = "http://127.0.0.1:8000"
-"""As a client on this machine addresses ``fluxq api`` (TestClient's own default is testserver)."""
 WEBHOOK_MODE = {
     "bfl_webhook_base_url": BASE_URL,
     "bfl_webhook_secret": "unit-test-webhook-secret-0123456789",
 }
-
-MakeClient = Callable[..., TestClient]
-
-
-@pytest.fixture
-def make_client(redis_url: str, tmp_path: Path) -> Iterator[MakeClient]:
-    """An API client on a flushed Redis; lifespan runs (the app's Runtime), closed at the end."""
-    opened: list[TestClient] = []
-
-    def factory(hosts: AllowedHosts | None = None, **overrides: Any) -> TestClient:
-        options: dict[str, Any] = {
-            "bfl_api_key": "offline-test-key",
-            "redis_url": redis_url,
-            **overrides,
-        }
-        settings = load_settings(_env_file=None, output_dir=tmp_path / "out", **options)
-        app = create_app(settings, hosts=hosts)
-        client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield factory
-    for client in opened:
-        client.__exit__(None, None, None)
 
 
 def test_post_job_creates_it_and_a_retry_answers_200(make_client: MakeClient) -> None:

@@ -6,29 +6,22 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import redis
-from starlette.exceptions import StarletteDeprecationWarning
 
 import fluxq.api
 import fluxq.job_events
-from fluxq.api import create_app, create_job
+from fluxq.api import create_job
 from fluxq.cli.api import AllowedHosts, bind_listener
-from fluxq.config.settings import load_settings
 from fluxq.job_events import JobEvents
 from fluxq.long_poll_gate import waits
 from fluxq.tasks import lifecycle
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.jobs import Job, State
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
+from tests.support.api import MakeClient, TestClient
 
 GOOD = {"prompt": "a heron", "width": 512, "height": 512}
 
@@ -176,27 +169,6 @@ def test_a_failed_batch_read_fails_every_read_in_it_and_the_next_batch_reads_aga
 # --- the gate: refusals before FastAPI's stack ------------------------------------------------
 
 
-@pytest.fixture
-def make_client(redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    opened: list[TestClient] = []
-
-    def factory(hosts: AllowedHosts | None = None, **overrides: Any) -> TestClient:
-        options = {"bfl_api_key": "offline-test-key", "redis_url": redis_url, **overrides}
-        settings = load_settings(_env_file=None, output_dir=tmp_path / "out", **options)
-        client = TestClient(
-            create_app(settings, hosts=hosts),
-            base_url="http://127.0.0.1:8000",
-            raise_server_exceptions=False,
-        )
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield factory
-    for client in opened:
-        client.__exit__(None, None, None)
-
-
 def _route_never_reached(client: TestClient) -> None:
     """Every request that reaches a route needing the Runtime fails (500) from now on."""
 
@@ -207,7 +179,7 @@ def _route_never_reached(client: TestClient) -> None:
 
 
 def test_long_polls_over_the_bound_are_refused_before_the_route_exactly_as_the_route_does(
-    make_client: Any, monkeypatch: pytest.MonkeyPatch
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the bound reached (0: every long poll is one too many)
     monkeypatch.setattr(fluxq.api, "MAX_LONG_POLLS", 0)
@@ -229,7 +201,7 @@ def test_long_polls_over_the_bound_are_refused_before_the_route_exactly_as_the_r
 
 
 def test_the_gate_refuses_no_one_the_route_would_answer_otherwise(
-    make_client: Any, monkeypatch: pytest.MonkeyPatch
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fluxq.api, "MAX_LONG_POLLS", 0)
     hosts = AllowedHosts.build("127.0.0.1", [])
