@@ -48,6 +48,7 @@ from tests.integration.test_flower import (
 )
 from tests.support.cluster import cluster_env
 from tests.support.env import KEY, settings_for
+from tests.support.tasks import TASKS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -57,14 +58,6 @@ JOB = "leaky-job-1"
 """The job every task is about (the enqueue message's task id): its URL token is a secret."""
 
 BATCH = "leaky"
-TASKS = {
-    "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
-    "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
-    "fluxq.save": ("fluxq.tasks.save", "save_job"),
-    "fluxq.webhook": ("fluxq.tasks.notify", "deliver_notification"),
-    "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
-}
-"""Each fluxq task and the function holding its work, which the wrapper makes raise."""
 
 SEEN_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0

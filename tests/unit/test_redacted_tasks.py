@@ -21,18 +21,11 @@ from fluxq.workers.redacted_task import TaskCrashed
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.keys import key_label
 from tests.support.env import KEY
+from tests.support.tasks import TASKS
 
 HOOK_SECRET = "bfl-webhook-secret-0123456789abcdef"
 OWN_SECRET = "own-webhook-secret-fedcba9876543210"
 JOB = "job-1"
-
-TASKS = {
-    "fluxq.submit": ("fluxq.tasks.submit", "submit_job"),
-    "fluxq.poll": ("fluxq.tasks.poll", "poll_job"),
-    "fluxq.save": ("fluxq.tasks.save", "save_job"),
-    "fluxq.webhook": ("fluxq.tasks.notify", "deliver_notification"),
-    "fluxq.enqueue": ("fluxq.tasks.enqueue", "enqueue_message"),
-}
 
 
 @pytest.fixture
