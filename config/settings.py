@@ -185,6 +185,14 @@ class Settings(BaseSettings):
     http_read_timeout_s: float = Field(default=30.0, gt=0, le=600)
     http_write_timeout_s: float = Field(default=30.0, gt=0, le=600)
     http_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    http_keepalive_s: float = Field(
+        default=1.5,
+        ge=0,
+        le=300,
+        description="An idle connection to BFL is reused only this long; 0 opens one per request. "
+        "Below the servers' own idle timeouts (gunicorn 2 s, uvicorn, Node and Apache 5 s): a POST "
+        "sent on a connection the server is closing gets no answer and its job is uncertain.",
+    )
 
     lease_ttl_s: float = Field(
         default=120.0,

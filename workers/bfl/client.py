@@ -222,8 +222,15 @@ class BFLClient:
             write=settings.http_write_timeout_s,
             pool=settings.http_pool_timeout_s,
         )
+        # Reused connections expire before the server's idle timeout would close them under a
+        # request (the keep-alive race): a POST lost that way is an uncertain job.
+        limits = httpx.Limits(keepalive_expiry=settings.http_keepalive_s)
         self._http = httpx.Client(
-            transport=transport, headers=headers, timeout=timeout, follow_redirects=False
+            transport=transport,
+            headers=headers,
+            timeout=timeout,
+            limits=limits,
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:
