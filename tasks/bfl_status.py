@@ -31,8 +31,16 @@ def poll_delay_s(rt: Runtime, job: Job, *, elapsed_s: float) -> float:
     )
 
 
-def schedule_next_poll(rt: Runtime, job: Job, *, elapsed_s: float) -> float | None:
-    """After submit or a Pending answer: the countdown to the next poll, or None in webhook mode.
+def first_poll_delay_s(rt: Runtime, job: Job) -> float | None:
+    """The countdown to a just-submitted job's first poll; None in webhook mode (no polls)."""
+    return None if rt.settings.bfl_webhook_mode else poll_delay_s(rt, job, elapsed_s=0.0)
+
+
+def schedule_next_poll(
+    rt: Runtime, job: Job, *, elapsed_s: float, planned_s: float | None = None
+) -> float | None:
+    """After submit or a Pending answer: the countdown to the next poll (``planned_s`` when it
+    was worked out already), or None in webhook mode.
 
     In webhook mode BFL calls back when the task ends, and no poll is scheduled at all (no
     Celery message waits with a countdown): the job's lease is stretched to the safety net's
@@ -44,7 +52,7 @@ def schedule_next_poll(rt: Runtime, job: Job, *, elapsed_s: float) -> float | No
         until_s = rt.clock() + rt.settings.bfl_webhook_safety_poll_s
         rt.limiter.lapse_at(job.job_id, job.group, until_s=until_s)
         return None
-    return poll_delay_s(rt, job, elapsed_s=elapsed_s)
+    return planned_s if planned_s is not None else poll_delay_s(rt, job, elapsed_s=elapsed_s)
 
 
 def failure_reason(result: Result) -> str:

@@ -20,7 +20,7 @@ from fluxq.config.errors import (
 from fluxq.config.redact import redact
 from fluxq.tasks import lifecycle
 from fluxq.tasks.admission import admit_and_dispatch
-from fluxq.tasks.bfl_status import schedule_next_poll
+from fluxq.tasks.bfl_status import first_poll_delay_s, schedule_next_poll
 from fluxq.tasks.uncertain import settle_uncertain
 from fluxq.workers.backoff import backoff_s
 from fluxq.workers.bfl import webhooks
@@ -167,7 +167,7 @@ def _on_error(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | N
     return None
 
 
-def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
+def _record(rt: Runtime, job: Job, submitted: Submitted, first_poll_s: float | None) -> None:
     """Record BFL's id and polling URL in one atomic step, then hand over to poll."""
     fields: dict[str, str | int | float] = {
         JobField.BFL_ID: submitted.id,
@@ -179,7 +179,7 @@ def _record(rt: Runtime, job: Job, submitted: Submitted) -> None:
         fields[JobField.OUTPUT_MP] = submitted.output_mp
     # In webhook mode the lease is stretched to the safety net's time before the job shows as
     # submitted: a webhook (answered "retry" until then) can only free it afterwards.
-    countdown_s = schedule_next_poll(rt, job, elapsed_s=0.0)
+    countdown_s = schedule_next_poll(rt, job, elapsed_s=0.0, planned_s=first_poll_s)
     if countdown_s is not None and countdown_s > rt.leases.lease_s / 3:
         # The POST's short lease (renewed at most 5 s ago) might lapse before a first poll this
         # far off renews it: make it an ordinary lease now. A sooner poll renews it itself, so
@@ -216,6 +216,10 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
             submitted = rt.bfl.submit_json(job.endpoint, body)
+            # The first poll's plan is made while the lease is still renewed: a new plan can
+            # take seconds of CPU on a loaded machine, and a lease that lapsed meanwhile would
+            # have the sweep settle this live, answered POST as uncertain.
+            first_poll_s = first_poll_delay_s(rt, job)
     except FluxqError as exc:
         countdown_s = _on_error(rt, job, exc, attempt)
         if countdown_s is not None:  # the job keeps its slot until it tries again
@@ -229,7 +233,7 @@ def submit_job(rt: Runtime, job_id: str) -> float | None:
         secrets = (*rt.bfl.secrets, *hook_fields.values())
         shown = redact(f"{type(exc).__name__}: {exc}", secrets)
         raise SubmitCrashed(f"submit of job {job_id} failed: {shown}") from None
-    _record(rt, job, submitted)
+    _record(rt, job, submitted, first_poll_s)
     return None
 
 

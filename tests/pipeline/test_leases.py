@@ -11,11 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from fluxq.tasks.enqueue import enqueue
 from fluxq.tasks.poll import poll_job
 from fluxq.tasks.submit import submit_job
 from fluxq.tasks.sweep import sweep
 from fluxq.workers.bfl.outcomes import doubt_hold_s
+from fluxq.workers.poll_schedule import Schedule
 from fluxq.workers.state.jobs import JobField, State
 from fluxq.workers.state.lease_keeper import LeaseKeeper
 from tests.support.pipeline import Pipeline
@@ -76,6 +79,32 @@ def test_a_post_slower_than_the_lease_keeps_its_slot_and_its_job(
     assert not job.uncertain
     assert pipeline.job(second).state is State.QUEUED
     assert pipeline.stats()["max_active"] == 1
+
+
+def test_a_first_poll_plan_slower_than_the_lease_leaves_its_answered_post_certain(
+    make_pipeline: Callable[..., Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given short renewed leases, and a poll plan that takes longer than a lease to make (a new
+    # plan costs seconds of CPU on a loaded machine)
+    pipeline = make_pipeline(active_cap=1)
+    shorten_lease(pipeline, keeper=True)
+    real = pipeline.rt.latency.schedule
+
+    def slow_plan(endpoint: str, size: str) -> Schedule:
+        time.sleep(3 * SHORT_LEASE_S)
+        return real(endpoint, size)
+
+    monkeypatch.setattr(pipeline.rt.latency, "schedule", slow_plan)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "slow plan"})
+    # When the POST is answered and its first poll is planned while another worker sweeps
+    with sweeping(pipeline) as sweeps:
+        assert submit_job(pipeline.rt, job_id) is None
+    # Then the lease was renewed until the answer was recorded: submitted, never uncertain
+    assert sweeps
+    assert all(not s.get("uncertain") for s in sweeps), sweeps
+    job = pipeline.job(job_id)
+    assert job.state is State.SUBMITTED
+    assert not job.uncertain
 
 
 def test_without_renewal_the_same_slow_post_would_free_no_slot_and_recover_its_late_answer(
