@@ -14,8 +14,9 @@ from typing import Any
 
 from celery import signals
 
-from fluxq.config.celery import TASK_MODULES
+from fluxq.config.celery import POLL, TASK_MODULES
 from fluxq.config.settings import load_settings
+from fluxq.tasks.poll import Poller, PollEvents
 from fluxq.tasks.sweep import SweepTimer
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import celery_runtime
@@ -25,12 +26,16 @@ LOADED_TASK_MODULES = tuple(importlib.import_module(name) for name in TASK_MODUL
 ``sys.path``: they are then already loaded from fluxq, never from the user's directory."""
 
 
+def node_name(name: str) -> str:
+    """The Celery node name of one fluxq worker process (what Flower lists)."""
+    return f"{name}-{os.getppid()}@{socket.gethostname()}"
+
+
 def worker_argv(name: str, queues: str, threads: int, loglevel: str) -> list[str]:
     """The ``celery worker`` arguments for one fluxq worker process."""
-    node = f"{name}-{os.getppid()}@{socket.gethostname()}"
     return [
         "worker", "--pool", "threads", "--concurrency", str(threads),
-        "--queues", queues, "--hostname", node, "--loglevel", loglevel, "--events",
+        "--queues", queues, "--hostname", node_name(name), "--loglevel", loglevel, "--events",
         # Gossip and mingle talk to every other worker at start-up; fluxq needs neither.
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
@@ -48,15 +53,24 @@ def main(argv: list[str] | None = None) -> None:
     app = make_celery(settings)
     rt = celery_runtime(settings, app=app)
     timer = SweepTimer(rt)
+    # The process that serves the poll queue polls the key's due jobs on threads of its own.
+    poller = None
+    if POLL.queue in args.queues.split(","):
+        events = PollEvents(app, hostname=node_name(args.name))
+        poller = Poller(rt, threads=args.threads, events=events)
 
-    def start_sweep(**_: Any) -> None:
+    def start_threads(**_: Any) -> None:
         timer.start()
+        if poller is not None:
+            poller.start()
 
-    def stop_sweep(**_: Any) -> None:
+    def stop_threads(**_: Any) -> None:
+        if poller is not None:
+            poller.stop()
         timer.stop()
 
-    signals.worker_ready.connect(start_sweep, weak=False)
-    signals.worker_shutdown.connect(stop_sweep, weak=False)
+    signals.worker_ready.connect(start_threads, weak=False)
+    signals.worker_shutdown.connect(stop_threads, weak=False)
 
     app.worker_main(worker_argv(args.name, args.queues, args.threads, args.loglevel))
 

@@ -1,14 +1,28 @@
-"""fluxq.poll: poll the polling_url verbatim and reschedule itself until BFL says it is done.
+"""Polling: ask the polling_url verbatim, again and again, until BFL says the task ended.
 
-One task id per job (``self.retry``); each poll renews the slot lease; what each status BFL
-reports does to the job is ``tasks.bfl_status`` (shared with submit and the webhook receiver).
+A job waiting for its next poll sits in its key's poll queue (``fluxq:polls:{k}``, by due time).
+Each worker process that serves the poll queue runs a ``Poller``: a thread that claims the due
+jobs in one Redis round trip and polls them on a few threads with one HTTP client (connections
+reused), then puts each back with its next due time or takes it out. A poll is not a Celery
+message: no publish, consume, ack or Flower events per poll. Flower still shows one task per job
+for its polling (``PollEvents``: received at its first poll, succeeded or failed at its last).
+
+Each poll renews the slot lease; what each status BFL reports does to the job is
+``tasks.bfl_status`` (shared with submit and the webhook receiver). The ``fluxq.poll`` Celery
+task remains for messages sent by name: it polls once and hands the job to the poll queue.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from celery import Task, shared_task
+import redis
+from celery import Celery, Task, shared_task
 
 from fluxq.config.celery import POLL
 from fluxq.config.errors import JobFailed, RetryLater, StopAndAlert
@@ -18,7 +32,7 @@ from fluxq.workers.backoff import backoff_s
 from fluxq.workers.bfl.responses import Result, Status
 from fluxq.workers.dispatch import runtime_of
 from fluxq.workers.redacted_task import RedactedTask
-from fluxq.workers.runtime import Runtime, flower_options
+from fluxq.workers.runtime import Runtime, describe
 from fluxq.workers.state.jobs import Job, JobField, State
 
 log = logging.getLogger("fluxq.poll")
@@ -26,11 +40,32 @@ log = logging.getLogger("fluxq.poll")
 POLL_BACKOFF_CAP_S = 30.0
 
 
+@dataclass(frozen=True)
+class Polled:
+    """One poll: the countdown to the next (None: polling is over), the job as it was before the
+    poll (None: gone or not submitted, so not polled), and which poll of the job it was."""
+
+    countdown_s: float | None
+    job: Job | None = None
+    attempt: int = 0
+
+
 def poll_job(rt: Runtime, job_id: str) -> float | None:
     """Poll once. Returns the countdown to the next poll, or None when polling is over."""
+    return poll_once(rt, job_id).countdown_s
+
+
+def poll_once(rt: Runtime, job_id: str) -> Polled:
+    """Poll once (``poll_job``), saying which poll it was."""
     job = rt.store.get(job_id)
     if job is None or job.state is not State.SUBMITTED or not job.polling_url:
-        return None
+        return Polled(None)
+    attempt, countdown_s = _ask(rt, job, job.polling_url)
+    return Polled(countdown_s, job, attempt)
+
+
+def _ask(rt: Runtime, job: Job, polling_url: str) -> tuple[int, float | None]:
+    job_id = job.job_id
     now = rt.clock()
     rt.limiter.hold(job_id, job.group, now_s=now, count="polls")  # one round trip for both
     elapsed_s = now - job.times.get("submitted", now)
@@ -39,7 +74,7 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
     overdue = elapsed_s > rt.settings.poll_deadline_s
     attempt = rt.store.incr(job_id, JobField.POLL_ATTEMPTS)
     try:
-        result = rt.bfl.get_result(job.polling_url)
+        result = rt.bfl.get_result(polling_url)
     except (RetryLater, StopAndAlert) as exc:
         if overdue:
             lifecycle.fail(
@@ -48,19 +83,19 @@ def poll_job(rt: Runtime, job_id: str) -> float | None:
                 f"timed out: BFL could not be asked after {elapsed_s:.0f} s "
                 f"(FLUXQ_POLL_DEADLINE_S; last error: {exc})",
             )
-            return None
+            return attempt, None
         log.info("poll will retry job=%s attempt=%d error=%s", job_id, attempt, exc)
-        return backoff_s(
+        return attempt, backoff_s(
             min(attempt, 6), base_s=rt.settings.retry_backoff_base_s, cap_s=POLL_BACKOFF_CAP_S
         )
     except JobFailed as exc:
         lifecycle.fail(rt, job, f"polling failed: {exc}")
-        return None
+        return attempt, None
     if overdue and result.status is Status.PENDING:
         reason = f"timed out: still Pending after {elapsed_s:.0f} s (FLUXQ_POLL_DEADLINE_S)"
         lifecycle.fail(rt, job, reason)
-        return None
-    return _on_status(rt, job, result, elapsed_s)
+        return attempt, None
+    return attempt, _on_status(rt, job, result, elapsed_s)
 
 
 def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float | None:
@@ -83,9 +118,148 @@ def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float
     return None
 
 
+POLLER_TICK_S = 0.05
+"""A poller looks at its poll queue at least this often (a job put in by another process is
+polled at most this late)."""
+
+
+def claim_s(rt: Runtime) -> float:
+    """How long a claimed poll is left to its poller: the longest one GET can take (connect,
+    pool wait and read timeouts). A poller that died mid-poll has its jobs polled again then."""
+    s = rt.settings
+    return s.http_connect_timeout_s + s.http_pool_timeout_s + s.http_read_timeout_s
+
+
+def poll_task_id(job_id: str) -> str:
+    """The Celery task id Flower shows for a job's polling (the same for all its polls)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fluxq:poll:{job_id}"))
+
+
+class PollEvents:
+    """Flower's view of polling: one task per job, not one per poll. Sends Celery's task events
+    for ``fluxq.poll`` (id ``poll_task_id``): received and started at a job's first poll,
+    succeeded at its last with what became of the job. Best effort: an event lost never stops
+    a poll."""
+
+    def __init__(self, app: Celery, *, hostname: str) -> None:
+        self._dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname=hostname)
+        self._lock = threading.Lock()
+
+    def _send(self, event: str, job_id: str, **fields: Any) -> None:
+        try:
+            with self._lock:
+                self._dispatcher.send(event, uuid=poll_task_id(job_id), **fields)
+        except Exception as exc:  # the broker's errors vary by transport: never fail a poll
+            log.info("Flower event %s for job=%s not sent: %s", event, job_id, exc)
+
+    def first(self, job: Job) -> None:
+        argsrepr, kwargsrepr = describe(job)
+        self._send(
+            "task-received", job.job_id, name=POLL.name, args=argsrepr, kwargs=kwargsrepr,
+            retries=0, eta=None, expires=None, root_id=None, parent_id=None,
+        )  # fmt: skip
+        self._send("task-started", job.job_id)
+
+    def last(self, job: Job, *, polls: int, runtime_s: float) -> None:
+        self._send("task-succeeded", job.job_id, result=f"{polls} polls", runtime=runtime_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._dispatcher.close()
+
+
+def poll_claimed(rt: Runtime, job_id: str, events: PollEvents | None = None) -> None:
+    """Poll a claimed job once and put it back in the poll queue, or take it out."""
+    polled = poll_once(rt, job_id)
+    if polled.countdown_s is None:
+        rt.polls.remove(job_id)
+    else:
+        rt.polls.add(job_id, due_s=rt.clock() + polled.countdown_s)
+    if events is None or polled.job is None:
+        return
+    if polled.attempt == 1:
+        events.first(polled.job)
+    if polled.countdown_s is None:
+        started = polled.job.times.get("submitted", rt.clock())
+        events.last(polled.job, polls=polled.attempt, runtime_s=round(rt.clock() - started, 3))
+
+
+class Poller:
+    """Polls the due jobs of this worker's key on ``threads`` threads of its own."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        threads: int,
+        events: PollEvents | None = None,
+        tick_s: float = POLLER_TICK_S,
+    ) -> None:
+        self.rt = rt
+        self.events = events
+        self.threads = threads
+        self.tick_s = tick_s
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fluxq-poll")
+        self._free = threads
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fluxq-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Claim nothing more, and wait up to ``timeout_s`` for the polls under way."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.events is not None:
+            self.events.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # a poll ending from here on wakes the wait below
+            with self._lock:
+                free = self._free
+            if free == 0:  # every thread busy: a finishing poll wakes the loop
+                self._wake.wait(self.tick_s)
+                continue
+            now = self.rt.clock()
+            try:
+                claim = self.rt.polls.claim(now_s=now, limit=free, claim_s=claim_s(self.rt))
+            except redis.RedisError as exc:
+                log.warning("poller cannot reach Redis (%s); will try again", exc)
+                self._stop.wait(1.0)
+                continue
+            for job_id in claim.job_ids:
+                with self._lock:
+                    self._free -= 1
+                self._pool.submit(self._poll, job_id)
+            if claim.job_ids:
+                continue
+            wait_s = self.tick_s
+            if claim.next_due_s is not None:
+                wait_s = min(wait_s, max(0.0, claim.next_due_s - now))
+            self._wake.wait(wait_s)
+
+    def _poll(self, job_id: str) -> None:
+        try:
+            poll_claimed(self.rt, job_id, self.events)
+        except Exception:  # a bug or Redis gone: the claim ends and the job is polled again
+            log.exception("poll of job=%s failed; it is polled again when its claim ends", job_id)
+        finally:
+            with self._lock:
+                self._free += 1
+            self._wake.set()
+
+
 @shared_task(name=POLL.name, base=RedactedTask, bind=True, max_retries=None, acks_late=True)
 def poll(self: Task, job_id: str, batch: str = "") -> None:
-    """Celery task: poll once and reschedule itself (same task id) while the job is Pending."""
-    countdown = poll_job(runtime_of(self.app), job_id)
+    """Celery task, for a poll sent by name: poll once, then leave the job to the poll queue."""
+    rt = runtime_of(self.app)
+    countdown = poll_job(rt, job_id)
     if countdown is not None:
-        raise self.retry(countdown=countdown, **flower_options(self))
+        rt.polls.add(job_id, due_s=rt.clock() + countdown)

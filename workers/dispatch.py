@@ -6,6 +6,7 @@ The only positional argument is the job id; the batch is a kwarg so Flower can f
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from celery import Celery, signature
@@ -16,16 +17,19 @@ from fluxq.config.settings import Settings
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.runtime import Runtime, build_runtime, describe
 from fluxq.workers.state.jobs import Job
+from fluxq.workers.state.poll_queue import PollQueue
 
 RUNTIME_ATTRIBUTE = "fluxq_runtime"
 """The attribute of a worker's Celery app that holds its Runtime (set once at start-up)."""
 
 
 class CeleryDispatcher:
-    """Sends fluxq.submit / poll / save, user notifications and user callbacks through Celery."""
+    """Sends fluxq.submit / save, user notifications and user callbacks through Celery; a poll
+    goes into the key's poll queue (``fluxq:polls:{k}``), where the workers' pollers find it."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, polls: PollQueue | None = None) -> None:
         self.app = app
+        self.polls = polls
 
     def _send(self, task: TaskSpec, job: Job, *, countdown_s: float = 0.0) -> None:
         argsrepr, kwargsrepr = describe(job)
@@ -38,7 +42,12 @@ class CeleryDispatcher:
         self._send(SUBMIT, job, countdown_s=countdown_s)
 
     def poll(self, job: Job, *, countdown_s: float) -> None:
-        self._send(POLL, job, countdown_s=countdown_s)
+        """Poll the job in ``countdown_s``: a message of its own only without a poll queue (a
+        dispatcher not built by ``celery_runtime``)."""
+        if self.polls is None:
+            self._send(POLL, job, countdown_s=countdown_s)
+            return
+        self.polls.add(job.job_id, due_s=time.time() + max(0.0, countdown_s))
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
         self._send(SAVE, job, countdown_s=countdown_s)
@@ -61,7 +70,9 @@ def celery_runtime(settings: Settings, *, app: Celery | None = None) -> Runtime:
     """
     celery = app if app is not None else make_celery(settings)
     assert settings.redis_url is not None  # make_celery refused an unset URL
-    rt = build_runtime(settings, redis_url=settings.redis_url, dispatch=CeleryDispatcher(celery))
+    dispatcher = CeleryDispatcher(celery)
+    rt = build_runtime(settings, redis_url=settings.redis_url, dispatch=dispatcher)
+    dispatcher.polls = rt.polls
     setattr(celery, RUNTIME_ATTRIBUTE, rt)
     return rt
 

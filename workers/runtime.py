@@ -20,6 +20,7 @@ from fluxq.workers.state.jobs import Job
 from fluxq.workers.state.latency_book import LatencyBook
 from fluxq.workers.state.lease_keeper import LeaseKeeper
 from fluxq.workers.state.limiter import Caps, SlotLimiter
+from fluxq.workers.state.poll_queue import PollQueue
 from fluxq.workers.state.store import JobStore
 
 PROMPT_PREVIEW_WORDS = 6
@@ -75,6 +76,7 @@ class Runtime:
     label: str
     leases: LeaseKeeper
     latency: LatencyBook
+    polls: PollQueue
     clock: Callable[[], float] = field(default=time.time)
 
     def close(self) -> None:
@@ -122,4 +124,5 @@ def build_runtime(
             budget=settings.poll_budget,
             prior_median_s=settings.poll_prior_median_s,
         ),
+        polls=PollQueue(client, label),
     )

@@ -134,7 +134,7 @@ def _ppid(proc: Path) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def test_a_rescheduled_poll_keeps_its_flower_text_and_its_task_id(
+def test_polls_are_no_celery_messages_and_a_pending_job_waits_in_the_poll_queue(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     # Given a job of a slow model (2 s here), polled several times by one worker
@@ -142,20 +142,30 @@ def test_a_rescheduled_poll_keeps_its_flower_text_and_its_task_id(
     cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 200.0}})
     cluster.start_worker(threads=4, save_threads=1)
     job_id = enqueue(cluster.rt, "flux-dev", {"prompt": "a slow heron", "seed": 1}, batch="fl")
-    # When its poll messages are read from Redis as they wait, over several reschedules
+
+    # When it is watched as it waits, over several polls
+    def polls_of_job() -> int:
+        job = cluster.rt.store.get(job_id)
+        assert job is not None
+        return job.poll_attempts
+
     deadline = time.monotonic() + 60
-    seen: dict[int, dict[str, object]] = {}
-    while len([r for r in seen if r >= 1]) < 2:
-        assert time.monotonic() < deadline, f"too few rescheduled polls seen: {sorted(seen)}"
-        for raw in cluster.rt.redis.hvals("unacked"):
-            headers = json.loads(raw)[0]["headers"]
-            if headers["task"] == "fluxq.poll":
-                seen[int(headers["retries"])] = headers
+    dues: set[float] = set()
+    poll_messages = 0
+    while polls_of_job() < 3:
+        assert time.monotonic() < deadline, f"too few polls: {polls_of_job()}"
+        due = cluster.rt.polls.due_s(job_id)
+        if due is not None:
+            dues.add(due)
+        queued = cluster.rt.redis.lrange("fluxq.poll", 0, -1)
+        poll_messages += sum('"fluxq.poll"' in raw for raw in queued)
+        poll_messages += sum('"fluxq.poll"' in raw for raw in cluster.rt.redis.hvals("unacked"))
         time.sleep(0.02)
-    # Then every reschedule is the same task id, and reads job=… endpoint=… "prompt…" with the
-    # batch as a kwarg (what Flower shows and searches)
-    assert len({str(h["id"]) for h in seen.values()}) == 1
-    for headers in seen.values():
-        assert headers["argsrepr"] == f'job={job_id} endpoint=flux-dev "a slow heron"'
-        assert headers["kwargsrepr"] == "batch=fl"
-    cluster.wait_terminal("fl", 1, timeout_s=60)
+    # Then it waited in the key's poll queue with a new due time after each poll, and no poll
+    # was a Celery message (no publish, consume, ack or Flower event per poll)
+    assert len(dues) >= 2, dues
+    assert poll_messages == 0
+    counts = cluster.wait_terminal("fl", 1, timeout_s=60)
+    assert counts.get("done") == 1, counts
+    # And once it is done it waits for no poll
+    assert cluster.rt.polls.due_s(job_id) is None

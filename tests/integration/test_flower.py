@@ -197,6 +197,12 @@ def test_flower_lists_fluxq_tasks_with_their_args_and_kwargs_and_finds_a_batch(
                 assert '"a grey heron fishing' in task["args"], task
                 assert task["name"].startswith("fluxq."), task
             assert {task["name"] for task in found.values()} >= {"fluxq.submit", "fluxq.save"}
+            # And each job's polling is one task, however many polls it took, ended with them
+            polls = [task for task in found.values() if task["name"] == "fluxq.poll"]
+            assert sorted(job_of(task) for task in polls) == sorted(herons), polls
+            for task in polls:
+                assert task["state"] == "SUCCESS", task
+                assert str(task["result"]).endswith(" polls"), task
 
             # And unfiltered, the egret is listed too: the search did the filtering
             def egret_seen() -> bool:

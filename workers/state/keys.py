@@ -43,6 +43,9 @@
     fluxq:names:{batch}           hash    lower-cased file stem -> the job id that holds it: one
                                           job per file name in a batch (``enqueue.lua`` refuses
                                           a second); kept like the batch counters
+    fluxq:polls:{k}               zset    submitted jobs waiting for a poll, score = when it is
+                                          due (a claimed one: when its claim ends); see
+                                          poll_queue.py
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
                                           re-sends it (a save lost with a worker is redone)
     fluxq:latency:{endpoint}      list    the last 1024 observed generation times of the endpoint,
@@ -114,6 +117,10 @@ def names(batch: str) -> str:
 
 def probe(label: str) -> str:
     return f"{PREFIX}:probe:{label}"
+
+
+def polls(label: str) -> str:
+    return f"{PREFIX}:polls:{label}"
 
 
 def stats(label: str) -> str:
