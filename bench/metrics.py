@@ -87,12 +87,19 @@ def side_metrics(
         "rate_limited_429": account.get("rate_limited_429", 0),
         "max_active": account.get("max_active", 0),
         "polls_per_job": _ratio(account.get("polls", 0), n),
+        "polls_per_s": _ratio(account.get("polls", 0), makespan),
+        "detected_mean_s": math.fsum(detected) / len(detected) if detected else None,
         "downloads_per_job": _ratio(account.get("downloads", 0), n),
         **_spread(detected, "detected", (50, 95)),
         **_spread(refill_gaps(tasks, cap), "refill", (50, 90)),
         **_spread(saved, "saved", (50, 95, 99)),
         "cpu_s": run.cpu_s,
         "cpu_s_per_job": _ratio(run.cpu_s, n),
+        **{
+            f"{part}_per_job": _ratio(run.extra[part], n)
+            for part in ("cpu_workers_s", "cpu_api_s", "cpu_redis_s")
+            if part in run.extra
+        },
         "startup_cpu_s": run.startup_cpu_s,
         "peak_rss_mb": run.peak_rss_bytes / 2**20,
         "redis_commands_per_job": _ratio(run.extra["redis_commands"], n)

@@ -43,6 +43,8 @@ class Scenario:
 SCENARIOS = {
     "l5": Scenario("l5", median_s=5.0, sigma=0.4),
     "l1": Scenario("l1", median_s=1.0, sigma=0.3),
+    # FLUX.2 [klein]: "sub-second generation"
+    "klein": Scenario("klein", median_s=0.5, sigma=0.3),
 }
 
 

@@ -208,9 +208,15 @@ def _run_fluxq(run: SideRun, ctx: Context) -> None:
         with Client(settings) as client:
             wait_consuming(settings, process, log)
             run.startup_cpu_s = sum(each.sample() for each in samplers)
+            api_start_s = api_sampler.sample() if api_sampler is not None else 0.0
+            redis_start_s = redis_cpu_s(client.runtime.redis)
             client.runtime.redis.config_resetstat()
             ids = _enqueue_and_wait(run, ctx, client, process, log)
             run.cpu_s = sum(each.sample() for each in samplers) - run.startup_cpu_s
+            api_s = api_sampler.sample() - api_start_s if api_sampler is not None else 0.0
+            run.extra["cpu_api_s"] = api_s
+            run.extra["cpu_workers_s"] = run.cpu_s - api_s
+            run.extra["cpu_redis_s"] = redis_cpu_s(client.runtime.redis) - redis_start_s
             calls = redis_command_calls(client.runtime.redis)
             run.extra["redis_commands"] = sum(calls.values())
             run.extra["redis_command_calls"] = calls
@@ -253,6 +259,13 @@ def _start_api(
         time.sleep(0.1)
     stop_child(process, timeout_s=10)
     raise RuntimeError(f"fluxq api not up after {START_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
+
+
+def redis_cpu_s(client: redis.Redis[str]) -> float:
+    """The Redis server's own CPU seconds so far (user + system, from INFO): the bench's Redis
+    serves one side at a time, so a difference is that side's."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def redis_command_calls(client: redis.Redis[str]) -> dict[str, int]:

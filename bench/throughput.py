@@ -46,8 +46,8 @@ DEADLINE_MARGIN_S = 120.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``throughput`` command's options."""
-    parser.add_argument("--scenario", default="l5,l1", help=f"Any of {', '.join(SCENARIOS)}.")
-    parser.add_argument("--n", type=int, default=2000, help="Jobs per side and scenario.")
+    parser.add_argument("--scenario", default="klein,l1,l5", help=f"Any of {', '.join(SCENARIOS)}.")
+    parser.add_argument("--n", type=int, default=960, help="Jobs per side and scenario.")
     parser.add_argument(
         "--time-scale",
         type=float,
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="Latency seed: same jobs, same times.")
     parser.add_argument("--cap", type=int, default=24, help="The account's active-task cap.")
-    parser.add_argument("--sides", default="naive,fluxq,fluxq-probe", help="Sides, in order.")
+    parser.add_argument("--sides", default="naive,fluxq,fluxq-webhook", help="Sides, in order.")
     parser.add_argument(
         "--side",
         action="append",
