@@ -334,6 +334,21 @@ def best_schedule(model: LogNormal, polls_per_task: float) -> Schedule:
     return _from_unit([t * median for t in unit])
 
 
+FULL_RATE_POLLS = 3.0
+"""A task may always spend as many polls as BFL's poll-every-0.5 s loop would, up to this many
+(the loop's rate over the first 1.5 s of a task's life); the budget trims only the polls beyond.
+A share of the loop's count alone left a 0.5 s model (FLUX.2 [klein]) one poll a task, placed
+late: slower than the loop. A slot idle for a given delay costs a fast model a larger share of
+its throughput, and its polls are few either way."""
+
+
+def budget_polls(model: LogNormal, budget: float) -> float:
+    """Polls per task for a ``budget`` (a share of the loop's polls, after FULL_RATE_POLLS)."""
+    loop = fixed_interval_polls(model)
+    return max(budget * loop, min(loop, FULL_RATE_POLLS))
+
+
 def budget_schedule(model: LogNormal, budget: float) -> Schedule:
-    """The best schedule spending ``budget`` times the polls of BFL's poll-every-0.5 s loop."""
-    return best_schedule(model, budget * fixed_interval_polls(model))
+    """The best schedule spending ``budget_polls`` (the loop's own polls for a fast model, a
+    ``budget`` share of them for a slow one)."""
+    return best_schedule(model, budget_polls(model, budget))
