@@ -70,7 +70,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fluxq import api_schemas
 from fluxq.api_bfl_webhooks import Answer, receive
-from fluxq.api_inline_submit import InlineSubmits
 from fluxq.batch_submit import (
     BadLines,
     BadParameters,
@@ -91,6 +90,7 @@ from fluxq.long_poll_gate import LongPollGate
 from fluxq.long_poll_gate import refusal as long_poll_refusal
 from fluxq.tasks.batches import batch_status, cancel_batch, cancel_job, report_rows
 from fluxq.tasks.enqueue import enqueue, prepare_job
+from fluxq.tasks.inline_submit import InlineSubmits
 from fluxq.tasks.sweep import workers_seen
 from fluxq.workers.bfl.webhooks import MAX_WEBHOOK_BYTES, WEBHOOK_PATH
 from fluxq.workers.dispatch import celery_runtime
@@ -530,7 +530,7 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         rt = celery_runtime(settings)
-        # The slot a webhook frees is refilled from here, with no Celery hop (api_inline_submit).
+        # The slot a webhook frees is refilled from here, with no Celery hop (inline_submit).
         inline = None
         if settings.api_submits and settings.bfl_api_key is not None:
             inline = InlineSubmits.install(rt)

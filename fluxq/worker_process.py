@@ -16,10 +16,12 @@ from celery import signals
 
 from fluxq.config.celery import POLL, TASK_MODULES
 from fluxq.config.settings import load_settings
-from fluxq.tasks.poll import Poller, PollEvents
+from fluxq.tasks.inline_submit import WORKER_COUNTER, InlineSubmits
+from fluxq.tasks.poll import Poller
 from fluxq.tasks.sweep import SweepTimer
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import celery_runtime
+from fluxq.workers.task_events import TaskEvents
 
 LOADED_TASK_MODULES = tuple(importlib.import_module(name) for name in TASK_MODULES)
 """Imported here, before Celery's loader imports them by name with the working directory on
@@ -55,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     timer = SweepTimer(rt)
     # The process that serves the poll queue polls the key's due jobs on threads of its own.
     poller = None
+    inline: InlineSubmits | None = None
+    events: TaskEvents | None = None
     if POLL.queue in args.queues.split(","):
-        events = PollEvents(app, hostname=node_name(args.name))
+        events = TaskEvents(app, hostname=node_name(args.name))
         poller = Poller(rt, threads=args.threads, events=events)
+        # The slot a Ready frees is refilled by this process, with no Celery hop.
+        inline = InlineSubmits.install(rt, counter=WORKER_COUNTER, events=events)
 
     def start_threads(**_: Any) -> None:
         timer.start()
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     def stop_threads(**_: Any) -> None:
         if poller is not None:
             poller.stop()
+        if inline is not None:
+            inline.close()  # the POSTs in flight are answered and recorded first
+        if events is not None:
+            events.close()
         timer.stop()
 
     signals.worker_ready.connect(start_threads, weak=False)

@@ -5,7 +5,7 @@ Each worker process that serves the poll queue runs a ``Poller``: a thread that 
 jobs in one Redis round trip and polls them on a few threads with one HTTP client (connections
 reused), then puts each back with its next due time or takes it out. A poll is not a Celery
 message: no publish, consume, ack or Flower events per poll. Flower still shows one task per job
-for its polling (``PollEvents``: received at its first poll, succeeded or failed at its last).
+for its polling (``TaskEvents``: received at its first poll, succeeded at its last).
 
 Each poll renews the slot lease; what each status BFL reports does to the job is
 ``tasks.bfl_status`` (shared with submit and the webhook receiver). The ``fluxq.poll`` Celery
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from celery import Celery, Task, shared_task
+from celery import Task, shared_task
 
 from fluxq.config.celery import POLL
 from fluxq.config.errors import JobFailed, RetryLater, StopAndAlert
@@ -32,8 +30,9 @@ from fluxq.workers.backoff import backoff_s
 from fluxq.workers.bfl.responses import Result, Status
 from fluxq.workers.dispatch import runtime_of
 from fluxq.workers.redacted_task import RedactedTask
-from fluxq.workers.runtime import Runtime, describe
+from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.task_events import TaskEvents
 
 log = logging.getLogger("fluxq.poll")
 
@@ -130,45 +129,7 @@ def claim_s(rt: Runtime) -> float:
     return s.http_connect_timeout_s + s.http_pool_timeout_s + s.http_read_timeout_s
 
 
-def poll_task_id(job_id: str) -> str:
-    """The Celery task id Flower shows for a job's polling (the same for all its polls)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fluxq:poll:{job_id}"))
-
-
-class PollEvents:
-    """Flower's view of polling: one task per job, not one per poll. Sends Celery's task events
-    for ``fluxq.poll`` (id ``poll_task_id``): received and started at a job's first poll,
-    succeeded at its last with what became of the job. Best effort: an event lost never stops
-    a poll."""
-
-    def __init__(self, app: Celery, *, hostname: str) -> None:
-        self._dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname=hostname)
-        self._lock = threading.Lock()
-
-    def _send(self, event: str, job_id: str, **fields: Any) -> None:
-        try:
-            with self._lock:
-                self._dispatcher.send(event, uuid=poll_task_id(job_id), **fields)
-        except Exception as exc:  # the broker's errors vary by transport: never fail a poll
-            log.info("Flower event %s for job=%s not sent: %s", event, job_id, exc)
-
-    def first(self, job: Job) -> None:
-        argsrepr, kwargsrepr = describe(job)
-        self._send(
-            "task-received", job.job_id, name=POLL.name, args=argsrepr, kwargs=kwargsrepr,
-            retries=0, eta=None, expires=None, root_id=None, parent_id=None,
-        )  # fmt: skip
-        self._send("task-started", job.job_id)
-
-    def last(self, job: Job, *, polls: int, runtime_s: float) -> None:
-        self._send("task-succeeded", job.job_id, result=f"{polls} polls", runtime=runtime_s)
-
-    def close(self) -> None:
-        with self._lock:
-            self._dispatcher.close()
-
-
-def poll_claimed(rt: Runtime, job_id: str, events: PollEvents | None = None) -> None:
+def poll_claimed(rt: Runtime, job_id: str, events: TaskEvents | None = None) -> None:
     """Poll a claimed job once and put it back in the poll queue, or take it out."""
     polled = poll_once(rt, job_id)
     if polled.countdown_s is None:
@@ -177,11 +138,15 @@ def poll_claimed(rt: Runtime, job_id: str, events: PollEvents | None = None) -> 
         rt.polls.add(job_id, due_s=rt.clock() + polled.countdown_s)
     if events is None or polled.job is None:
         return
+    # Flower: one fluxq.poll task per job, started at its first poll, ended with its last
     if polled.attempt == 1:
-        events.first(polled.job)
+        events.started(POLL.name, polled.job)
     if polled.countdown_s is None:
-        started = polled.job.times.get("submitted", rt.clock())
-        events.last(polled.job, polls=polled.attempt, runtime_s=round(rt.clock() - started, 3))
+        began = polled.job.times.get("submitted", rt.clock())
+        runtime_s = round(rt.clock() - began, 3)
+        events.succeeded(
+            POLL.name, polled.job, result=f"{polled.attempt} polls", runtime_s=runtime_s
+        )
 
 
 class Poller:
@@ -192,7 +157,7 @@ class Poller:
         rt: Runtime,
         *,
         threads: int,
-        events: PollEvents | None = None,
+        events: TaskEvents | None = None,
         tick_s: float = POLLER_TICK_S,
     ) -> None:
         self.rt = rt
@@ -216,8 +181,6 @@ class Poller:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.events is not None:
-            self.events.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

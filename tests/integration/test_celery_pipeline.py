@@ -88,6 +88,24 @@ def test_two_worker_processes_share_one_cap(make_cluster: Callable[..., Cluster]
     assert stats["duplicate_submits"] == 0
 
 
+def test_a_slot_freed_by_a_poll_is_refilled_by_the_same_worker_process_without_celery(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given one worker tree and a cap of 1, so every submit after the first follows a Ready
+    cluster = make_cluster(FLUXQ_ACTIVE_CAP="1")
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 20.0}})
+    cluster.start_worker(threads=4, save_threads=1)
+    # When 5 jobs are enqueued
+    for i in range(5):
+        enqueue(cluster.rt, "flux-dev", request_for("flux-dev", i), batch="refill")
+    counts = cluster.wait_terminal("refill", 5, timeout_s=120)
+    # Then all are done, one at a time, and the 4 submits that followed a Ready ran in the
+    # process whose poller saw it (the first came through Celery from the producer)
+    assert counts["done"] == 5, counts
+    assert cluster.sim.stats(KEY)["max_active"] == 1
+    assert cluster.rt.limiter.counters().get("inline_submits") == 4
+
+
 def test_a_worker_killed_mid_batch_loses_no_job_and_submits_none_twice(
     make_cluster: Callable[..., Cluster],
 ) -> None:

@@ -1,5 +1,5 @@
-"""``fluxq api``'s own submits (``fluxq.api_inline_submit``): the real task logic against the
-simulator.
+"""Submits run by the process that admitted the job (``fluxq.tasks.inline_submit``; here as
+``fluxq api`` runs them): the real task logic against the simulator.
 
 The Pipeline's recording dispatcher stands for Celery: what ``InlineSubmits`` hands to the
 workers lands there, and the tests run it as a worker would (``pipeline.drain``).
@@ -14,8 +14,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from fluxq.api_bfl_webhooks import Answer, receive
-from fluxq.api_inline_submit import COUNTER, InlineSubmits
 from fluxq.tasks.enqueue import enqueue
+from fluxq.tasks.inline_submit import COUNTER, InlineSubmits
 from fluxq.workers.bfl import webhooks
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State

@@ -17,11 +17,11 @@ import redis
 
 import fluxq.api
 from fluxq.api import loggable, openapi_json
-from fluxq.api_inline_submit import InlineSubmits
 from fluxq.cli.api import AllowedHosts
 from fluxq.config.errors import ConfigError
 from fluxq.config.settings import load_settings
 from fluxq.tasks import lifecycle
+from fluxq.tasks.inline_submit import InlineSubmits
 from fluxq.workers.dispatch import CeleryDispatcher
 from fluxq.workers.state import keys
 from tests.support.api import BASE_URL, MakeClient

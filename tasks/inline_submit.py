@@ -1,0 +1,164 @@
+"""Submits run in the process that admitted the job, in its own threads: no Celery hop per slot.
+
+A slot freed by a Ready is refilled by the process that saw the Ready: ``fluxq api`` in webhook
+mode (the webhook's request), a worker's poller in polling mode. Handing the next job to a worker
+through Celery (the publish, the worker's consumer and pool, the ack) left the slot idle 39 ms at
+the median at 1 s latencies on a 2-core machine, against 25 ms when the same ``submit_job`` runs
+in a thread of the process that admitted the job (``docs/BENCHMARKS.md``, same run). So that
+process's dispatcher is wrapped: submits run here, everything else (polls, saves, callbacks) goes
+on as before. Flower still lists each such submit as a ``fluxq.submit`` task (``TaskEvents``).
+
+A submit runs here only while a thread is free (no queue in memory: a process that dies leaves
+nothing admitted and unsent but its POSTs in flight), and only while some worker is alive to save
+its image (the workers' heartbeat in ``fluxq:workers``, read at most once a second): otherwise it
+goes to Celery and waits there, unpaid, as before. Anything the thread cannot finish also goes to
+the workers: a retry countdown, or an error that is not BFL's answer (the workers' claim then
+treats a POST that may have been sent as uncertain, as for a crashed worker). A process that dies
+with submits in its pool leaves admitted jobs holding leases; when the leases lapse the sweep
+requeues them, or settles as uncertain one whose POST had gone (its webhook or late answer, if it
+comes, recovers it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from fluxq.config.celery import SUBMIT
+from fluxq.tasks.submit import submit_job
+from fluxq.tasks.sweep import workers_seen
+from fluxq.workers.runtime import Dispatcher, Runtime
+from fluxq.workers.state.jobs import Job
+from fluxq.workers.task_events import TaskEvents
+
+log = logging.getLogger("fluxq.inline_submit")
+
+THREADS = 8
+"""POSTs in flight from one process at once: each takes milliseconds, and a POST that hangs holds
+one thread only until the HTTP timeouts end it; with all busy, submits go to Celery."""
+
+WORKERS_CHECK_S = 1.0
+"""How long one reading of the workers' heartbeat is trusted."""
+
+COUNTER = "api_submits"
+"""The key's counter of submits ``fluxq api`` ran itself (``fluxq:stats:{k}``)."""
+
+WORKER_COUNTER = "inline_submits"
+"""The key's counter of submits a worker process ran itself, after a Ready its poller saw."""
+
+
+class InlineSubmits:
+    """A Dispatcher that runs submits in this process's threads and sends everything else on."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        inner: Dispatcher,
+        *,
+        threads: int = THREADS,
+        counter: str | None = COUNTER,
+        events: TaskEvents | None = None,
+    ) -> None:
+        self.rt = rt
+        self.inner = inner
+        self.counter = counter
+        """The key's counter of the submits run here (None: not counted, no round trip)."""
+        self.events = events
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fluxq-submit")
+        self._free = threading.BoundedSemaphore(threads)
+        self._lock = threading.Lock()
+        self._workers_until = 0.0  # monotonic time until which workers count as seen
+
+    @classmethod
+    def install(
+        cls,
+        rt: Runtime,
+        *,
+        threads: int = THREADS,
+        counter: str | None = COUNTER,
+        events: TaskEvents | None = None,
+    ) -> InlineSubmits:
+        """Wrap ``rt``'s dispatcher: from now on the submits it sends run in this process."""
+        inline = cls(rt, rt.dispatch, threads=threads, counter=counter, events=events)
+        rt.dispatch = inline
+        return inline
+
+    def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        if countdown_s > 0 or not self._workers_alive():
+            self.inner.submit(job, countdown_s=countdown_s)
+            return
+        if not self._free.acquire(blocking=False):  # every thread busy: no queue in memory
+            self.inner.submit(job)
+            return
+        try:
+            self._pool.submit(self._run, job)
+        except RuntimeError:  # shutting down: the workers take it
+            self._free.release()
+            self.inner.submit(job)
+
+    def _workers_alive(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._workers_until:
+                return True
+        try:
+            alive = workers_seen(self.rt) > 0
+        except redis.RedisError:
+            return False  # Celery's own send will say what is wrong with Redis
+        if alive:
+            with self._lock:
+                self._workers_until = now + WORKERS_CHECK_S
+        return alive
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        if self.events is not None:
+            self.events.started(SUBMIT.name, job)
+        try:
+            result = self._submit(job)
+        finally:
+            self._free.release()
+        if self.events is not None:
+            runtime_s = round(time.monotonic() - started, 3)
+            self.events.succeeded(SUBMIT.name, job, result=result, runtime_s=runtime_s)
+
+    def _submit(self, job: Job) -> str:
+        """Run the submit; what became of it, for Flower."""
+        try:
+            countdown_s = submit_job(self.rt, job.job_id)
+        except Exception:  # not BFL's answer (Redis down, a bug): the workers take the job over
+            log.exception("submit in this process failed; the workers take it job=%s", job.job_id)
+            self._hand_over(job, 0.0)
+            return "handed to the workers"
+        if countdown_s is not None:  # a retry after a backoff: the workers' Celery countdown
+            self._hand_over(job, countdown_s)
+            return f"handed to the workers: retry in {countdown_s:.1f} s"
+        if self.counter is not None:
+            self.rt.limiter.count(self.counter)
+        return "done"
+
+    def _hand_over(self, job: Job, countdown_s: float) -> None:
+        try:
+            self.inner.submit(job, countdown_s=countdown_s)
+        except Exception:  # Redis is down too: the lease lapses and the sweep requeues the job
+            log.exception("could not hand the submit to the workers job=%s", job.job_id)
+
+    def poll(self, job: Job, *, countdown_s: float) -> None:
+        self.inner.poll(job, countdown_s=countdown_s)
+
+    def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
+        self.inner.save(job, countdown_s=countdown_s)
+
+    def notify(self, job: Job) -> None:
+        self.inner.notify(job)
+
+    def callback(self, job: Job, payload: dict[str, object]) -> None:
+        self.inner.callback(job, payload)
+
+    def close(self) -> None:
+        """Wait until every submit taken is answered and recorded: none is cut off mid-POST."""
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,58 @@
+"""Flower's view of work that is not a Celery message: Celery's task events, sent by hand.
+
+A poll is not a Celery task (``tasks.poll``: the poll queue), and a submit run in the process
+that admitted its job is not one either (``tasks.inline_submit``). Flower builds its task list
+from events, so these send the events a worker would: one task per job and kind, with a task id
+derived from both (``task_id``), received and started when the work starts, succeeded with a
+short result when it ends. Best effort: an event lost never stops the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from fluxq.workers.runtime import describe
+from fluxq.workers.state.jobs import Job
+
+log = logging.getLogger("fluxq.events")
+
+
+def task_id(name: str, job_id: str) -> str:
+    """The Celery task id Flower shows for ``name``'s work on ``job_id`` (always the same)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}:{job_id}"))
+
+
+class TaskEvents:
+    """Sends Celery task events as the node ``hostname`` (what Flower lists as the worker)."""
+
+    def __init__(self, app: Celery, *, hostname: str) -> None:
+        self._dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname=hostname)
+        self._lock = threading.Lock()
+
+    def _send(self, event: str, task: str, job_id: str, **fields: Any) -> None:
+        try:
+            with self._lock:
+                self._dispatcher.send(event, uuid=task_id(task, job_id), **fields)
+        except Exception as exc:  # the broker's errors vary by transport: never fail the work
+            log.info("Flower event %s of %s for job=%s not sent: %s", event, task, job_id, exc)
+
+    def started(self, name: str, job: Job) -> None:
+        """The task ``name`` of ``job`` is received and started, with fluxq's Flower text."""
+        argsrepr, kwargsrepr = describe(job)
+        self._send(
+            "task-received", name, job.job_id, name=name, args=argsrepr, kwargs=kwargsrepr,
+            retries=0, eta=None, expires=None, root_id=None, parent_id=None,
+        )  # fmt: skip
+        self._send("task-started", name, job.job_id)
+
+    def succeeded(self, name: str, job: Job, *, result: str, runtime_s: float) -> None:
+        self._send("task-succeeded", name, job.job_id, result=result, runtime=runtime_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._dispatcher.close()
