@@ -29,7 +29,8 @@ async def one_job(
         while True:
             response = await http.post(
                 f"{args.base_url}/v1/{args.endpoint}",
-                json={"prompt": f"bench {args.scenario} job {index}"},  # = Scenario.prompt
+                # = Scenario.request: the prompt, at bench.plan.IMAGE_SIZE
+                json={"prompt": f"bench {args.scenario} job {index}", "width": 256, "height": 256},
                 headers={"x-key": args.key},
             )
             if response.status_code != 429:

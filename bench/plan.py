@@ -18,6 +18,12 @@ ENDPOINT = "flux-dev"
 """A catalog endpoint with no nested cap group: only the account's cap (24 by default) applies."""
 
 
+IMAGE_SIZE = {"width": 256, "height": 256}
+"""The size every side asks for. The simulator renders each image on the machine under test: at
+BFL's default 1024x768 that is 38 ms of CPU a job, a whole core at FLUX.2 [klein] speed (29 jobs
+a second) taken from the clients being measured; 256x256 costs 3 ms."""
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A lognormal latency given by its median and the sigma of its logarithm."""
@@ -38,6 +44,10 @@ class Scenario:
     def prompt(self, index: int) -> str:
         """Job ``index``'s prompt, identical across sides so its latency is too."""
         return f"bench {self.name} job {index}"
+
+    def request(self, index: int) -> dict[str, object]:
+        """Job ``index``'s request: its prompt, at IMAGE_SIZE (every side sends the same)."""
+        return {"prompt": self.prompt(index), **IMAGE_SIZE}
 
 
 SCENARIOS = {

@@ -299,9 +299,7 @@ def _enqueue_and_wait(
     batch = run.key
     run.started_at = time.time()
     ids = [
-        client.enqueue(
-            ENDPOINT, {"prompt": ctx.scenario.prompt(i)}, batch=batch, name=f"job-{i:05d}"
-        ).id
+        client.enqueue(ENDPOINT, ctx.scenario.request(i), batch=batch, name=f"job-{i:05d}").id
         for i in range(ctx.n)
     ]
     run.extra["enqueue_s"] = time.time() - run.started_at
