@@ -170,18 +170,23 @@ class SlotLimiter:
         now_s: float,
         count: str | None = None,
         ttl_s: float | None = None,
-    ) -> None:
+        job_counter: str | None = None,
+    ) -> int:
         """Renew the job's lease for ``ttl_s`` (default: the lease TTL), or take it back with no
         cap check if it was released: its BFL task is (about to be) running, so BFL counts it
-        either way. One round trip, which also adds 1 to the key's counter ``count`` when given
-        (a poll counts itself this way)."""
+        either way. One round trip, which also adds 1 to the key's counter ``count`` and to the
+        job's field ``job_counter`` when given (a poll counts itself and its attempt this way);
+        returns the job field's new value (0 without one)."""
         expiry: dict[str | bytes, float] = {job_id: now_s + (ttl_s or self.lease_ttl_s)}
         pipe = self._redis.pipeline(transaction=True)
         pipe.zadd(self._slots, expiry)
         pipe.zadd(keys.group_slots(self.label, group), expiry)
         if count is not None:
             pipe.hincrby(self._stats, count, 1)
-        pipe.execute()
+        if job_counter is not None:
+            pipe.hincrby(keys.job(job_id), job_counter, 1)
+        replies = pipe.execute()
+        return int(replies[-1]) if job_counter is not None else 0
 
     def hold_many(
         self, held: list[tuple[str, str]], *, now_s: float, ttl_s: float | None = None

@@ -8,6 +8,7 @@ mid-poll leaves the job to be claimed again then (a second GET of a result costs
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -31,10 +32,14 @@ class PollQueue:
         self._redis = client
         self.key = keys.polls(label)
         self._claim = client.register_script(source("claim_polls"))
+        self.wakeup = threading.Event()
+        """Set when this process adds a job (and by a poller thread that frees up): the
+        process's poller waits on it rather than looking at Redis on a short timer."""
 
     def add(self, job_id: str, *, due_s: float) -> None:
         """Poll ``job_id`` at ``due_s`` (epoch seconds); an earlier or later time replaces it."""
         self._redis.zadd(self.key, {job_id: due_s})
+        self.wakeup.set()
 
     def remove(self, job_id: str) -> None:
         """Polling ``job_id`` is over."""
