@@ -15,6 +15,7 @@ task remains for messages sent by name: it polls once and hands the job to the p
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -188,8 +189,10 @@ class Poller:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
+        queue = self.rt.polls
         while not self._stop.is_set():
-            self._wake.clear()  # a poll ending from here on wakes the wait below
+            queue.next_look_s = math.inf  # an add from here until the wait wakes it at once
+            self._wake.clear()
             with self._lock:
                 free = self._free
             if free == 0:  # every thread busy: a finishing poll wakes the loop
@@ -211,6 +214,9 @@ class Poller:
             wait_s = self.idle_s
             if claim.next_due_s is not None:
                 wait_s = min(wait_s, max(0.0, claim.next_due_s - now))
+            # Only a job due before this wake-up (or a thread freed while all were busy) wakes
+            # the loop early: each look is a claim, and most adds are due later than the next.
+            queue.next_look_s = now + wait_s
             self._wake.wait(wait_s)
 
     def _poll(self, job_id: str) -> None:
@@ -221,7 +227,9 @@ class Poller:
         finally:
             with self._lock:
                 self._free += 1
-            self._wake.set()
+                was_full = self._free == 1
+            if was_full:  # the loop waits for a free thread
+                self._wake.set()
 
 
 @shared_task(name=POLL.name, base=RedactedTask, bind=True, max_retries=None, acks_late=True)

@@ -33,13 +33,18 @@ class PollQueue:
         self.key = keys.polls(label)
         self._claim = client.register_script(source("claim_polls"))
         self.wakeup = threading.Event()
-        """Set when this process adds a job (and by a poller thread that frees up): the
-        process's poller waits on it rather than looking at Redis on a short timer."""
+        """Set when this process adds a job due before its poller means to look again (and by
+        a poller thread that frees up while all were busy): the process's poller waits on it
+        rather than looking at Redis on a short timer."""
+        self.next_look_s = 0.0
+        """When this process's poller means to look again (epoch seconds; infinity while it is
+        looking, so an add then always wakes it)."""
 
     def add(self, job_id: str, *, due_s: float) -> None:
         """Poll ``job_id`` at ``due_s`` (epoch seconds); an earlier or later time replaces it."""
         self._redis.zadd(self.key, {job_id: due_s})
-        self.wakeup.set()
+        if due_s < self.next_look_s:
+            self.wakeup.set()
 
     def remove(self, job_id: str) -> None:
         """Polling ``job_id`` is over."""
