@@ -188,6 +188,12 @@ def _save(rt: Runtime, job_id: str) -> float | None:
     done_at = rt.clock()
     meta = metadata(job, image, got, done_at)
     write_json_atomic(image.with_suffix(".json"), meta)
+    if job.download_attempts:
+        # The image and its sidecar are in place: any temporary file left by an earlier attempt,
+        # however recent (a sidecar's is written in milliseconds, so a kill then leaves one too
+        # young for the check above), is dead now. A duplicate attempt still running loses its
+        # rename and finds the job done.
+        remove_stale_parts(image, now_s=time.time(), older_than_s=0.0)
     _record_in_manifest(rt, job, image, meta)
     fields: dict[str, str | int | float] = {JobField.PATH: str(image), JobField.SHA256: got.sha256}
     lifecycle.end(rt, job, State.DONE, fields=fields)

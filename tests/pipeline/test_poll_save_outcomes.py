@@ -16,7 +16,7 @@ import pytest
 
 from fluxq.tasks.enqueue import enqueue
 from fluxq.tasks.poll import poll_job
-from fluxq.tasks.save import save_job
+from fluxq.tasks.save import final_path, save_job
 from fluxq.tasks.sweep import sweep
 from fluxq.workers.bfl.client import BFLClient
 from fluxq.workers.state import keys
@@ -218,6 +218,28 @@ def test_a_download_cut_off_midway_is_retried_and_no_partial_file_remains(
     job = pipeline.job(job_id)
     assert job.state is State.DONE
     assert sorted(p.suffix for p in out.iterdir()) == [".jpeg", ".json", ".jsonl"]
+
+
+def test_a_recent_part_file_of_a_killed_attempt_is_removed_once_the_save_succeeds(
+    pipeline: Pipeline,
+) -> None:
+    # Given a job whose first save attempt failed, and the sidecar's temporary file a killed
+    # attempt left a moment ago (too young for the stale-part check before a download)
+    pipeline.sim.configure(download_drop_rate=1.0)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "killed"}, batch="killed")
+    while "save" not in pipeline.dispatch.kinds(job_id):
+        assert pipeline.step()
+    assert pipeline.step()  # the first save attempt: dropped
+    image = final_path(pipeline.rt, pipeline.job(job_id))
+    image.parent.mkdir(parents=True, exist_ok=True)
+    left = image.with_name(f".{image.with_suffix('.json').name}.deadbeef.part")
+    left.write_text("{")
+    # When the save is retried and succeeds
+    pipeline.sim.configure(download_drop_rate=0.0)
+    pipeline.drain()
+    # Then the job is done and no hidden temporary file remains beside its image
+    assert pipeline.job(job_id).state is State.DONE
+    assert [p.name for p in image.parent.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_redelivered_save_does_not_write_a_second_manifest_line(pipeline: Pipeline) -> None:
