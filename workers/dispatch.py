@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, signature
 
-from fluxq.config.celery import NOTIFY, POLL, SAVE, SUBMIT, TaskSpec
+from fluxq.config.celery import NOTIFY, SAVE, SUBMIT, TaskSpec
 from fluxq.config.errors import ConfigError
 from fluxq.config.settings import Settings
 from fluxq.workers.celery_app import make_celery
@@ -42,11 +42,9 @@ class CeleryDispatcher:
         self._send(SUBMIT, job, countdown_s=countdown_s)
 
     def poll(self, job: Job, *, countdown_s: float) -> None:
-        """Poll the job in ``countdown_s``: a message of its own only without a poll queue (a
-        dispatcher not built by ``celery_runtime``)."""
+        """Poll the job in ``countdown_s``: into the key's poll queue, not a Celery message."""
         if self.polls is None:
-            self._send(POLL, job, countdown_s=countdown_s)
-            return
+            raise ConfigError("this dispatcher has no poll queue: build it with celery_runtime")
         self.polls.add(job.job_id, due_s=time.time() + max(0.0, countdown_s))
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:

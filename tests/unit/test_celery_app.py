@@ -13,6 +13,7 @@ from fluxq.config.settings import Settings
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import CeleryDispatcher
 from fluxq.workers.state.jobs import Job, State
+from fluxq.workers.state.poll_queue import PollQueue
 
 
 def declare_all_queues(app_url: str) -> None:
@@ -40,15 +41,18 @@ def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared
 ) -> None:
     # Given a broker where every fluxq queue has been declared (as running workers do)
     declare_all_queues(redis_url)
-    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)))
+    polls = PollQueue(redis_client, "k")
+    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)), polls)
     # When one task of each kind is sent
     dispatcher.submit(job("p"))
     dispatcher.poll(job("p"), countdown_s=0)
     dispatcher.save(job("p"))
     dispatcher.notify(job("p"))
-    # Then each queue holds exactly its own message
+    # Then each queue holds exactly its own message, and the poll is no message: the job waits
+    # in the key's poll queue
     lengths = {name: redis_client.llen(name) for name in ALL_QUEUES}
-    assert lengths == {"fluxq.submit": 1, "fluxq.poll": 1, "fluxq.save": 1, "fluxq.control": 1}
+    assert lengths == {"fluxq.submit": 1, "fluxq.poll": 0, "fluxq.save": 1, "fluxq.control": 1}
+    assert polls.due_s("job-1") is not None
 
 
 def test_messages_carry_only_the_job_id_and_batch_and_a_readable_flower_text(
