@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from bench.plan import IMAGE_SIZE
+
 
 async def one_job(
     http: httpx.AsyncClient, args: argparse.Namespace, index: int, sem: asyncio.Semaphore
@@ -29,8 +31,7 @@ async def one_job(
         while True:
             response = await http.post(
                 f"{args.base_url}/v1/{args.endpoint}",
-                # = Scenario.request: the prompt, at bench.plan.IMAGE_SIZE
-                json={"prompt": f"bench {args.scenario} job {index}", "width": 256, "height": 256},
+                json={"prompt": f"bench {args.scenario} job {index}", **IMAGE_SIZE},  # = request
                 headers={"x-key": args.key},
             )
             if response.status_code != 429:

@@ -202,15 +202,21 @@ def test_a_delivery_host_refusing_a_valid_url_is_waited_out_not_a_lost_image(
     assert pipeline.job(job_id).state is State.DONE
 
 
-def test_a_download_cut_off_midway_is_retried_and_no_partial_file_remains(
-    pipeline: Pipeline,
-) -> None:
+def first_save_dropped(pipeline: Pipeline, prompt: str, batch: str) -> str:
+    """A job whose first save attempt lost its download: still ready, with one attempt made."""
     pipeline.sim.configure(download_drop_rate=1.0)
-    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "cut"}, batch="cut")
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": prompt}, batch=batch)
     while "save" not in pipeline.dispatch.kinds(job_id):
         assert pipeline.step()
     assert pipeline.step()  # the first save attempt: dropped
     assert pipeline.job(job_id).state is State.READY
+    return job_id
+
+
+def test_a_download_cut_off_midway_is_retried_and_no_partial_file_remains(
+    pipeline: Pipeline,
+) -> None:
+    job_id = first_save_dropped(pipeline, "cut", "cut")
     out = pipeline.rt.settings.output_dir / "cut"
     assert [p for p in out.iterdir() if not p.name.startswith(".")] == []
     pipeline.sim.configure(download_drop_rate=0.0)
@@ -225,11 +231,7 @@ def test_a_recent_part_file_of_a_killed_attempt_is_removed_once_the_save_succeed
 ) -> None:
     # Given a job whose first save attempt failed, and the sidecar's temporary file a killed
     # attempt left a moment ago (too young for the stale-part check before a download)
-    pipeline.sim.configure(download_drop_rate=1.0)
-    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "killed"}, batch="killed")
-    while "save" not in pipeline.dispatch.kinds(job_id):
-        assert pipeline.step()
-    assert pipeline.step()  # the first save attempt: dropped
+    job_id = first_save_dropped(pipeline, "killed", "killed")
     image = final_path(pipeline.rt, pipeline.job(job_id))
     image.parent.mkdir(parents=True, exist_ok=True)
     left = image.with_name(f".{image.with_suffix('.json').name}.deadbeef.part")
