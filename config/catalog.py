@@ -1,36 +1,38 @@
 """The catalog of BFL generation endpoints: request model, price, nested cap and sizing of each.
 
-Validates a request body for an endpoint and estimates its output size and price in credits.
+Its table is data (``endpoints.toml``, read by ``fluxq.config.endpoints``), and a process's
+settings add the endpoints a user declares (``catalog_with``, ``Settings.catalog``). Validates a
+request body for an endpoint and estimates its output size and price in credits.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Literal, get_args
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from fluxq.config.endpoint_spec import IMAGE
+
+# The spec and its price rules are the catalog's names too: the simulator, the CLI and tests
+# import them from here.
+from fluxq.config.endpoint_spec import EndpointSpec as EndpointSpec
+from fluxq.config.endpoint_spec import PerImage as PerImage
+from fluxq.config.endpoint_spec import PerMegapixel as PerMegapixel
+from fluxq.config.endpoint_spec import Unpriced as Unpriced
+from fluxq.config.endpoints import read_builtin, read_declared
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.requests import (
     PIXELS_PER_MEGAPIXEL,
-    FinetuneFluxProFillInputs,
+    RESERVED_FIELDS,
     FinetuneFluxUltraInput,
-    Flux2FlexInputs,
-    Flux2Inputs,
-    Flux2KleinInputs,
-    FluxDevInputs,
     FluxKontextProInputs,
-    FluxPro11Inputs,
-    FluxProExpandInputs,
-    FluxProFillInputs,
-    FluxProInputs,
     FluxUltraInput,
+    OpenRequest,
     OutputFormat,
     flux2_size,
     parse_aspect_ratio,
@@ -49,7 +51,8 @@ ASPECT_SIZE_MULTIPLE_PX = 32
 """Sizes estimated from an aspect ratio are rounded to multiples of this many pixels."""
 
 FILL_ASSUMED_SIDE_PX = 1024
-"""Assumed side of a fill/expand input image: its real size would mean decoding the base64 image."""
+"""Assumed side of an input image (fill, expand, the FLUX Tools): its real size would mean
+decoding the base64 image."""
 
 ASSUMED_INPUT_IMAGE_MEGAPIXELS = 1.0
 """Megapixels assumed per given input image: URLs and base64 images are too costly to measure."""
@@ -62,98 +65,36 @@ NOT_UTF8 = (
 ``"\\ud800"`` escape reads as one (valid JSON), and so do argv bytes that are not UTF-8; httpx
 sends JSON as UTF-8, so the POST would fail at submit, after the job was queued."""
 
-Sizing = Literal["pixels", "aspect_ratio", "image"]
-
-
-@dataclass(frozen=True)
-class PerImage:
-    """A flat price per generated image."""
-
-    credits: float
-
-
-@dataclass(frozen=True)
-class PerMegapixel:
-    """FLUX.2 pricing: the first output megapixel, then each extra output or input megapixel."""
-
-    first_mp_credits: float
-    extra_mp_credits: float
-
-
-PriceRule = PerImage | PerMegapixel
-
-
-@dataclass(frozen=True)
-class EndpointSpec:
-    """One generation endpoint: ``POST /v1/<endpoint>``."""
-
-    endpoint: str
-    request_model: type[BaseModel]
-    schema_name: str | None
-    price: PriceRule
-    cap_group: str | None
-    sizing: Sizing
-    prompt_max_chars: int | None
-    """The longest ``prompt`` the request model accepts (``PROMPT_MAX_CHARS``), None if none."""
-
-
-def _spec(
-    endpoint: str,
-    model: type[BaseModel],
-    price: PriceRule,
-    sizing: Sizing,
-    *,
-    cap_group: str | None = None,
-) -> EndpointSpec:
-    schema_name = None if model is FluxProInputs else model.__name__
-    prompt_max = _max_length(model, "prompt")
-    return EndpointSpec(endpoint, model, schema_name, price, cap_group, sizing, prompt_max)
-
-
-def _max_length(model: type[BaseModel], name: str) -> int | None:
-    """The ``max_length`` a field of ``model`` is declared with (in its non-null branch when it
-    is nullable: ``Prompt | None``), None when it has none."""
-    field = model.model_fields.get(name)
-    if field is None:
-        return None
-    found = [*field.metadata]
-    for branch in get_args(field.annotation):  # Annotated[str, Field(...)] | None
-        for item in getattr(branch, "__metadata__", ()):
-            found.extend(item.metadata if isinstance(item, FieldInfo) else [item])
-    bounds = [b for item in found if (b := getattr(item, "max_length", None)) is not None]
-    return min(bounds, default=None)
-
-
-# Per-image prices are BFL's (API.md section 7; 1 credit = $0.01). flux-pro-1.0-expand is not on
-# BFL's price list: we charge it like fill (5), whose model and schema shape it shares.
-_SPECS = (
-    _spec("flux-pro-1.1", FluxPro11Inputs, PerImage(4.0), "pixels"),
-    _spec("flux-dev", FluxDevInputs, PerImage(2.5), "pixels"),
-    _spec("flux-pro", FluxProInputs, PerImage(5.0), "pixels"),
-    _spec("flux-pro-1.1-ultra", FluxUltraInput, PerImage(6.0), "aspect_ratio"),
-    _spec("flux-pro-1.1-ultra-finetuned", FinetuneFluxUltraInput, PerImage(7.0), "aspect_ratio"),
-    _spec("flux-kontext-pro", FluxKontextProInputs, PerImage(4.0), "aspect_ratio"),
-    _spec(
-        "flux-kontext-max",
-        FluxKontextProInputs,
-        PerImage(8.0),
-        "aspect_ratio",
-        cap_group="flux-kontext-max",
-    ),
-    _spec("flux-pro-1.0-fill", FluxProFillInputs, PerImage(5.0), "image"),
-    _spec("flux-pro-1.0-expand", FluxProExpandInputs, PerImage(5.0), "image"),
-    _spec("flux-pro-1.0-fill-finetuned", FinetuneFluxProFillInputs, PerImage(6.0), "image"),
-    _spec("flux-2-max", Flux2Inputs, PerMegapixel(7.0, 3.0), "pixels"),
-    _spec("flux-2-pro", Flux2Inputs, PerMegapixel(3.0, 1.5), "pixels"),
-    _spec("flux-2-pro-preview", Flux2Inputs, PerMegapixel(3.0, 1.5), "pixels"),
-    _spec("flux-2-flex", Flux2FlexInputs, PerMegapixel(5.0, 5.0), "pixels"),
-    _spec("flux-2-klein-4b", Flux2KleinInputs, PerMegapixel(1.4, 0.1), "pixels"),
-    _spec("flux-2-klein-9b", Flux2KleinInputs, PerMegapixel(1.5, 0.2), "pixels"),
-    _spec("flux-2-klein-9b-preview", Flux2KleinInputs, PerMegapixel(1.5, 0.2), "pixels"),
+RESERVED_FIELD_TEXT = (
+    "fluxq sets this field itself (webhook mode), so a request for an endpoint whose fields "
+    "fluxq does not know may not hold it; fluxq's own webhook is the job's webhook_url option"
 )
+"""Why a request for an open endpoint may not hold one of ``RESERVED_FIELDS``."""
 
-CATALOG: Mapping[str, EndpointSpec] = MappingProxyType({s.endpoint: s for s in _SPECS})
-"""Every generation endpoint of BFL's openapi.json, plus the legacy ``flux-pro``."""
+Catalog = Mapping[str, EndpointSpec]
+"""Endpoints by path: ``CATALOG``, or a process's ``Settings.catalog`` (with declared ones)."""
+
+
+class _Table(Mapping[str, EndpointSpec]):
+    """A read-only table of endpoints in the order given. Not a ``MappingProxyType``: Settings
+    holds one, and settings pickle and copy."""
+
+    def __init__(self, specs: Iterable[EndpointSpec]) -> None:
+        self._specs = {spec.endpoint: spec for spec in specs}
+
+    def __getitem__(self, endpoint: str) -> EndpointSpec:
+        return self._specs[endpoint]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+CATALOG: Catalog = _Table(read_builtin())
+"""fluxq's own endpoints: every generation endpoint of BFL's openapi.json, the legacy
+``flux-pro``, and the FLUX Tools (preview). Declared endpoints are in ``Settings.catalog``."""
 
 _ASPECT_MEGAPIXELS: Mapping[type[BaseModel], float] = {
     FluxUltraInput: ULTRA_MEGAPIXELS,
@@ -162,29 +103,45 @@ _ASPECT_MEGAPIXELS: Mapping[type[BaseModel], float] = {
 }
 
 
-def get_endpoint(endpoint: str) -> EndpointSpec:
-    """The spec of ``endpoint``; raise InvalidRequest naming field ``endpoint`` if it is unknown."""
+def catalog_with(path: Path | None) -> Catalog:
+    """``CATALOG`` plus the endpoints declared in ``path`` (FLUXQ_ENDPOINTS_FILE), after fluxq's
+    own; ConfigError names the file, and each bad entry with its field."""
+    if path is None:
+        return CATALOG
+    return _Table([*CATALOG.values(), *read_declared(path, CATALOG)])
+
+
+def get_endpoint(endpoint: str, *, catalog: Catalog = CATALOG) -> EndpointSpec:
+    """The spec of ``endpoint``; raise InvalidRequest naming field ``endpoint`` if it is unknown.
+
+    ``catalog`` is the process's (``Settings.catalog``) wherever a declared endpoint may come."""
     try:
-        return CATALOG[endpoint]
+        return catalog[endpoint]
     except KeyError:
-        known = ", ".join(sorted(CATALOG))
+        known = ", ".join(sorted(catalog))
         error = FieldError(loc=("endpoint",), msg=f"unknown endpoint {endpoint!r}; known: {known}")
         raise InvalidRequest("unknown endpoint", errors=[error]) from None
 
 
-def validate_request(endpoint: str, data: Mapping[str, Any]) -> BaseModel:
+def validate_request(
+    endpoint: str, data: Mapping[str, Any], *, catalog: Catalog = CATALOG
+) -> BaseModel:
     """Validate a JSON body for ``endpoint``; raise InvalidRequest naming every bad field.
 
     Values must have the JSON type BFL's spec (and fluxq's published schemas) give them: ``0``
     is no boolean, ``"1024"`` no width; ``6.0`` is the integer 6, as JSON Schema reads it. A
     body JSON cannot hold (a lone surrogate, NaN, a Python object) is read as Python would, for
-    the errors only that reading names.
+    the errors only that reading names. An open endpoint's body is any JSON object (its
+    ``prompt`` bounded); what it may not hold is the producers' to refuse
+    (``reserved_fields_in``), since BFL's side takes those fields.
     """
-    model = get_endpoint(endpoint).request_model
+    model = get_endpoint(endpoint, catalog=catalog).request_model
     message = f"invalid request for {endpoint}"
     if not isinstance(data, Mapping):
         error = FieldError(("body",), f"expected a JSON object, got {type(data).__name__}")
         raise InvalidRequest(message, errors=[error])
+    if model is OpenRequest and (problem := _not_a_json_object(data)) is not None:
+        raise InvalidRequest(message, errors=[FieldError(("body",), problem)])
     problems = _json_type_errors(model, data)
     if not problems:
         try:
@@ -212,6 +169,27 @@ def _json_type_errors(model: type[BaseModel], data: Mapping[str, Any]) -> list[E
     return []
 
 
+def _not_a_json_object(data: Mapping[Any, Any]) -> str | None:
+    """Why ``data`` is not a JSON object (a key that is no string, NaN, a Python object, nesting
+    too deep for the encoder), or None: an open body is sent as given, so it must be JSON."""
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        return f"a JSON object's keys are strings, not {type(bad_keys[0]).__name__}"
+    try:
+        json.dumps(dict(data), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"not a JSON object: {exc}"
+    except RecursionError:
+        return "not a JSON object we send: nested too deeply"
+    return None
+
+
+def reserved_fields_in(spec: EndpointSpec, request: Mapping[str, Any]) -> list[str]:
+    """The fields of ``RESERVED_FIELDS`` a request for an open endpoint holds (null too): fluxq
+    sets them itself. None for an endpoint it knows, whose model says what it takes."""
+    return [field for field in RESERVED_FIELDS if field in request] if spec.open else []
+
+
 def _whole_float(error: ErrorDetails) -> bool:
     value = error.get("input")
     return error["type"] == "int_type" and isinstance(value, float) and value.is_integer()
@@ -230,9 +208,11 @@ def _field_errors(error: ErrorDetails, data: Mapping[str, Any]) -> list[FieldErr
     ]
 
 
-def output_size(endpoint: str, request: BaseModel) -> tuple[int, int]:
+def output_size(
+    endpoint: str, request: BaseModel, *, catalog: Catalog = CATALOG
+) -> tuple[int, int]:
     """The (width, height) in pixels BFL will produce for ``request``, with defaults applied."""
-    spec = get_endpoint(endpoint)
+    spec = get_endpoint(endpoint, catalog=catalog)
     if not isinstance(request, spec.request_model):
         raise TypeError(f"{endpoint} takes {spec.request_model.__name__}, not {type(request)}")
     if spec.sizing == "aspect_ratio":
@@ -259,8 +239,10 @@ def _round_to_multiple(side_px: float) -> int:
 
 def _size_from_image(request: BaseModel) -> tuple[int, int]:
     # Fill/expand follow the input image, which we do not decode: assume 1024x1024, plus margins.
+    # An open body's margins are whatever it holds: only whole numbers count.
     def margin(name: str) -> int:
-        return int(getattr(request, name, 0) or 0)
+        value = getattr(request, name, None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     width = FILL_ASSUMED_SIDE_PX + margin("left") + margin("right")
     return width, FILL_ASSUMED_SIDE_PX + margin("top") + margin("bottom")
@@ -286,12 +268,15 @@ def _is_input_image_field(name: str) -> bool:
     return name in ("image", "image_prompt") or name.startswith("input_image")
 
 
-def estimate_credits(endpoint: str, request: BaseModel) -> float:
-    """Estimated price of ``request`` in credits; the submit response's ``cost`` is the real one."""
-    price = get_endpoint(endpoint).price
+def estimate_credits(endpoint: str, request: BaseModel, *, catalog: Catalog = CATALOG) -> float:
+    """Estimated price of ``request`` in credits; the submit response's ``cost`` is the real one.
+    An unpriced endpoint's estimate is 0 (``EndpointSpec.price`` says it is unpriced)."""
+    price = get_endpoint(endpoint, catalog=catalog).price
+    if isinstance(price, Unpriced):
+        return 0.0
     if isinstance(price, PerImage):
         return float(price.credits)
-    out_mp = output_megapixels(*output_size(endpoint, request))
+    out_mp = output_megapixels(*output_size(endpoint, request, catalog=catalog))
     # BFL's formula is linear, but its own example (flux-2-pro, 1.98 MP out -> 4.5 credits, not
     # 4.47) only fits if each extra megapixel, output or input, is charged whole: we round them up.
     extra_out_mp = math.ceil(round(max(0.0, out_mp - 1), 6))
@@ -301,18 +286,41 @@ def estimate_credits(endpoint: str, request: BaseModel) -> float:
 
 
 def output_format(request: BaseModel) -> str:
-    """The image format BFL will return: the request's, else the schema's default (Kontext: png)."""
+    """The image format BFL will return: the request's, else the schema's default (Kontext: png).
+    An open body's ``output_format`` counts when it names a format; else BFL's usual jpeg."""
     chosen = getattr(request, "output_format", None)
+    if isinstance(request, OpenRequest):
+        return _format_named(chosen)
     if chosen is None:
         chosen = type(request).model_fields["output_format"].default
     return OutputFormat(chosen).value
 
 
+def _format_named(chosen: object) -> str:
+    """The format an open body's ``output_format`` names, else BFL's usual jpeg."""
+    known = {fmt.value for fmt in OutputFormat}
+    return chosen if isinstance(chosen, str) and chosen in known else OutputFormat.JPEG.value
+
+
+def result_suffix(endpoint: str, request: Mapping[str, Any], *, catalog: Catalog) -> str:
+    """The file suffix of a stored request's result when its URL tells none: an image's format
+    (``output_format``), else the media type's subtype (``video/mp4``: mp4). An endpoint this
+    process does not know (declared where the job was enqueued, not here) is read as open."""
+    spec = catalog.get(endpoint)
+    if spec is None:
+        return _format_named(request.get("output_format"))
+    if spec.media != IMAGE:
+        return spec.media.rpartition("/")[2]
+    return output_format(validate_request(endpoint, request, catalog=catalog))
+
+
 def request_to_json(request: BaseModel) -> dict[str, Any]:
     """The JSON body to POST: unset and None fields are left out, so BFL applies its defaults.
+    An open body is sent as given, its nulls too (fluxq does not know what they mean).
 
     It may still hold a string that does not encode as UTF-8 (``not_utf8_at`` finds it)."""
-    return request.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    exclude_none = not isinstance(request, OpenRequest)
+    return request.model_dump(mode="json", exclude_unset=True, exclude_none=exclude_none)
 
 
 def escape_surrogates(text: str) -> str:

@@ -48,6 +48,13 @@ spec states no maxLength on any prompt field, so this is fluxq's own bound, and 
 text encoders read a few hundred tokens (FLUX.1's T5: 512), and 10,000 characters are some
 2,500 of them. Without it a 20 MB prompt was queued, stored in Redis and POSTed to BFL."""
 
+RESERVED_FIELDS = ("webhook_url", "webhook_secret")
+"""Request fields fluxq itself puts in a POST: webhook mode sends the job's own ``webhook_url``
+and the key's ``webhook_secret`` (``tasks/submit.webhook_fields``). A request for an open endpoint
+(``OpenRequest``) may hold neither, in any form, so what fluxq sends never mixes with what it was
+given; an endpoint fluxq knows takes BFL's ``webhook_url`` as its model says (a secret never:
+``workers/files.SECRET_FIELDS``)."""
+
 MIN_ASPECT_RATIO = (9, 21)
 """Narrowest aspect ratio (width, height) BFL accepts for Ultra and Kontext, inclusive."""
 
@@ -312,3 +319,15 @@ class Flux2FlexInputs(_Flux2EightImagesRequest):
     input_image_blob_path: str | None = None
     guidance: Annotated[float, Field(ge=1.5, le=10)] | None = 5.0
     steps: Flux1Steps | None = 50
+
+
+class OpenRequest(BaseModel):
+    """Any JSON object: the body of an endpoint whose fields fluxq does not know (a FLUX Tool, a
+    declared endpoint), sent as given. Only ``prompt`` is checked, as on every endpoint."""
+
+    # BFL's side (the simulator) takes any field here, webhook_url and webhook_secret included;
+    # fluxq's producers refuse RESERVED_FIELDS before this model (catalog.reserved_fields_in).
+    # The prompt's bound keeps a 20 MB text out of Redis whatever the endpoint.
+    model_config = ConfigDict(extra="allow")
+
+    prompt: Prompt | None = None

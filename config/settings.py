@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fluxq.config.catalog import CATALOG, Catalog, catalog_with
 from fluxq.config.errors import ConfigError
 from fluxq.config.output_url import check_output_options, check_output_url, local_output_path
 from fluxq.config.redis_url import check_redis_url
@@ -141,7 +143,14 @@ class Settings(BaseSettings):
     active_cap: int = Field(default=24, ge=1, le=1000, description="Active BFL tasks per key.")
     endpoint_caps: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_ENDPOINT_CAPS),
-        description="Nested per-endpoint caps inside active_cap, as 'endpoint=N,endpoint=N'.",
+        description="Nested caps inside active_cap by cap class, as 'class=N,class=N' (`fluxq "
+        "endpoints` shows each endpoint's class).",
+    )
+    endpoints_file: Path | None = Field(
+        default=None,
+        description="A TOML file declaring endpoints fluxq does not know yet, in the format of its "
+        "own config/endpoints.toml (README: 'Declaring an endpoint'). Read when settings load: "
+        "give workers, `fluxq api` and the CLI the same file, and restart them after a change.",
     )
 
     poll_budget: float = Field(
@@ -336,6 +345,8 @@ class Settings(BaseSettings):
         description="Comma-separated URL patterns allowed for polling and downloads.",
     )
 
+    _catalog: Catalog = PrivateAttr(default_factory=lambda: CATALOG)  # not a copy per Settings
+
     @field_validator("bfl_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -393,6 +404,28 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"caps must be at least 1: {', '.join(bad)}")
         return value
+
+    @field_validator("endpoints_file")
+    @classmethod
+    def _check_endpoints_file(cls, value: Path | None) -> Path | None:
+        # Read here for its errors (with every other bad variable); _load_catalog keeps it.
+        try:
+            catalog_with(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _load_catalog(self) -> Settings:
+        self._catalog = catalog_with(self.endpoints_file)
+        return self
+
+    @property
+    def catalog(self) -> Catalog:
+        """fluxq's endpoints and those FLUXQ_ENDPOINTS_FILE declares: the table every look-up
+        of an endpoint reads in a process that loaded these settings (workers, `fluxq api`,
+        the CLI, ``fluxq.Client``)."""
+        return self._catalog
 
     @field_validator("allowed_urls", mode="before")
     @classmethod

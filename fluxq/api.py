@@ -82,7 +82,7 @@ from fluxq.batch_submit import (
 from fluxq.cli.api import AllowedHosts
 from fluxq.cli.batch_view import status_json
 from fluxq.cli.waits import read_batch_view
-from fluxq.config.catalog import CATALOG, escape_surrogates
+from fluxq.config.catalog import Catalog, escape_surrogates
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.settings import Settings, load_settings
 from fluxq.job_events import JobEvents
@@ -572,10 +572,10 @@ def create_app(settings: Settings, *, hosts: AllowedHosts | None = None) -> Fast
     app.add_middleware(RequestGuard, hosts=hosts)  # outermost: before any body is read
     _add_error_handlers(app)
     auth = [Depends(_auth(settings))]
-    _add_docs(app, auth)
+    _add_docs(app, auth, settings.catalog)
     _add_probes(app, auth)
-    _add_job_routes(app, auth)
-    _add_batch_routes(app, auth)
+    _add_job_routes(app, auth, settings.catalog)
+    _add_batch_routes(app, auth, settings.catalog)
     _add_bfl_webhook_route(app)
     return app
 
@@ -626,16 +626,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _problem(500, "internal error")
 
 
-def _add_docs(app: FastAPI, auth: list[Any]) -> None:
+def _add_docs(app: FastAPI, auth: list[Any], catalog: Catalog) -> None:
     """``/openapi.json``, ``/docs`` and ``/redoc``, behind the token when one is set (with one,
-    a browser cannot open them: read ``docs/openapi.json`` instead)."""
+    a browser cannot open them: read ``docs/openapi.json`` instead). They describe the settings'
+    endpoints: fluxq's own and any FLUXQ_ENDPOINTS_FILE declares."""
 
     def document() -> dict[str, Any]:
         """FastAPI's document, plus the schemas the bodies the code checks itself refer to."""
         if app.openapi_schema is not None:
             return app.openapi_schema
         built = FastAPI.openapi(app)  # cached in app.openapi_schema, added to in place
-        api_schemas.add_components(built, api_schemas.components().items())
+        api_schemas.add_components(built, api_schemas.components(catalog).items())
         return built
 
     app.openapi = document  # type: ignore[method-assign]
@@ -863,7 +864,7 @@ BatchName = Annotated[
 """Documented, not checked: a name of another shape names no batch (404)."""
 
 
-def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
+def _add_job_routes(app: FastAPI, auth: list[Any], catalog: Catalog) -> None:
     @app.post(
         "/v1/jobs",
         tags=["jobs"],
@@ -887,7 +888,7 @@ def _add_job_routes(app: FastAPI, auth: list[Any]) -> None:
             "requestBody": {
                 "required": True,
                 "description": "At most FLUXQ_API_MAX_JOB_BYTES (default 8 MiB), else 413.",
-                "content": {"application/json": {"schema": api_schemas.job_body_schema()}},
+                "content": {"application/json": {"schema": api_schemas.job_body_schema(catalog)}},
             }
         },
     )
@@ -1033,7 +1034,7 @@ def _report_lines(rt: Runtime, name: str) -> Iterator[bytes]:
         yield (json.dumps(asdict(row), ensure_ascii=False) + "\n").encode()
 
 
-def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
+def _add_batch_routes(app: FastAPI, auth: list[Any], catalog: Catalog) -> None:
     @app.post(
         "/v1/batches",
         tags=["batches"],
@@ -1056,7 +1057,7 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
                 "name (an id, a name, and a request without id, once per file). At most "
                 "FLUXQ_API_MAX_BODY_BYTES (default 64 MiB), else 413.",
                 "content": {
-                    kind: {"schema": api_schemas.batch_body_schema()} for kind in BATCH_TYPES
+                    kind: {"schema": api_schemas.batch_body_schema(catalog)} for kind in BATCH_TYPES
                 },
             }
         },
@@ -1077,7 +1078,8 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
             str | None,
             Query(
                 description="The endpoint of lines naming none.",
-                json_schema_extra={"enum": sorted(CATALOG)},
+                # A component: the parameter is declared once, the endpoints are the app's.
+                json_schema_extra={"$ref": api_schemas.COMPONENTS + "Endpoint"},
             ),
         ] = None,
         priority: Annotated[
@@ -1097,7 +1099,9 @@ def _add_batch_routes(app: FastAPI, auth: list[Any]) -> None:
         ``Content-Type: application/x-ndjson`` or ``application/jsonl`` only (415 otherwise)."""
         require_type(request, BATCH_TYPES)
         problems = _in_query(
-            batch_problems(name, endpoint=endpoint, priority=priority, budget=budget)
+            batch_problems(
+                name, endpoint=endpoint, priority=priority, budget=budget, catalog=catalog
+            )
         )
         if problems:
             return _invalid(problems)
@@ -1247,7 +1251,7 @@ def _add_bfl_webhook_route(app: FastAPI) -> None:
 def openapi_json() -> str:
     """The OpenAPI document of fixed settings (no .env, no key), so the output is the same on
     every machine: the content of ``docs/openapi.json``."""
-    app = create_app(load_settings(_env_file=None, bfl_api_key=None))
+    app = create_app(load_settings(_env_file=None, bfl_api_key=None, endpoints_file=None))
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
 
 

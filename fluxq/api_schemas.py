@@ -24,13 +24,15 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from fluxq.batch_submit import MAX_BATCH_CHARS
-from fluxq.config.catalog import CATALOG
+from fluxq.config.catalog import RESERVED_FIELD_TEXT, Catalog
 from fluxq.config.requests import (
     FLUX2_MAX_MEGAPIXELS,
     FLUX2_SIDE_MULTIPLE_PX,
     MAX_ASPECT_RATIO,
     MIN_ASPECT_RATIO,
     PIXELS_PER_MEGAPIXEL,
+    RESERVED_FIELDS,
+    OpenRequest,
 )
 from fluxq.tasks.batches import ReportRow
 from fluxq.tasks.batchfile import LINE_FIELDS, MAX_LINE_ID_CHARS
@@ -218,6 +220,10 @@ def _refine(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
                 "type": "null",
                 "description": "Refused: fluxq signs its own webhooks (FLUXQ_WEBHOOK_SECRET).",
             }
+    if model is OpenRequest:  # any field but those fluxq sets itself
+        for field in RESERVED_FIELDS:
+            properties[field] = {"not": {}, "description": f"Refused: {RESERVED_FIELD_TEXT}."}
+        schema["properties"] = properties
     for name, prop in properties.items():
         if name == "aspect_ratio":
             _aspect_ratio(prop)
@@ -236,16 +242,16 @@ class _Group:
     endpoints: tuple[str, ...]
 
 
-def _groups() -> list[_Group]:
+def _groups(catalog: Catalog) -> list[_Group]:
     by_model: dict[type[BaseModel], list[str]] = {}
-    for endpoint, spec in sorted(CATALOG.items()):
+    for endpoint, spec in sorted(catalog.items()):
         by_model.setdefault(spec.request_model, []).append(endpoint)
     return [_Group(m, tuple(e)) for m, e in sorted(by_model.items(), key=lambda i: i[0].__name__)]
 
 
-def request_schemas() -> dict[str, Any]:
+def request_schemas(catalog: Catalog) -> dict[str, Any]:
     """Every request model's refined schema, by model name (OpenAPI components)."""
-    models = [group.model for group in _groups()]
+    models = [group.model for group in _groups(catalog)]
     _, top = models_json_schema(
         [(model, "validation") for model in models], ref_template=COMPONENTS + "{model}"
     )
@@ -280,16 +286,16 @@ def _job_options() -> dict[str, Any]:
     }
 
 
-def job_body_schema() -> dict[str, Any]:
-    """The body of ``POST /v1/jobs``: an endpoint, its request, and the options."""
-    groups = _groups()
+def job_body_schema(catalog: Catalog) -> dict[str, Any]:
+    """The body of ``POST /v1/jobs``: an endpoint of ``catalog``, its request, and the options."""
+    groups = _groups(catalog)
     return {
         "title": "JobIn",
         "type": "object",
         "required": ["endpoint", "request"],
         "additionalProperties": False,
         "properties": {
-            "endpoint": {"enum": sorted(CATALOG), "description": "The BFL endpoint."},
+            "endpoint": {"enum": sorted(catalog), "description": "The BFL endpoint."},
             "request": {"type": "object", "description": "The endpoint's BFL request body."},
             **_job_options(),
         },
@@ -331,23 +337,25 @@ def _line_schema(group: _Group, request: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-def batch_line_schemas(requests: dict[str, Any]) -> dict[str, Any]:
+def batch_line_schemas(requests: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
     """The schema of each group's batch line (OpenAPI components): its request's fields, flat,
     with its own id, name and endpoint."""
     return {
         f"{group.model.__name__}Line": _line_schema(group, requests[group.model.__name__])
-        for group in _groups()
+        for group in _groups(catalog)
     }
 
 
-def batch_body_schema() -> dict[str, Any]:
+def batch_body_schema(catalog: Catalog) -> dict[str, Any]:
     """The lines of ``POST /v1/batches``, as an array (the body holds one per line)."""
     return {
         "type": "array",
         "minItems": 1,
         "uniqueItems": True,
         "items": {
-            "oneOf": [{"$ref": f"{COMPONENTS}{group.model.__name__}Line"} for group in _groups()]
+            "oneOf": [
+                {"$ref": f"{COMPONENTS}{group.model.__name__}Line"} for group in _groups(catalog)
+            ]
         },
         "description": "One JSON object per line (NDJSON): shown here as the array of the lines.",
         "examples": [BATCH_EXAMPLE],
@@ -367,14 +375,20 @@ def report_body_schema() -> dict[str, Any]:
     }
 
 
-def components() -> dict[str, Any]:
+def endpoint_schema(catalog: Catalog) -> dict[str, Any]:
+    """``Endpoint``: a name of ``catalog``, fluxq's endpoints and the declared ones."""
+    return {"type": "string", "enum": sorted(catalog), "description": "POST /v1/<it> at BFL."}
+
+
+def components(catalog: Catalog) -> dict[str, Any]:
     """The schemas the bodies above refer to, by name."""
-    requests = request_schemas()
+    requests = request_schemas(catalog)
     return {
         **requests,
-        **batch_line_schemas(requests),
+        **batch_line_schemas(requests, catalog),
         **report_schemas(),
         "AspectRatio": aspect_ratio_schema(),
+        "Endpoint": endpoint_schema(catalog),
     }
 
 

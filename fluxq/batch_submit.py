@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from fluxq.config.catalog import get_endpoint
+from fluxq.config.catalog import CATALOG, Catalog, get_endpoint
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.tasks.batches import EnqueueResult, batch_status, enqueue_entries, set_output
 from fluxq.tasks.batchfile import MAX_LINE_ID_CHARS, Entry, Scan, scan_file
@@ -48,15 +48,17 @@ def batch_problems(
     endpoint: str | None = None,
     priority: int = DEFAULT_BATCH_PRIORITY,
     budget: float | None = None,
+    catalog: Catalog = CATALOG,
 ) -> list[FieldError]:
     """Every bad parameter of a batch, each named by its parameter (``("name",)``,
-    ``("endpoint",)``, ``("priority",)``, ``("budget",)``), in that order."""
+    ``("endpoint",)``, ``("priority",)``, ``("budget",)``), in that order. ``endpoint`` is one
+    of ``catalog`` (a process's ``Settings.catalog`` holds the declared ones)."""
     problems: list[FieldError] = []
     if (problem := name_problem(name)) is not None:
         problems.append(FieldError(("name",), problem))
     if endpoint is not None:
         try:
-            get_endpoint(endpoint)
+            get_endpoint(endpoint, catalog=catalog)
         except InvalidRequest as exc:
             problems.extend(FieldError(("endpoint",), error.msg) for error in exc.errors)
     if not 0 <= priority <= MAX_PRIORITY:
@@ -182,6 +184,7 @@ def submit_file(
     rejected: TextIO | None = None,
     dry_run: bool = False,
     watch: SubmitWatch | None = None,
+    catalog: Catalog | None = None,
 ) -> SubmitResult:
     """Check every line of a JSONL or CSV file, then enqueue them all as lines of batch ``name``.
 
@@ -191,8 +194,14 @@ def submit_file(
     naming none, ``params`` request fields for every line (a line's own win), ``fmt`` jsonl or csv
     (default: told by the suffix); ``budget`` sets the batch's credits, ``out`` its directory
     (absolute, on the workers' machines). A dry run (or no ``rt``) checks and enqueues nothing.
+    Lines may name the endpoints of ``catalog``, by default ``rt``'s settings' (fluxq's own
+    without ``rt``: a dry run with no Redis passes its settings' catalog).
     """
-    problems = batch_problems(name, endpoint=endpoint, priority=priority, budget=budget)
+    if catalog is None:
+        catalog = CATALOG if rt is None else rt.settings.catalog
+    problems = batch_problems(
+        name, endpoint=endpoint, priority=priority, budget=budget, catalog=catalog
+    )
     if problems:
         raise BadParameters(problems)
     existing = None if rt is None else batch_status(rt, name)
@@ -209,6 +218,7 @@ def submit_file(
                 spool=spool,
                 rejected=rejected,
                 progress=watch.scanning,
+                catalog=catalog,
             )
         except ValueError as exc:
             raise FileRefused(str(exc)) from None

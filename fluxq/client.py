@@ -163,7 +163,9 @@ def _enqueue_many(
     priority: int,
     budget: float | None,
 ) -> EnqueueResult:
-    problems = batch_problems(batch, endpoint=endpoint, priority=priority, budget=budget)
+    problems = batch_problems(
+        batch, endpoint=endpoint, priority=priority, budget=budget, catalog=rt.settings.catalog
+    )
     if problems:  # before ``requests`` is read; the batch's ``name`` is ``batch`` here
         named = [FieldError(("batch",) if e.loc == ("name",) else e.loc, e.msg) for e in problems]
         raise InvalidRequest("invalid batch", errors=named)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxq.config.catalog import get_endpoint
+from fluxq.config.catalog import Catalog, get_endpoint
 from fluxq.tasks import lifecycle
 from fluxq.tasks.admission import admit_and_dispatch
 from fluxq.tasks.batchfile import Entry
@@ -42,8 +42,9 @@ class EnqueueResult:
     conflicts: list[Entry] = field(default_factory=list)
 
 
-def group_of(endpoint: str) -> str:
-    return get_endpoint(endpoint).cap_group or keys.DEFAULT_GROUP
+def group_of(endpoint: str, catalog: Catalog) -> str:
+    """The cap group (the limiter's name of a cap class) of an endpoint of ``catalog``."""
+    return get_endpoint(endpoint, catalog=catalog).cap_group or keys.DEFAULT_GROUP
 
 
 def set_budget(rt: Runtime, batch: str, budget: float | None) -> None:
@@ -72,9 +73,10 @@ def enqueue_entries(
     set_budget(rt, batch, budget)
     result = EnqueueResult()
     pending: dict[str, list[Entry]] = {}
+    catalog = rt.settings.catalog
     seen = 0
     for entry in entries:
-        chunk = pending.setdefault(group_of(entry.endpoint), [])
+        chunk = pending.setdefault(group_of(entry.endpoint, catalog), [])
         chunk.append(entry)
         seen += 1
         if len(chunk) >= LANE_CHUNK:

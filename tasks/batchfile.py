@@ -30,14 +30,18 @@ from pydantic import BaseModel
 from fluxq.config.catalog import (
     CATALOG,
     NOT_UTF8,
+    RESERVED_FIELD_TEXT,
+    Catalog,
     estimate_credits,
     get_endpoint,
     not_utf8_at,
     request_to_json,
+    reserved_fields_in,
     validate_request,
 )
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.config.redact import redact
+from fluxq.config.requests import RESERVED_FIELDS
 from fluxq.workers.files import (
     ID_HINT,
     ID_PATTERN,
@@ -240,29 +244,38 @@ def _typed(
 @dataclass(frozen=True)
 class _Target:
     """One endpoint as lines use it: how its fields' cells convert, and the typed --param values
-    (or why some do not convert)."""
+    (or why some do not convert). An open endpoint takes any field: its cells stay text."""
 
     endpoint: str
     fields: frozenset[str]
+    open: bool
     converters: Mapping[str, Callable[[str], object]]
     params: dict[str, object]
     param_errors: tuple[tuple[str, str], ...]
 
+    def unknown(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that are none of its request fields."""
+        return [] if self.open else [name for name in names if name not in self.fields]
 
-def _target(endpoint: str, params: Mapping[str, str]) -> _Target:
-    fields = CATALOG[endpoint].request_model.model_fields
+
+def _target(catalog: Catalog, endpoint: str, params: Mapping[str, str]) -> _Target:
+    spec = catalog[endpoint]
+    fields = spec.request_model.model_fields
     converters = {name: _converter(info.annotation) for name, info in fields.items()}
     typed, problems = _typed(params, converters)
-    return _Target(endpoint, frozenset(fields), converters, typed, tuple(problems))
+    return _Target(endpoint, frozenset(fields), spec.open, converters, typed, tuple(problems))
 
 
-def _all_fields() -> frozenset[str]:
-    return frozenset(name for s in CATALOG.values() for name in s.request_model.model_fields)
+def _all_fields(catalog: Catalog) -> frozenset[str]:
+    """The request fields of the endpoints whose fields fluxq knows: what a column or --param may
+    be when no one endpoint is given (an open endpoint's own need it as the --endpoint)."""
+    specs = [spec for spec in catalog.values() if not spec.open]
+    return frozenset(name for spec in specs for name in spec.request_model.model_fields)
 
 
-def _unknown_endpoint(endpoint: str) -> str:
+def _unknown_endpoint(catalog: Catalog, endpoint: str) -> str:
     try:
-        get_endpoint(endpoint)
+        get_endpoint(endpoint, catalog=catalog)
     except InvalidRequest as exc:
         return exc.errors[0].msg
     raise AssertionError(f"{endpoint} is in the catalog")
@@ -324,17 +337,18 @@ def _digest_id(endpoint: str, request_json: str) -> str:
 class _Checker:
     """Turns one line's fields into its Entry or its LineErrors, the same way every time."""
 
-    def __init__(self, endpoint: str | None, params: Mapping[str, str]) -> None:
+    def __init__(self, endpoint: str | None, params: Mapping[str, str], catalog: Catalog) -> None:
         self.default = endpoint
         self._params = dict(params)
+        self._catalog = catalog
         self._targets: dict[str, _Target] = {}
         self._check_params()
 
     def target(self, endpoint: str) -> _Target | None:
         """What ``endpoint``'s lines need, made once; None for an unknown endpoint."""
         target = self._targets.get(endpoint)
-        if target is None and endpoint in CATALOG:
-            target = self._targets[endpoint] = _target(endpoint, self._params)
+        if target is None and endpoint in self._catalog:
+            target = self._targets[endpoint] = _target(self._catalog, endpoint, self._params)
         return target
 
     def _default_target(self) -> _Target | None:
@@ -342,7 +356,7 @@ class _Checker:
             return None
         target = self.target(self.default)
         if target is None:
-            raise ValueError(_unknown_endpoint(self.default))
+            raise ValueError(_unknown_endpoint(self._catalog, self.default))
         return target
 
     def _check_params(self) -> None:
@@ -352,8 +366,10 @@ class _Checker:
         for key in self._params:
             if key in LINE_FIELDS or key in SECRET_FIELDS:
                 raise ValueError(f"--param {key} is not allowed: give {key} per line")
-        known = target.fields if target is not None else _all_fields()
-        unknown = sorted(set(self._params) - known)
+            if target is not None and target.open and key in RESERVED_FIELDS:
+                raise ValueError(f"--param {key} is not allowed: {RESERVED_FIELD_TEXT}")
+        known = target.fields if target is not None else _all_fields(self._catalog)
+        unknown = sorted(target.unknown(self._params) if target else set(self._params) - known)
         if unknown:
             where = f"{self.default}'s" if self.default is not None else "any endpoint's"
             raise ValueError(
@@ -375,14 +391,15 @@ class _Checker:
         secrets = sorted(set(names) & set(SECRET_FIELDS))
         if secrets:
             raise ValueError(f"{path}: column {secrets[0]} is refused: {_SIGNED_BY_FLUXQ}")
-        if "endpoint" in names:
-            known, where = _all_fields(), "any endpoint"
-        else:
-            target = self._default_target()
-            if target is None:
-                raise ValueError(f"{path}: no endpoint; pass --endpoint or add an endpoint column")
+        target = None if "endpoint" in names else self._default_target()
+        if target is not None:
             known, where = target.fields, target.endpoint
-        unknown = [name for name in names if name not in known and name not in LINE_FIELDS]
+            unknown = target.unknown(name for name in names if name not in LINE_FIELDS)
+        elif "endpoint" in names:
+            known, where = _all_fields(self._catalog), "any endpoint"
+            unknown = [name for name in names if name not in known and name not in LINE_FIELDS]
+        else:
+            raise ValueError(f"{path}: no endpoint; pass --endpoint or add an endpoint column")
         if unknown:
             fields = ", ".join([*LINE_FIELDS, *sorted(known - set(SECRET_FIELDS))])
             raise ValueError(
@@ -412,7 +429,8 @@ class _Checker:
         line_id = given_id if given_id is not None else _digest_id(endpoint, request_json)
         # An id fullmatches ID_PATTERN, which is exactly what safe_name keeps as it is.
         name = line_id if given_name is None else safe_name(given_name)
-        return Entry(line, line_id, name, endpoint, estimate_credits(endpoint, model), request_json)
+        credits = estimate_credits(endpoint, model, catalog=self._catalog)
+        return Entry(line, line_id, name, endpoint, credits, request_json)
 
     def _request(
         self,
@@ -423,17 +441,20 @@ class _Checker:
         errors: list[LineError],
     ) -> BaseModel | None:
         """The validated request, or None with every reason recorded."""
-        for key in SECRET_FIELDS:
-            if data.get(key) is not None:
-                errors.append(LineError(line, key, _SIGNED_BY_FLUXQ))
+        secrets = [key for key in SECRET_FIELDS if data.get(key) is not None]
+        errors.extend(LineError(line, key, _SIGNED_BY_FLUXQ) for key in secrets)
         if endpoint is None:
             reason = "no endpoint: give the line one or pass --endpoint"
             errors.append(LineError(line, "endpoint", reason))
             return None
         target = self.target(endpoint)
         if target is None:
-            errors.append(LineError(line, "endpoint", _unknown_endpoint(endpoint)))
+            errors.append(LineError(line, "endpoint", _unknown_endpoint(self._catalog, endpoint)))
             return None
+        reserved = reserved_fields_in(self._catalog[endpoint], data)
+        errors.extend(
+            LineError(line, key, RESERVED_FIELD_TEXT) for key in reserved if key not in secrets
+        )
         if target.param_errors:
             errors.extend(LineError(line, key, reason) for key, reason in target.param_errors)
         if cells:
@@ -442,7 +463,7 @@ class _Checker:
         if target.params:
             data = {**target.params, **data}
         try:
-            return validate_request(endpoint, data)
+            return validate_request(endpoint, data, catalog=self._catalog)
         except InvalidRequest as exc:
             errors.extend(LineError(line, e.field, e.msg) for e in exc.errors)
             return None
@@ -820,6 +841,7 @@ def scan_file(
     spool: TextIO | None = None,
     rejected: TextIO | None = None,
     progress: Callable[[int], None] | None = None,
+    catalog: Catalog = CATALOG,
 ) -> Scan:
     """Check every line of a JSONL or CSV batch file; write each valid one's Entry to ``spool``.
 
@@ -830,10 +852,11 @@ def scan_file(
     writing ("w+", utf-8): when there are any, it is rewritten without them, and they follow the
     other lines in ``rejected``. ``progress`` gets the count of data lines read every
     PROGRESS_EVERY_LINES lines and at the end. A problem with the file as a whole (unreadable,
-    unknown format, endpoint or --param, a bad CSV header) is a ValueError saying so.
+    unknown format, endpoint or --param, a bad CSV header) is a ValueError saying so. Lines may
+    name the endpoints of ``catalog`` (a process's ``Settings.catalog`` holds declared ones).
     """
     fmt = detect_format(path, fmt)
-    checker = _Checker(endpoint, params)
+    checker = _Checker(endpoint, params, catalog)
     if spool is not None and not (spool.readable() and spool.seekable()):
         raise ValueError("the spool must be a seekable file opened for reading and writing")
     scan = Scan(path, fmt, 0, 0, 0, [], 0.0, {}, 0)

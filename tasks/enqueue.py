@@ -24,11 +24,14 @@ from pydantic import BaseModel
 
 from fluxq.config.catalog import (
     NOT_UTF8,
+    RESERVED_FIELD_TEXT,
+    Catalog,
     EndpointSpec,
     escape_surrogates,
     get_endpoint,
     not_utf8_at,
     request_to_json,
+    reserved_fields_in,
     validate_request,
 )
 from fluxq.config.celery import ENQUEUE
@@ -156,39 +159,47 @@ def _unknown_options(options: Mapping[str, object], errors: list[FieldError]) ->
             errors.append(FieldError(loc=(escape_surrogates(str(option)),), msg=msg))
 
 
-def _endpoint(endpoint: object, errors: list[FieldError]) -> EndpointSpec | None:
+def _endpoint(catalog: Catalog, endpoint: object, errors: list[FieldError]) -> EndpointSpec | None:
     if not isinstance(endpoint, str):
         msg = _type_error(endpoint, "a string naming an endpoint")
         errors.append(FieldError(loc=("endpoint",), msg=msg))
         return None
     try:
-        return get_endpoint(endpoint)
+        return get_endpoint(endpoint, catalog=catalog)
     except InvalidRequest as exc:
         errors.extend(exc.errors)
         return None
 
 
 def _request(
-    spec: EndpointSpec | None, endpoint: object, request: object, errors: list[FieldError]
+    catalog: Catalog,
+    spec: EndpointSpec | None,
+    endpoint: object,
+    request: object,
+    errors: list[FieldError],
 ) -> BaseModel | None:
-    """The validated request body; secrets in it are refused (fluxq signs its own webhooks)."""
+    """The validated request body; secrets in it are refused (fluxq signs its own webhooks), and
+    so is, for an open endpoint, every field fluxq sets itself."""
     if not isinstance(request, Mapping):
         msg = _type_error(request, "a JSON object (a dict of request fields)")
         errors.append(FieldError(loc=("request",), msg=msg))
         return None
-    for field in SECRET_FIELDS:
-        if request.get(field) is not None:
-            errors.append(
-                FieldError(
-                    loc=("body", field),
-                    msg="secrets are never stored in jobs; fluxq signs its own webhooks "
-                    "(FLUXQ_WEBHOOK_SECRET)",
-                )
+    secrets = [field for field in SECRET_FIELDS if request.get(field) is not None]
+    for field in secrets:
+        errors.append(
+            FieldError(
+                loc=("body", field),
+                msg="secrets are never stored in jobs; fluxq signs its own webhooks "
+                "(FLUXQ_WEBHOOK_SECRET)",
             )
+        )
     if spec is None or not isinstance(endpoint, str):
         return None
+    for field in reserved_fields_in(spec, request):
+        if field not in secrets:
+            errors.append(FieldError(loc=("body", field), msg=RESERVED_FIELD_TEXT))
     try:
-        return validate_request(endpoint, request)
+        return validate_request(endpoint, request, catalog=catalog)
     except InvalidRequest as exc:
         errors[:0] = exc.errors  # the body's errors first, as before
         return None
@@ -211,8 +222,9 @@ def _prepare(rt: Runtime, endpoint: object, request: object, options: Mapping[st
     """Validate one job from untrusted values; InvalidRequest names every bad field at once."""
     errors: list[FieldError] = []
     _unknown_options(options, errors)
-    spec = _endpoint(endpoint, errors)
-    body = _body(_request(spec, endpoint, request, errors), errors)
+    catalog = rt.settings.catalog
+    spec = _endpoint(catalog, endpoint, errors)
+    body = _body(_request(catalog, spec, endpoint, request, errors), errors)
     given_id = options.get("job_id")
     job_id = _text(
         "job_id", uuid.uuid4().hex if given_id is None else given_id, ID_PATTERN, ID_HINT, errors

@@ -32,7 +32,7 @@ def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
     )
     if moved:
         cost = fields.get(JobField.COST)
-        spent = float(cost) if cost is not None else _estimate(job)
+        spent = float(cost) if cost is not None else _estimate(rt, job)
         if job.est is not None:
             rt.store.account(job.batch, committed=-job.est, spent=spent)
         if spent:
@@ -135,12 +135,14 @@ def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
     return moved
 
 
-def _estimate(job: Job) -> float:
+def _estimate(rt: Runtime, job: Job) -> float:
     """A job's price when BFL sends no ``cost``: its batch line's estimate, else the catalog's."""
     if job.est is not None:
         return job.est
+    catalog = rt.settings.catalog
     try:
-        return estimate_credits(job.endpoint, validate_request(job.endpoint, job.request))
+        request = validate_request(job.endpoint, job.request, catalog=catalog)
+        return estimate_credits(job.endpoint, request, catalog=catalog)
     except InvalidRequest:  # a record written before a catalog change: count nothing
         return 0.0
 

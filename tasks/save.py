@@ -12,8 +12,9 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from fluxq.config.catalog import output_format, validate_request
+from fluxq.config.catalog import Catalog, result_suffix
 from fluxq.config.celery import SAVE
+from fluxq.config.endpoint_spec import IMAGE_URL_LIFETIME_S
 from fluxq.config.errors import DownloadFailed, FluxqError, JobFailed, RetryLater
 from fluxq.tasks import lifecycle
 from fluxq.workers.backoff import backoff_s
@@ -46,15 +47,14 @@ def final_path(rt: Runtime, job: Job) -> Path:
     with that stem, so no two jobs share a file. ``safe_name`` is idempotent: applied again here
     it keeps a stored stem as it is and still confines a record written before that rule.
     """
-    return batch_dir(rt, job.batch) / file_name(job)
+    return batch_dir(rt, job.batch) / file_name(job, rt.settings.catalog)
 
 
-def file_name(job: Job) -> str:
-    """``<name>.<ext>``: the stored stem and the image's real format."""
+def file_name(job: Job, catalog: Catalog) -> str:
+    """``<name>.<ext>``: the stored stem and the result's real format. The endpoint is no part
+    of it: a nested one (``flux-tools/erase-v1``) adds no directory."""
     # The URL's suffix tells the real format; only without one is the request consulted.
-    suffix = url_suffix(job.sample_url) or output_format(
-        validate_request(job.endpoint, job.request)
-    )
+    suffix = url_suffix(job.sample_url) or result_suffix(job.endpoint, job.request, catalog=catalog)
     stem = safe_name(job.name or job.job_id)
     return f"{stem}.{suffix}"
 
@@ -74,10 +74,11 @@ def output_store(rt: Runtime, batch: str) -> ObjectStore | None:
     return open_store(rt.settings)
 
 
-def staging_path(job: Job) -> Path:
+def staging_path(rt: Runtime, job: Job) -> Path:
     """Where an image bound for an object store is downloaded first (a local disk, so the
     upload sends a complete, fsynced file)."""
-    return Path(tempfile.gettempdir()) / "fluxq-staging" / safe_name(job.batch) / file_name(job)
+    name = file_name(job, rt.settings.catalog)
+    return Path(tempfile.gettempdir()) / "fluxq-staging" / safe_name(job.batch) / name
 
 
 def metadata(job: Job, image: Path, got: Downloaded, done_at_s: float) -> dict[str, Any]:
@@ -140,11 +141,18 @@ def _refetch(rt: Runtime, job: Job) -> bool:
     return True
 
 
-SAMPLE_URL_VALID_S = 600.0
-"""BFL's signed delivery URLs are valid for 10 minutes. Until then a refused or broken download
-(403, 404, 5xx, a dropped connection) is the delivery host's bad minute, not an expired URL: the
-image is paid for, so the save tries again (backoff up to 20 s) rather than fail the job. Its
-price: a save task that waits up to 10 minutes; the job's slot was freed at Ready."""
+SAMPLE_URL_VALID_S = IMAGE_URL_LIFETIME_S
+"""BFL's signed image URLs are valid for 10 minutes (an endpoint's ``url_lifetime_s`` says its
+own; this for one the catalog no longer has). Until then a refused or broken download (403,
+404, 5xx, a dropped connection) is the delivery host's bad minute, not an expired URL: the image
+is paid for, so the save tries again (backoff up to 20 s) rather than fail the job. Its price: a
+save task that waits up to the URL's lifetime; the job's slot was freed at Ready."""
+
+
+def url_valid_s(rt: Runtime, job: Job) -> float:
+    """How long the job's result URL lives once signed: its endpoint's ``url_lifetime_s``."""
+    spec = rt.settings.catalog.get(job.endpoint)
+    return SAMPLE_URL_VALID_S if spec is None else spec.url_lifetime_s
 
 
 def save_job(rt: Runtime, job_id: str) -> float | None:
@@ -172,7 +180,7 @@ def _save(rt: Runtime, job_id: str) -> float | None:
         store = output_store(rt, job.batch)
     except StoreFailed as exc:  # the backend refused FLUXQ_OUTPUT_OPTIONS
         return _store_failed(rt, job, rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS), exc)
-    image = final_path(rt, job) if store is None else staging_path(job)
+    image = final_path(rt, job) if store is None else staging_path(rt, job)
     if job.download_attempts:
         # An earlier attempt may have died (SIGKILL mid-download) and left its .part file. Only
         # then is the batch directory scanned: a first save, the hot path, never lists it.
@@ -221,11 +229,11 @@ def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | f
 
 
 def _after_failed_download(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
-    """Try again while the URL is valid (``SAMPLE_URL_VALID_S``) or attempts are left
+    """Try again while the URL is valid (``url_valid_s``) or attempts are left
     (FLUXQ_DOWNLOAD_MAX_ATTEMPTS); past both, fail with what the host said."""
     url_at = job.sample_url_at or job.times.get(State.READY.value) or rt.clock()
     age_s = rt.clock() - url_at
-    if age_s < SAMPLE_URL_VALID_S or attempt < rt.settings.download_max_attempts:
+    if age_s < url_valid_s(rt, job) or attempt < rt.settings.download_max_attempts:
         return _retry_in(rt, attempt)
     lifecycle.fail(rt, job, f"download failed {attempt} times, its URL {age_s:.0f} s old: {exc}")
     return None
@@ -240,7 +248,7 @@ def _save_to_store(
 ) -> float | None:
     """Upload the downloaded image (whole, then read back and checked), its sidecar and its
     manifest line object, then mark the job done; a store failure retries the whole save."""
-    name = file_name(job)
+    name = file_name(job, rt.settings.catalog)
     folder = safe_name(job.batch)
     url = store.url_of(folder, name)
     try:

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from fluxq.config.catalog import CATALOG
+from fluxq.config.catalog import CATALOG, RESERVED_FIELD_TEXT
+from fluxq.config.requests import RESERVED_FIELDS, OpenRequest
 from fluxq.tasks.enqueue import MAX_TASK_NAME_CHARS, OPTIONS, TASK_NAME_PATTERN
 from fluxq.workers.files import ID_PATTERN, MAX_NAME_CHARS, NAME_PATTERN, SECRET_FIELDS
 from fluxq.workers.state.jobs import DEFAULT_PRIORITY, MAX_PRIORITY
@@ -52,6 +53,10 @@ def enqueue_schema() -> dict[str, Any]:
     for model in models:
         for field in SECRET_FIELDS:  # refused by fluxq: never stored, fluxq signs its own
             defs[model.__name__].get("properties", {}).pop(field, None)
+        if model is OpenRequest:  # any field but those fluxq sets itself
+            fields = defs[model.__name__].setdefault("properties", {})
+            for field in RESERVED_FIELDS:
+                fields[field] = {"not": {}, "description": f"Refused: {RESERVED_FIELD_TEXT}."}
     by_endpoint = [
         {
             "if": {"properties": {"endpoint": {"const": endpoint}}, "required": ["endpoint"]},

@@ -76,8 +76,6 @@ if TYPE_CHECKING:
 MAX_SHOWN_CONFLICTS = 20
 """Conflicting lines listed after a submit, like the bad lines of a refused file."""
 REJECTED_FILE = "rejected.jsonl"
-UNPRICED_ENDPOINTS = frozenset({"flux-pro-1.0-expand"})
-"""Endpoints whose per-image price is not on BFL's price list: charged like fill, an estimate."""
 QUIET_WATCH_EVERY_S = 10.0
 """Without a terminal, ``status --watch`` prints a line when counts change, at most this often
 (why it does not move, if it does not, is said apart by its ``WaitWatch``, within seconds)."""
@@ -219,7 +217,7 @@ def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, i
     group_caps: dict[str, int] = {}
     for endpoint, count in by_endpoint.items():
         mean, _ = _mean_s(settings, rt, endpoint)
-        group = group_of(endpoint)
+        group = group_of(endpoint, settings.catalog)
         work_s[group] = work_s.get(group, 0.0) + count * mean
         # The limiter keys nested caps by cap group (a capped endpoint is its own group).
         group_caps[group] = min(settings.endpoint_caps.get(group, settings.active_cap),
@@ -230,18 +228,27 @@ def _expected_s(settings: Settings, rt: Runtime | None, by_endpoint: dict[str, i
 
 
 def _print_estimate(settings: Settings, rt: Runtime | None, scan: Scan) -> None:
-    from fluxq.config.catalog import CATALOG, PerImage  # lazy: the pipeline loads only when acting
+    from fluxq.config.catalog import PerImage, Unpriced  # lazy: the pipeline loads only when acting
 
-    exact = all(
-        isinstance(CATALOG[e].price, PerImage) and e not in UNPRICED_ENDPOINTS
-        for e in scan.by_endpoint
-    )
-    kind = "exact for the documented prices"
-    if not exact:
-        kind = "an estimate: per-megapixel prices depend on image sizes"
+    specs = [settings.catalog[e] for e in scan.by_endpoint]
+    unpriced = sorted(spec.endpoint for spec in specs if isinstance(spec.price, Unpriced))
+    doubts = []
+    if not all(isinstance(spec.price, PerImage | Unpriced) for spec in specs):
+        doubts.append("per-megapixel prices depend on image sizes")
+    if not all(spec.price_listed for spec in specs):
+        doubts.append("some prices are not on BFL's list")
+    if unpriced:
+        doubts.append("unpriced jobs count 0")
+    kind = f"an estimate: {'; '.join(doubts)}" if doubts else "exact for the documented prices"
     endpoints = ", ".join(f"{e} {n:,}" for e, n in sorted(scan.by_endpoint.items()))
     _say(f"jobs: {scan.valid:,} ({endpoints})")
     _say(f"cost: {credits_text(scan.credits)} credits = {_dollars(scan.credits)} ({kind})")
+    if unpriced:
+        jobs = sum(scan.by_endpoint[e] for e in unpriced)
+        _say(
+            f"unpriced: {jobs:,} jobs ({', '.join(unpriced)}) have no known price: a budget "
+            "counts them only once BFL bills them"
+        )
     learned = [_mean_s(settings, rt, e)[1] for e in scan.by_endpoint]
     source = "assumed, none observed yet"
     if all(learned):
@@ -348,12 +355,14 @@ def _print_result(rt: Runtime, name: str, result: EnqueueResult, *, hints: bool 
 
 
 def _check_submit_options(
-    name: str, endpoint: str | None, priority: int, budget: float | None
+    settings: Settings, name: str, endpoint: str | None, priority: int, budget: float | None
 ) -> None:
     """The first bad option, as ``--option value: why`` (the limits of ``batch_problems``)."""
     from fluxq.batch_submit import batch_problems  # lazy: the pipeline loads only when acting
 
-    problems = batch_problems(name, endpoint=endpoint, priority=priority, budget=budget)
+    problems = batch_problems(
+        name, endpoint=endpoint, priority=priority, budget=budget, catalog=settings.catalog
+    )
     if problems:
         given = {
             "name": f" {name[:20]!r}…" if len(name) > 20 else f" {name!r}",
@@ -397,7 +406,7 @@ def submit(
     from fluxq.tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
-    _check_submit_options(name, endpoint, priority, budget)
+    _check_submit_options(settings, name, endpoint, priority, budget)
     try:
         params = parse_params(param)
     except ValueError as exc:
@@ -437,14 +446,16 @@ def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool
         written = Path(tmp) / REJECTED_FILE
         rejected = files.enter_context(written.open("w", encoding="utf-8")) if keep else None
         view = _SubmitView(settings, rt, job, rejected_path, written, rejected)
-        submitted = _submit_file(rt, job, view)
+        submitted = _submit_file(settings, rt, job, view)
     if submitted.dry_run or rt is None:
         _say(f"dry run: nothing enqueued ({submitted.lines:,} lines checked)")
         return 0
     return _print_result(rt, job.name, submitted.enqueued, hints=hints)
 
 
-def _submit_file(rt: Runtime | None, job: _Submit, view: _SubmitView) -> SubmitResult:
+def _submit_file(
+    settings: Settings, rt: Runtime | None, job: _Submit, view: _SubmitView
+) -> SubmitResult:
     """``submit_file`` with each refusal one line (exit 2), and a Ctrl-C while lines go in."""
     from fluxq.batch_submit import (  # lazy: the pipeline loads only when acting
         BadLines,
@@ -470,6 +481,7 @@ def _submit_file(rt: Runtime | None, job: _Submit, view: _SubmitView) -> SubmitR
                 rejected=view.rejected,
                 dry_run=job.dry_run,
                 watch=view,
+                catalog=settings.catalog,
             )
     except CancelledBatch:
         fail(f"batch {job.name} was cancelled: submit the file under another --name")

@@ -130,7 +130,7 @@ def run_command(
 
     settings = settings_or_exit()
     batch = _batch_name(file, name)
-    batch_cli._check_submit_options(batch, endpoint, DEFAULT_BATCH_PRIORITY, budget)
+    batch_cli._check_submit_options(settings, batch, endpoint, DEFAULT_BATCH_PRIORITY, budget)
     try:
         params = parse_params(param)
     except ValueError as exc:

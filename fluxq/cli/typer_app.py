@@ -11,7 +11,19 @@ import sys
 
 import typer
 
-from fluxq.cli import api, batch, common, flower, jobs, metrics, processes, redis_cmd, run, setup
+from fluxq.cli import (
+    api,
+    batch,
+    common,
+    endpoints,
+    flower,
+    jobs,
+    metrics,
+    processes,
+    redis_cmd,
+    run,
+    setup,
+)
 
 app = typer.Typer(
     name="fluxq",
@@ -34,6 +46,7 @@ def root(
 
 
 setup.register(app)
+endpoints.register(app)
 processes.register(app)
 flower.register(app)
 jobs.register(app)

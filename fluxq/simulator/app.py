@@ -216,7 +216,8 @@ class _Handlers:
             Route("/v1/my_finetunes", self.my_finetunes, methods=["GET"]),
             Route("/v1/finetune_details", self.finetune_details, methods=["GET"]),
             Route("/v1/delete_finetune", self.delete_finetune, methods=["POST"]),
-            Route("/v1/{endpoint}", self.generate, methods=["POST"]),
+            # :path, as BFL's nested endpoints (flux-tools/erase-v1) are one endpoint each.
+            Route("/v1/{endpoint:path}", self.generate, methods=["POST"]),
             Route("/sim/stats", self.stats, methods=["GET"]),
             Route("/sim/timeline", self.timeline, methods=["GET"]),
             Route("/sim/reset", self.reset, methods=["POST"]),

@@ -49,7 +49,7 @@ def validation_reply(errors: tuple[FieldError, ...]) -> Reply:
 
 
 def _validate(spec: EndpointSpec, body: object, cfg: SimConfig) -> BaseModel | Reply:
-    if isinstance(body, Mapping) and not cfg.reject_unknown_fields:
+    if isinstance(body, Mapping) and not cfg.reject_unknown_fields and not spec.open:
         fields = spec.request_model.model_fields
         known = set(fields) | {f.alias for f in fields.values() if f.alias}
         body = {k: v for k, v in body.items() if k in known}

@@ -57,6 +57,7 @@ def test_the_wheel_installs_fluxq_and_nothing_else_at_the_top(wheel: Path) -> No
     for inside in (
         "fluxq/py.typed",
         "fluxq/config/settings.py",
+        "fluxq/config/endpoints.toml",
         "fluxq/tasks/submit.py",
         "fluxq/workers/state/lua/admit.lua",
         "fluxq/simulator/server.py",

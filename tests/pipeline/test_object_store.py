@@ -168,7 +168,7 @@ def test_images_go_to_the_store_in_the_local_layout_with_a_checked_sha256(
     assert save_job(stored.rt, ids[0]) is None
     assert keys_in(s3, bucket) == expected
     # Nothing is left in the local staging directory
-    staged = staging_path(jobs[0]).parent
+    staged = staging_path(stored.rt, jobs[0]).parent
     assert not staged.exists() or not [p for p in staged.iterdir() if "heron-" in p.name]
 
 
@@ -259,7 +259,7 @@ def test_an_upload_cut_off_midway_leaves_no_object_and_the_retry_completes(
     assert job.state is State.READY
     assert job.download_attempts == 1
     assert keys_in(s3, bucket) == set()
-    staged = staging_path(job)
+    staged = staging_path(pipeline.rt, job)
     assert (
         not staged.parent.exists()
         or [p for p in staged.parent.iterdir() if staged.name in p.name] == []

@@ -245,6 +245,36 @@ def test_dry_run_says_per_megapixel_prices_are_an_estimate(
     assert "an estimate: per-megapixel prices" in result.stdout
 
 
+def test_dry_run_marks_unpriced_jobs_and_prices_declared_ones(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    declared = tmp_path / "endpoints.toml"
+    declared.write_text(
+        '[[endpoint]]\npath = "acme/upscale"\ncap = "default"\nmedia = "image"\n'
+        "price = { per_image = 3 }\n",
+        encoding="utf-8",
+    )
+    lines = [
+        {"id": "a", "endpoint": "flux-tools/erase-v1", "image": "aGVsbG8=", "prompt": "no car"},
+        {"id": "b", "endpoint": "flux-tools/erase-v1", "image": "aGVsbG8=", "prompt": "no sign"},
+        {"id": "c", "endpoint": "acme/upscale", "image": "aGVsbG8=", "scale": 4},
+        {"id": "d", "endpoint": "flux-pro-1.1", "prompt": "a heron"},
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", lines)
+    result = fluxq(
+        {**env, "FLUXQ_ENDPOINTS_FILE": str(declared)},
+        "batch", "submit", str(path), "--name", "mixed", "--dry-run",
+    )  # fmt: skip
+    assert result.exit_code == 0, shown(result)
+    assert "jobs: 4 (acme/upscale 1, flux-pro-1.1 1, flux-tools/erase-v1 2)" in result.stdout
+    assert "cost: 7 credits = $0.07 (an estimate: unpriced jobs count 0)" in result.stdout
+    assert "unpriced: 2 jobs (flux-tools/erase-v1) have no known price" in result.stdout
+    # Without the file, the declared endpoint is unknown: the line is named, nothing goes in
+    refused = fluxq(env, "batch", "submit", str(path), "--name", "mixed", "--dry-run")
+    assert refused.exit_code == 2, shown(refused)
+    assert "unknown endpoint 'acme/upscale'" in refused.stdout + refused.stderr
+
+
 def test_a_csv_file_with_a_param_for_every_row(env: dict[str, str], tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("id,prompt,seed\nr1,a fox,1\nr2,a crow,2\nr3,an owl,3\n", encoding="utf-8")

@@ -123,6 +123,7 @@ def test_an_accepted_job_id_or_batch_is_its_own_file_name(text: str) -> None:
     # exactly what safe_name makes of them, or two ids could share one file.
     fake = Runtime.__new__(Runtime)
     fake.label = "nokey"
+    fake.settings = Settings()  # its catalog: no Redis, no key
     for field in ("job_id", "batch"):
         if safe_name(text) == text:
             continue  # accepted or not, it cannot collide with another id

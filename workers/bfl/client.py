@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from fluxq.config.catalog import NOT_UTF8, get_endpoint, not_utf8_at, request_to_json
+from fluxq.config.endpoint_spec import ENDPOINT_PATTERN
 from fluxq.config.errors import (
     DisallowedURL,
     DownloadFailed,
@@ -303,7 +304,7 @@ class BFLClient:
 
     def submit(self, endpoint: str, request: BaseModel) -> Submitted:
         """POST a validated request; the response carries the id and the polling URL."""
-        get_endpoint(endpoint)
+        get_endpoint(endpoint, catalog=self._settings.catalog)
         return self.submit_json(endpoint, request_to_json(request))
 
     def submit_json(self, endpoint: str, body: Mapping[str, Any]) -> Submitted:
@@ -311,8 +312,13 @@ class BFLClient:
 
         The body is encoded before anything is sent: a body that cannot be encoded is an
         ``InvalidRequest`` (never an unknown outcome). A 2xx that cannot be read is an
-        ``OutcomeUnknown``: BFL accepted something, so a task may exist.
+        ``OutcomeUnknown``: BFL accepted something, so a task may exist. The endpoint goes
+        into the URL as it is, ``/`` and all (``/v1/flux-tools/erase-v1``), so it must be an
+        endpoint path (``ENDPOINT_PATTERN``: no ``..``, no query): else InvalidRequest.
         """
+        if not ENDPOINT_PATTERN.fullmatch(endpoint):
+            error = FieldError(("endpoint",), f"{endpoint!r} is not an endpoint path")
+            raise InvalidRequest(f"POST /v1/{endpoint!r} refused", errors=[error])
         url = f"{self._settings.bfl_base_url}/v1/{endpoint}"
         content = encode_body(body)
         what = f"POST /v1/{endpoint}"
