@@ -14,8 +14,9 @@ from typing import Any
 
 from celery import signals
 
-from fluxq.config.celery import POLL, TASK_MODULES
+from fluxq.config.celery import POLL, SAVE, TASK_MODULES
 from fluxq.config.settings import load_settings
+from fluxq.tasks.inline_save import InlineSaves
 from fluxq.tasks.inline_submit import WORKER_COUNTER, InlineSubmits
 from fluxq.tasks.poll import Poller
 from fluxq.tasks.sweep import SweepTimer
@@ -58,12 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     # The process that serves the poll queue polls the key's due jobs on threads of its own.
     poller = None
     inline: InlineSubmits | None = None
+    saves: InlineSaves | None = None
     events: TaskEvents | None = None
-    if POLL.queue in args.queues.split(","):
+    queues = args.queues.split(",")
+    if POLL.queue in queues:
         events = TaskEvents(app, hostname=node_name(args.name))
         poller = Poller(rt, threads=args.threads, events=events)
         # The slot a Ready frees is refilled by this process, with no Celery hop.
         inline = InlineSubmits.install(rt, counter=WORKER_COUNTER, events=events)
+        if SAVE.queue in queues:  # and the image it saw Ready is saved here too
+            saves = InlineSaves.install(rt, events=events)
 
     def start_threads(**_: Any) -> None:
         timer.start()
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             poller.stop()
         if inline is not None:
             inline.close()  # the POSTs in flight are answered and recorded first
+        if saves is not None:
+            saves.close()  # and the downloads under way end
         if events is not None:
             events.close()
         timer.stop()

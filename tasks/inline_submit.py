@@ -116,15 +116,16 @@ class InlineSubmits:
 
     def _run(self, job: Job) -> None:
         started = time.monotonic()
-        if self.events is not None:
-            self.events.started(SUBMIT.name, job)
+        received_s = time.time()
         try:
             result = self._submit(job)
         finally:
             self._free.release()
         if self.events is not None:
             runtime_s = round(time.monotonic() - started, 3)
-            self.events.succeeded(SUBMIT.name, job, result=result, runtime_s=runtime_s)
+            self.events.ran(
+                SUBMIT.name, job, result=result, runtime_s=runtime_s, received_s=received_s
+            )
 
     def _submit(self, job: Job) -> str:
         """Run the submit; what became of it, for Flower."""

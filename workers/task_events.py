@@ -1,10 +1,12 @@
 """Flower's view of work that is not a Celery message: Celery's task events, sent by hand.
 
-A poll is not a Celery task (``tasks.poll``: the poll queue), and a submit run in the process
-that admitted its job is not one either (``tasks.inline_submit``). Flower builds its task list
-from events, so these send the events a worker would: one task per job and kind, with a task id
-derived from both (``task_id``), received when the work starts, succeeded with a short result
-when it ends. Best effort: an event lost never stops the work.
+A poll is not a Celery task (``tasks.poll``: the poll queue), and a submit or a save run in the
+process that saw its turn come is not one either (``tasks.inline_submit``, ``tasks.inline_save``).
+Flower builds its task list from events, so these send the events a worker would: one task per
+job and kind, with a task id derived from both (``task_id``). A job's polling, which lasts as
+long as its generation, is received at its first poll and succeeded at its last; a submit or a
+save, which take milliseconds, is one event when it ends (``ran``). Best effort: an event lost
+never stops the work.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ class TaskEvents:
 
     def succeeded(self, name: str, job: Job, *, result: str, runtime_s: float) -> None:
         self._send("task-succeeded", name, job.job_id, result=result, runtime=runtime_s)
+
+    def ran(self, name: str, job: Job, *, result: str, runtime_s: float, received_s: float) -> None:
+        """The task ``name`` of ``job`` ran and ended, in one event: for work that takes
+        milliseconds (a submit, a save), a separate "received" would be one more publish per
+        job for a state Flower would show for no longer than that. Celery's event state takes
+        the received event's fields (name, args, its time) from this one too."""
+        argsrepr, kwargsrepr = describe(job)
+        self._send(
+            "task-succeeded", name, job.job_id, name=name, args=argsrepr, kwargs=kwargsrepr,
+            retries=0, received=received_s, result=result, runtime=runtime_s,
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:

@@ -104,6 +104,25 @@ def test_a_slot_freed_by_a_poll_is_refilled_by_the_same_worker_process_without_c
     assert counts["done"] == 5, counts
     assert cluster.sim.stats(KEY)["max_active"] == 1
     assert cluster.rt.limiter.counters().get("inline_submits") == 4
+    # and the saves went to the save process the user asked for, through Celery
+    assert "inline_saves" not in cluster.rt.limiter.counters()
+
+
+def test_with_one_worker_process_the_image_its_poller_saw_ready_is_saved_there(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given the default tree: one worker process serving submit, poll and save
+    cluster = make_cluster()
+    cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 5.0}})
+    cluster.start_worker(threads=4, save_threads=0)
+    # When 6 jobs run
+    for i in range(6):
+        enqueue(cluster.rt, "flux-dev", request_for("flux-dev", i), batch="here")
+    counts = cluster.wait_terminal("here", 6, timeout_s=120)
+    # Then every image was saved by the process that polled it, with no save message
+    assert counts["done"] == 6, counts
+    assert cluster.rt.limiter.counters().get("inline_saves") == 6
+    assert cluster.sim.stats(KEY)["duplicate_submits"] == 0
 
 
 def test_a_worker_killed_mid_batch_loses_no_job_and_submits_none_twice(
