@@ -130,7 +130,7 @@ class InlineSubmits:
     def _submit(self, job: Job) -> str:
         """Run the submit; what became of it, for Flower."""
         try:
-            countdown_s = submit_job(self.rt, job.job_id)
+            countdown_s = submit_job(self.rt, job.job_id, read=job)
         except Exception:  # not BFL's answer (Redis down, a bug): the workers take the job over
             log.exception("submit in this process failed; the workers take it job=%s", job.job_id)
             self._hand_over(job, 0.0)

@@ -24,12 +24,14 @@ Fields = Mapping[str, str | int | float]
 
 
 def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
-    """BFL answered the POST: record its id and polling URL in the same step as the move.
+    """BFL answered the POST: record its id and polling URL, and drop the ``submitting_at``
+    marker, in the same step as the move.
 
     A batch line's credits move from committed to spent (BFL's ``cost`` when it sent one)."""
     moved = rt.store.transition(
-        job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(), fields=fields
-    )
+        job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(),
+        fields=fields, clear=(JobField.SUBMITTING_AT,),
+    )  # fmt: skip
     if moved:
         cost = fields.get(JobField.COST)
         spent = float(cost) if cost is not None else _estimate(rt, job)
@@ -126,8 +128,9 @@ def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
         return False
     rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
     moved = rt.store.transition(
-        job.job_id, State.SUBMITTED, from_states=(State.FAILED,), now_s=rt.clock(), fields=fields
-    )
+        job.job_id, State.SUBMITTED, from_states=(State.FAILED,), now_s=rt.clock(),
+        fields=fields, clear=(JobField.SUBMITTING_AT,),
+    )  # fmt: skip
     if moved:
         rt.limiter.clear_doubt(job.job_id)
         rt.store.uncount_reason(job.batch, current.reason or "unknown")

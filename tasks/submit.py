@@ -62,9 +62,11 @@ def webhook_fields(rt: Runtime, job: Job) -> dict[str, str]:
     }
 
 
-def _claim(rt: Runtime, job_id: str) -> Job | None:
-    """The job if it is ours to POST now; None when there is nothing (more) to do."""
-    job = rt.store.get(job_id)
+def _claim(rt: Runtime, job_id: str, read: Job | None) -> Job | None:
+    """The job if it is ours to POST now; None when there is nothing (more) to do. ``read`` is
+    the job as its admission just read it (None: read it here); ``start_submit`` checks its
+    state again atomically before the POST."""
+    job = read if read is not None else rt.store.get(job_id)
     not_posting = job is None or job.state is not State.ADMITTED or job.submitting_at is not None
     if not_posting and rt.limiter.probe_extra:
         rt.limiter.end_probe(job_id)  # it will not POST now: the next probe may go
@@ -193,7 +195,6 @@ def _record(rt: Runtime, job: Job, submitted: Submitted, first_poll_s: float | N
             "submit answer for a job already moved on job=%s bfl_id=%s", job.job_id, submitted.id
         )
         return
-    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
     if countdown_s is not None:
         rt.dispatch.poll(job, countdown_s=countdown_s)
     if rt.limiter.probe_extra and rt.limiter.end_probe(job.job_id):
@@ -202,17 +203,23 @@ def _record(rt: Runtime, job: Job, submitted: Submitted, first_poll_s: float | N
         admit_and_dispatch(rt)
 
 
-def submit_job(rt: Runtime, job_id: str) -> float | None:
-    """Submit one admitted job. Returns a countdown when the task should retry, else None."""
-    job = _claim(rt, job_id)
+def submit_job(rt: Runtime, job_id: str, *, read: Job | None = None) -> float | None:
+    """Submit one admitted job. Returns a countdown when the task should retry, else None.
+
+    ``read``: the job as read by its admission a moment ago, so it is not read twice."""
+    job = _claim(rt, job_id, read)
     if job is None:
         return None
-    attempt = rt.store.incr(job_id, JobField.SUBMIT_ATTEMPTS)
     hook_fields = webhook_fields(rt, job)
     body = {**job.request, **hook_fields}
-    # The marker is the last write before the POST: a failure before it leaves a job that was
-    # certainly not sent (requeued by the sweep), never a false "uncertain".
-    rt.store.update(job_id, {JobField.SUBMITTING_AT: rt.clock()})
+    # The marker (with the attempt's count) is the last write before the POST: a failure before
+    # it leaves a job that was certainly not sent (requeued by the sweep), never a false
+    # "uncertain".
+    attempt = rt.store.start_submit(job_id, now_s=rt.clock())
+    if attempt == 0:  # cancelled, gone or taken by another delivery since the claim read it
+        if rt.limiter.probe_extra:
+            rt.limiter.end_probe(job_id)  # it will not POST: the next probe may go
+        return None
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
             submitted = rt.bfl.submit_json(job.endpoint, body)

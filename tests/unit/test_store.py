@@ -394,6 +394,78 @@ def test_update_incr_and_clear_fields_touch_only_existing_jobs(
     assert redis_client.exists(keys.job("ghost")) == 0
 
 
+def test_start_submit_counts_the_attempt_and_sets_the_marker_only_on_an_admitted_job(
+    store: JobStore, redis_client: redis.Redis[str]
+) -> None:
+    store.enqueue(new_job("j1"), now_s=NOW_S)
+    # A queued job is not sent
+    assert store.start_submit("j1", now_s=NOW_S) == 0
+    store.transition("j1", State.ADMITTED, now_s=NOW_S)
+    assert store.start_submit("j1", now_s=NOW_S + 1) == 1
+    job = store.get("j1")
+    assert job is not None
+    assert (job.submit_attempts, job.submitting_at) == (1, NOW_S + 1)
+    # A second delivery finds the marker: nothing written, nothing to send
+    assert store.start_submit("j1", now_s=NOW_S + 2) == 0
+    store.clear_fields("j1", "submitting_at")
+    assert store.start_submit("j1", now_s=NOW_S + 5) == 2
+    # A cancelled job is not sent, and a missing one is not created
+    store.transition("j1", State.CANCELLED, now_s=NOW_S + 6)
+    assert store.start_submit("j1", now_s=NOW_S + 7) == 0
+    assert store.start_submit("ghost", now_s=NOW_S) == 0
+    assert redis_client.exists(keys.job("ghost")) == 0
+
+
+def test_a_move_can_clear_fields_in_the_same_step_and_a_refused_one_clears_none(
+    store: JobStore,
+) -> None:
+    store.enqueue(new_job("j1"), now_s=NOW_S)
+    store.transition("j1", State.ADMITTED, now_s=NOW_S)
+    store.start_submit("j1", now_s=NOW_S)
+    # A refused move (the job is not queued) leaves the marker
+    refused = store.transition(
+        "j1", State.CANCELLED, from_states=[State.QUEUED], now_s=NOW_S, clear=["submitting_at"]
+    )
+    assert not refused
+    before = store.get("j1")
+    assert before is not None
+    assert before.submitting_at == NOW_S
+    # The move to submitted records the id and drops the marker at once
+    moved = store.transition(
+        "j1", State.SUBMITTED, now_s=NOW_S + 1, fields={"bfl_id": "t-1"}, clear=["submitting_at"]
+    )
+    assert moved
+    job = store.get("j1")
+    assert job is not None
+    assert (job.state, job.bfl_id, job.submitting_at) == (State.SUBMITTED, "t-1", None)
+    with pytest.raises(ValueError, match="state"):
+        store.transition("j1", State.READY, now_s=NOW_S, clear=["state"])
+
+
+def test_a_move_after_the_record_is_gone_fails_though_its_keys_were_remembered(
+    store: JobStore, redis_client: redis.Redis[str]
+) -> None:
+    # Given a job read once (its batch, key and group are remembered), then deleted
+    store.enqueue(new_job("j1", batch="b7"), now_s=NOW_S)
+    assert store.get("j1") is not None
+    redis_client.delete(keys.job("j1"))
+    # Then a move finds it missing and writes nothing, not even the batch counters
+    before = redis_client.hgetall(keys.batch("b7"))
+    assert not store.transition("j1", State.ADMITTED, now_s=NOW_S)
+    assert redis_client.exists(keys.job("j1")) == 0
+    assert redis_client.hgetall(keys.batch("b7")) == before
+
+
+def test_update_submitted_writes_typed_fields_in_one_command(store: JobStore) -> None:
+    store.enqueue(new_job("j1"), now_s=NOW_S)
+    store.update_submitted("j1", {"last_pending_s": 1.25, "progress": 0.5})
+    job = store.get("j1")
+    assert job is not None
+    assert job.last_pending_s == 1.25
+    with pytest.raises(ValueError, match="not a job field"):
+        store.update_submitted("j1", {"note": "hi"})
+
+
 def test_fields_that_carry_counters_or_keys_cannot_be_written_directly(store: JobStore) -> None:
     store.enqueue(new_job("j1"), now_s=NOW_S)
     with pytest.raises(ValueError, match="state"):

@@ -30,6 +30,7 @@ class Scripts:
         self.enqueue: Script = client.register_script(source("enqueue"))
         self.transition: Script = client.register_script(source("transition"))
         self.if_exists: Script = client.register_script(source("if_exists"))
+        self.start_submit: Script = client.register_script(source("start_submit"))
         self.mark_uncertain: Script = client.register_script(source("mark_uncertain"))
         self.admit: Script = client.register_script(source("admit"))
         self.requeue_front: Script = client.register_script(source("requeue_front"))

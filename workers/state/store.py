@@ -5,6 +5,7 @@ Counters move in the same script as the state, so ``batch_counts`` never scans j
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,11 @@ ENQUEUE_CHUNK = 500
 
 NAME_TAKEN = -1
 """What ``enqueue.lua`` returns when another job of the batch holds the job's file name."""
+
+
+PLACEMENTS_KEPT = 8192
+"""Jobs whose batch, key and group a store remembers: more than one key's jobs in flight and
+waiting to be saved; about 1 MB."""
 
 
 class NameTaken(InvalidRequest):
@@ -144,6 +150,10 @@ class JobStore:
         self._redis = redis
         self._scripts = Scripts(redis)
         self._terminal_ttl_ms = max(1, int(terminal_ttl_s * 1000))
+        self._placements: dict[str, tuple[str, str, str]] = {}
+        """Job id -> (batch, key label, group), which never change for an id (ids are never
+        reused): a move's keys come from here, not from one more read of the record."""
+        self._placements_lock = threading.Lock()
 
     @property
     def redis(self) -> redis.Redis[str]:
@@ -221,7 +231,11 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))
-        return parse_job(job_id, raw) if raw else None
+        if not raw:
+            return None
+        job = parse_job(job_id, raw)
+        self._place(job_id, (job.batch, job.key_label, job.group))
+        return job
 
     def transition(
         self,
@@ -232,6 +246,7 @@ class JobStore:
         now_s: float,
         fields: Mapping[str, str | int | float] | None = None,
         reason: str | None = None,
+        clear: Collection[str] = (),
     ) -> bool:
         """Move the job to ``to`` if it is in one of ``from_states`` (compare-and-set).
 
@@ -242,9 +257,11 @@ class JobStore:
         event. A terminal move sets the record's TTL. A job is in its backlog exactly while it is
         queued (a cancel takes it out; a move to queued puts it back at its arrival place). Slots
         belong to the limiter: release one there (or use ``SlotLimiter.requeue_front``).
+        The fields named in ``clear`` are removed in the same step.
         """
         froms = sources(to) if from_states is None else tuple(State(s) for s in from_states)
         check_moves(froms, to)
+        _check_writable(clear)
         pairs = _pairs(fields or {})
         record_keys = self._record_keys(job_id)
         if record_keys is None:
@@ -252,8 +269,23 @@ class JobStore:
         ttl_ms = self._terminal_ttl_ms if to.terminal else 0
         args: list[str | int | float] = [job_id, now_s, to.value, ttl_ms]
         args += ["1" if reason is not None else "0", reason or "", keys.EVENTS_CHANNEL]
-        args += [len(froms), *(state.value for state in froms), *pairs]
+        args += [len(froms), *(state.value for state in froms), len(clear), *clear, *pairs]
         return bool(self._scripts.transition(keys=record_keys, args=args))
+
+    def start_submit(self, job_id: str, *, now_s: float) -> int:
+        """Count a submit attempt and set the ``submitting_at`` marker, in one step, if the job
+        is admitted and unmarked; returns the attempt, or 0 when it is not (missing, cancelled,
+        or another delivery's POST is under way): then nothing is written and nothing is sent."""
+        return int(self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s]))
+
+    def update_submitted(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
+        """Set fields on a job the caller just read as submitted, with no existence check (a
+        plain HSET: one command, not three). A submitted record never expires, and one that
+        ended since gets a TTL that a write keeps, so no stray record can be made."""
+        _check_writable(fields)
+        if fields:
+            encoded: dict[str | bytes, str] = {k: _encode(v) for k, v in fields.items()}
+            self._redis.hset(keys.job(job_id), mapping=encoded)
 
     def update(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
         """Set fields on an existing job (a missing job is left missing)."""
@@ -449,9 +481,23 @@ class JobStore:
         return found
 
     def _record_keys(self, job_id: str) -> list[str] | None:
-        """The job hash, batch counters and backlog keys of an existing job, else None."""
+        """The job hash, batch counters and backlog keys of an existing job, else None. Known
+        from an earlier read of the job (``get``) when there was one; a job gone since is
+        found missing by the script that uses them."""
         job_key = keys.job(job_id)
-        batch, label, group = self._redis.hmget(job_key, "batch", "key_label", "group")
-        if batch is None or label is None or group is None:
-            return None
+        with self._placements_lock:
+            placement = self._placements.get(job_id)
+        if placement is None:
+            batch, label, group = self._redis.hmget(job_key, "batch", "key_label", "group")
+            if batch is None or label is None or group is None:
+                return None
+            placement = (batch, label, group)
+            self._place(job_id, placement)
+        batch, label, group = placement
         return [job_key, keys.batch(batch), keys.backlog(label, group)]
+
+    def _place(self, job_id: str, placement: tuple[str, str, str]) -> None:
+        with self._placements_lock:
+            if len(self._placements) >= PLACEMENTS_KEPT:
+                del self._placements[next(iter(self._placements))]  # the oldest
+            self._placements[job_id] = placement

@@ -17,13 +17,24 @@ local function fluxq_score(priority, seq, front)
 end
 
 -- Move a job the caller has checked is in `from` to `to`: state, t_<to>, reason, batch counters, event.
-local function fluxq_move(job_key, batch_key, channel, job_id, batch, from, to, now, reason)
-  redis.call('HSET', job_key, 'state', to, 't_' .. to, now)
+-- Optional: `had_reason` false when the caller read that the record holds no reason (no HDEL
+-- then; nil: unknown), and `fields`, a list of field, value pairs set in the same HSET.
+local function fluxq_move(job_key, batch_key, channel, job_id, batch, from, to, now, reason,
+                          had_reason, fields)
+  local set = {'state', to, 't_' .. to, now}
+  if fields then
+    for i = 1, #fields do
+      set[#set + 1] = fields[i]
+    end
+  end
   -- The reason explains the latest move only: a move without one clears an older one (a job
   -- that met a 429 and then finished must not read "429" as its reason).
   if reason then
-    redis.call('HSET', job_key, 'reason', reason)
-  else
+    set[#set + 1] = 'reason'
+    set[#set + 1] = reason
+  end
+  redis.call('HSET', job_key, unpack(set))
+  if not reason and had_reason ~= false then
     redis.call('HDEL', job_key, 'reason')
   end
   redis.call('HINCRBY', batch_key, from, -1)

@@ -5,12 +5,14 @@
 -- ARGV[1] job id   ARGV[2] now (s)   ARGV[3] new state   ARGV[4] TTL in ms, 0 unless terminal
 -- ARGV[5] "1" when a reason is given   ARGV[6] the reason   ARGV[7] events channel
 -- ARGV[8] n, the number of allowed current states   ARGV[9 .. 8+n] those states
--- ARGV[9+n ..] field, value pairs to set with the move
+-- ARGV[9+n] m, the number of fields to remove with the move   ARGV[10+n .. 9+n+m] those fields
+-- ARGV[10+n+m ..] field, value pairs to set with the move
 -- Returns 1 when moved, 0 when the job is missing or not in an allowed state (nothing changes).
 -- A job is in its backlog exactly while it is queued: a move out of queued (a cancel) takes it
 -- out, a move to queued puts it back at its arrival place. Slots are the limiter's: none is freed.
 -- A terminal move sets the record's TTL; any other move clears a TTL (PERSIST).
-local state = redis.call('HGET', KEYS[1], 'state')
+local record = redis.call('HMGET', KEYS[1], 'state', 'batch', 'reason')
+local state = record[1]
 if not state then
   return 0
 end
@@ -25,15 +27,21 @@ end
 if not allowed then
   return 0
 end
-if #ARGV > 8 + n then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 9 + n))
+local m = tonumber(ARGV[9 + n])
+local fields = nil
+if #ARGV > 9 + n + m then
+  fields = {unpack(ARGV, 10 + n + m)}
+end
+if m > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 10 + n, 9 + n + m))
 end
 local reason = nil
 if ARGV[5] == '1' then
   reason = ARGV[6]
 end
-local batch = redis.call('HGET', KEYS[1], 'batch')
-fluxq_move(KEYS[1], KEYS[2], ARGV[7], ARGV[1], batch, state, ARGV[3], ARGV[2], reason)
+-- One read (state, batch, reason) and one write (fields, state, time, reason) per move
+fluxq_move(KEYS[1], KEYS[2], ARGV[7], ARGV[1], record[2], state, ARGV[3], ARGV[2], reason,
+           record[3] ~= false, fields)
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 else
