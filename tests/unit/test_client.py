@@ -74,6 +74,32 @@ def test_submit_sends_the_key_as_x_key_and_parses_the_answer() -> None:
     assert (submitted.cost, submitted.input_mp, submitted.output_mp) == (4.5, 0.0, 1.98)
 
 
+def test_a_cookie_a_host_sets_is_never_kept_nor_sent_on() -> None:
+    seen: list[httpx.Request] = []
+    polling_url = "https://api.eu2.bfl.ai/v1/get_result?id=abc"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        cookie = {"set-cookie": "session=tracked; Domain=bfl.ai; Path=/"}
+        if request.method == "POST":
+            return httpx.Response(
+                200, headers=cookie, json={"id": "abc", "polling_url": polling_url}
+            )
+        return httpx.Response(200, headers=cookie, json={"id": "abc", "status": "Pending"})
+
+    client = make_client(handler)
+    client.submit_json("flux-dev", {"prompt": "a cat"})
+    client.get_result(polling_url)
+    client.get_result(polling_url)
+    assert len(seen) == 3
+    assert [request.headers.get("cookie") for request in seen] == [None, None, None]
+    # (A plain httpx client would have sent it back: the jar is what makes the difference.)
+    plain = httpx.Client(transport=httpx.MockTransport(handler))
+    plain.post("https://api.bfl.ai/v1/flux-dev", json={})
+    plain.get(polling_url)
+    assert seen[-1].headers.get("cookie") == "session=tracked"
+
+
 def test_a_webhook_style_answer_without_polling_url_gets_the_base_get_result_url() -> None:
     client = make_client(answer(200, {"id": "t1", "status": "Pending", "webhook_url": "x"}))
     submitted = client.submit_json("flux-dev", {"prompt": "p"})
