@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import typer
@@ -13,9 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from fluxq.cli.common import console, fail, runtime_or_exit, settings_or_exit
 from fluxq.config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
 from fluxq.config.settings import DEFAULT_ALLOWED_URLS, Settings
-
-if TYPE_CHECKING:
-    from fluxq.workers.process.supervisor import WorkerSpec
 
 
 def _require_bfl_target(settings: Settings) -> None:
@@ -37,19 +32,6 @@ def _require_bfl_target(settings: Settings) -> None:
         )
 
 
-def worker_process_argv(spec: WorkerSpec, loglevel: str) -> list[str]:
-    """How the supervisor starts one worker process (``fluxq.worker_process``)."""
-    from fluxq.workers.process.children import (
-        python_argv,  # lazy: only `fluxq worker` starts children
-    )
-
-    return python_argv(
-        "fluxq.worker_process",
-        "--name", spec.name, "--queues", ",".join(spec.queues),
-        "--threads", str(spec.threads), "--loglevel", loglevel,
-    )  # fmt: skip
-
-
 def worker(
     threads: int = typer.Option(
         DEFAULT_THREADS, help="Threads for submit, poll and control work (and save, by default)."
@@ -61,14 +43,10 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """Start Celery workers on all fluxq queues (thread pools), until Ctrl-C or SIGTERM."""
-    from fluxq.workers.process.supervisor import (  # lazy: only this command
-        Supervisor,
-        default_specs,
-    )
+    from fluxq.workers.process.supervise import become_supervisor  # lazy: only this command
 
     settings = settings_or_exit()
     _require_bfl_target(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     env = dict(os.environ)
     # Redis unreachable: one line now, not retries forever. Unset: the embedded Redis of the
     # data dir, started if none runs; it outlives this worker (`fluxq redis stop` stops it).
@@ -76,11 +54,8 @@ def worker(
     assert rt.settings.redis_url is not None
     env["FLUXQ_REDIS_URL"] = rt.settings.redis_url
     rt.close()
-    specs = default_specs(threads=threads, save_threads=save_threads)
-    supervisor = Supervisor(
-        specs, argv_for=lambda spec: worker_process_argv(spec, loglevel), env=env
-    )
-    raise typer.Exit(code=supervisor.run())
+    # This process becomes the bare supervisor (same pid): the CLI's memory is not kept.
+    become_supervisor(threads=threads, save_threads=save_threads, loglevel=loglevel, env=env)
 
 
 def demo(
