@@ -164,7 +164,9 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         le=600,
-        description="The generation time assumed for an endpoint before any has been observed.",
+        description="The generation time assumed before any has been observed: when set, for "
+        "every endpoint; unset, each endpoint's typical time from the catalog (this value for one "
+        "the catalog gives none).",
     )
     poll_min_delay_s: float = Field(
         default=0.05, gt=0, le=60, description="The shortest wait between two polls of one task."

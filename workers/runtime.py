@@ -123,6 +123,16 @@ def build_runtime(
             client,
             budget=settings.poll_budget,
             prior_median_s=settings.poll_prior_median_s,
+            typical_s=typical_times(settings),
         ),
         polls=PollQueue(client, label),
     )
+
+
+def typical_times(settings: Settings) -> dict[str, float]:
+    """Each endpoint's prior generation time: the catalog's typical time, unless the user set
+    FLUXQ_POLL_PRIOR_MEDIAN_S (then that, for every endpoint)."""
+    if "poll_prior_median_s" in settings.model_fields_set:
+        return {}
+    catalog = settings.catalog
+    return {name: spec.typical_s for name, spec in catalog.items() if spec.typical_s is not None}

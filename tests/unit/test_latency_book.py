@@ -7,7 +7,9 @@ import math
 import pytest
 import redis
 
+from fluxq.config.settings import load_settings
 from fluxq.workers.poll_schedule import budget_schedule
+from fluxq.workers.runtime import typical_times
 from fluxq.workers.state import keys
 from fluxq.workers.state.latency_book import (
     COLD_INTERVAL_S,
@@ -18,6 +20,7 @@ from fluxq.workers.state.latency_book import (
     LatencyBook,
     size_class,
 )
+from tests.support.env import KEY
 
 
 class Clock:
@@ -143,3 +146,20 @@ def test_a_refit_that_barely_moves_keeps_the_plan(redis_client: redis.Redis[str]
         latencies.observe("flux-dev", "default", 9.8, 10.2)
     clock.now += REFIT_INTERVAL_S
     assert latencies.schedule("flux-dev", "default") != first
+
+
+def test_each_endpoint_starts_from_its_catalog_time_unless_the_user_set_a_prior(
+    redis_client: redis.Redis[str],
+) -> None:
+    # The runtime's priors come from the catalog's typical times...
+    settings = load_settings(bfl_api_key=KEY)
+    times = typical_times(settings)
+    assert times["flux-2-klein-4b"] == settings.catalog["flux-2-klein-4b"].typical_s
+    assert times["flux-2-klein-4b"] < times["flux-pro-1.1-ultra"]
+    latencies = LatencyBook(redis_client, budget=0.65, prior_median_s=5.0, typical_s=times)
+    klein = latencies.model("flux-2-klein-4b", "default")
+    assert klein.median_s == pytest.approx(times["flux-2-klein-4b"])
+    # ...an endpoint the table gives no time starts from the setting's prior
+    assert latencies.model("not-in-the-table", "default").median_s == pytest.approx(5.0)
+    # ...and a prior the user set applies to every endpoint
+    assert typical_times(load_settings(bfl_api_key=KEY, poll_prior_median_s=2.0)) == {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -79,11 +79,17 @@ class LatencyBook:
         *,
         budget: float,
         prior_median_s: float,
+        typical_s: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
         self.budget = budget
         self.prior = LogNormal.from_median(prior_median_s, PRIOR_SIGMA)
+        """The prior of an endpoint ``typical_s`` does not name."""
+        self._priors = {
+            endpoint: LogNormal.from_median(seconds, PRIOR_SIGMA)
+            for endpoint, seconds in (typical_s or {}).items()
+        }
         self._clock = clock
         self._plans: dict[tuple[str, str], _Plan] = {}
         self._lock = threading.Lock()
@@ -118,6 +124,11 @@ class LatencyBook:
         with self._lock:
             return self._plans[(endpoint, size)].model
 
+    def prior_of(self, endpoint: str) -> LogNormal:
+        """What an endpoint's generation time is assumed to be before it is seen: its typical
+        time from the catalog, else the settings' prior."""
+        return self._priors.get(endpoint, self.prior)
+
     def _plan(self, endpoint: str, size: str, now: float, last: _Plan | None) -> _Plan:
         pipe = self._redis.pipeline(transaction=False)
         pipe.lrange(keys.latency(endpoint, size), 0, WINDOW - 1)
@@ -129,12 +140,13 @@ class LatencyBook:
             # A fit on a handful of intervals can be far off, and a wrong plan costs seconds a
             # task: until there are 8, poll like BFL's loop.
             cold = Schedule((), tail_gap_s=COLD_INTERVAL_S)
-            return _Plan(now, self.prior, cold, len(observations))
+            return _Plan(now, self.prior_of(endpoint), cold, len(observations))
         # The prior weighs as 1 observation among the first 8 and fades as more arrive, so it
         # steadies a cold start without biasing a settled fit.
         weight = PRIOR_WEIGHT * MIN_OBSERVATIONS / max(MIN_OBSERVATIONS, len(observations))
         start = last.model if last is not None and last.observations >= MIN_OBSERVATIONS else None
-        model = fit(observations, prior=self.prior, prior_weight=weight, start=start)
+        prior = self.prior_of(endpoint)
+        model = fit(observations, prior=prior, prior_weight=weight, start=start)
         count = len(observations)
         if last is not None and count >= MIN_OBSERVATIONS and _close(last.model, last, model):
             return _Plan(now, last.model, last.schedule, count)
