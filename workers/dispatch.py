@@ -18,18 +18,23 @@ from fluxq.workers.celery_app import make_celery
 from fluxq.workers.runtime import Runtime, build_runtime, describe
 from fluxq.workers.state.jobs import Job
 from fluxq.workers.state.poll_queue import PollQueue
+from fluxq.workers.state.save_queue import SaveQueue
 
 RUNTIME_ATTRIBUTE = "fluxq_runtime"
 """The attribute of a worker's Celery app that holds its Runtime (set once at start-up)."""
 
 
 class CeleryDispatcher:
-    """Sends fluxq.submit / save, user notifications and user callbacks through Celery; a poll
-    goes into the key's poll queue (``fluxq:polls:{k}``), where the workers' pollers find it."""
+    """Sends fluxq.submit, user notifications, user callbacks and delayed saves through Celery; a
+    poll goes into the key's poll queue (``fluxq:polls:{k}``), where the workers' pollers find
+    it, and a save due now into the key's save queue."""
 
-    def __init__(self, app: Celery, polls: PollQueue | None = None) -> None:
+    def __init__(
+        self, app: Celery, polls: PollQueue | None = None, saves: SaveQueue | None = None
+    ) -> None:
         self.app = app
         self.polls = polls
+        self.saves = saves
 
     def _send(self, task: TaskSpec, job: Job, *, countdown_s: float = 0.0) -> None:
         argsrepr, kwargsrepr = describe(job)
@@ -48,7 +53,13 @@ class CeleryDispatcher:
         self.polls.add(job.job_id, due_s=time.time() + max(0.0, countdown_s))
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self._send(SAVE, job, countdown_s=countdown_s)
+        """A save due now goes into the key's save queue (``fluxq:savequeue:{k}``), where the
+        processes serving fluxq.save take it; one that must wait is a Celery task with its
+        countdown."""
+        if countdown_s > 0 or self.saves is None:
+            self._send(SAVE, job, countdown_s=countdown_s)
+        else:
+            self.saves.push(job.job_id)
 
     def notify(self, job: Job) -> None:
         self._send(NOTIFY, job)
@@ -71,6 +82,7 @@ def celery_runtime(settings: Settings, *, app: Celery | None = None) -> Runtime:
     dispatcher = CeleryDispatcher(celery)
     rt = build_runtime(settings, redis_url=settings.redis_url, dispatch=dispatcher)
     dispatcher.polls = rt.polls
+    dispatcher.saves = SaveQueue(rt.redis, rt.label)
     setattr(celery, RUNTIME_ATTRIBUTE, rt)
     return rt
 

@@ -84,6 +84,8 @@ def test_200_jobs_finish_through_their_webhooks_with_no_poll(
     # (a webhook that beat its POST's answer was answered 503 and delivered again: counted apart)
     assert (counters["bfl_webhooks"], counters["ready"]) == (200, 200)
     assert counters.get("polls", 0) == 0
+    # Every save fluxq api sent went through the key's save queue to a worker's own threads
+    assert counters.get("inline_saves") == 200
     assert cluster.rt.limiter.held() == 0
     # And past the first wave (sent by the producer's enqueue through Celery), the slots webhooks
     # freed were refilled by fluxq api itself, with no Celery hop. A worker's sweep (every 1 s

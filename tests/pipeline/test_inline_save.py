@@ -4,17 +4,21 @@ standing for Celery (what ``InlineSaves`` hands over lands there)."""
 
 from __future__ import annotations
 
+import heapq
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from fluxq.tasks import inline_save
 from fluxq.tasks.enqueue import enqueue
-from fluxq.tasks.inline_save import COUNTER, InlineSaves
+from fluxq.tasks.inline_save import COUNTER, InlineSaves, SaveConsumer
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.jobs import State
+from fluxq.workers.state.save_queue import SaveQueue
 from tests.support.pipeline import Pipeline
 
 
@@ -118,3 +122,78 @@ def test_an_error_that_is_not_the_saves_verdict_hands_the_job_to_the_workers(
     assert pipeline.job(job_id).state is State.READY
     pipeline.drain()  # the workers' save (the real one) ends it
     assert pipeline.job(job_id).state is State.DONE
+
+
+def _ready_unsaved(pipeline: Pipeline, count: int) -> list[str]:
+    """``count`` jobs run to Ready, their saves lost (as with a producer that only queued them)."""
+    ids = [enqueue(pipeline.rt, "flux-dev", {"prompt": f"egret {i}"}) for i in range(count)]
+    deadline = time.monotonic() + 20
+    while any(pipeline.job(job_id).state is not State.READY for job_id in ids):
+        assert time.monotonic() < deadline, "jobs never became ready"
+        heap = pipeline.dispatch.heap
+        heap[:] = [due for due in heap if due.kind != "save"]  # the saves are lost
+        heapq.heapify(heap)
+        pipeline.step()
+    return ids
+
+
+@contextmanager
+def consuming(consumer: SaveConsumer) -> Iterator[SaveConsumer]:
+    consumer.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+
+
+def test_saves_in_the_save_queue_are_taken_and_run_while_a_thread_is_free(
+    pipeline: Pipeline,
+) -> None:
+    ids = _ready_unsaved(pipeline, 5)
+    queue = SaveQueue(pipeline.rt.redis, pipeline.rt.label)
+    for job_id in ids:
+        queue.push(job_id)
+    saves = InlineSaves.install(pipeline.rt, threads=2)
+    with consuming(SaveConsumer(pipeline.rt, saves, queue, wait_s=0.2)):
+        deadline = time.monotonic() + 20
+        while any(pipeline.job(job_id).state is not State.DONE for job_id in ids):
+            assert time.monotonic() < deadline, "saves from the queue never ran"
+            time.sleep(0.05)
+    saves.close()
+    assert queue.size() == 0
+    assert pipeline.rt.limiter.counters()[COUNTER] == 5
+    # A duplicate of a done job's save is taken and dropped: no second download
+    downloads = pipeline.job(ids[0]).download_attempts
+    queue.push(ids[0])
+    saves = InlineSaves.install(pipeline.rt)
+    with consuming(SaveConsumer(pipeline.rt, saves, queue, wait_s=0.2)):
+        deadline = time.monotonic() + 10
+        while queue.size():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    saves.close()
+    assert pipeline.job(ids[0]).download_attempts == downloads
+    assert pipeline.rt.limiter.counters()[COUNTER] == 5
+
+
+def test_with_every_save_thread_busy_the_consumer_leaves_the_queue_to_others(
+    pipeline: Pipeline, gate: Gate
+) -> None:
+    first, second = _ready_unsaved(pipeline, 2)
+    queue = SaveQueue(pipeline.rt.redis, pipeline.rt.label)
+    queue.push(first)
+    queue.push(second)
+    saves = InlineSaves.install(pipeline.rt, threads=1)
+    with consuming(SaveConsumer(pipeline.rt, saves, queue, wait_s=0.2)):
+        deadline = time.monotonic() + 10
+        while queue.size() == 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.6)  # three of the consumer's waits: it takes nothing while its thread is held
+        assert queue.size() == 1
+        gate.open.set()
+        while queue.size():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    saves.close()
+    assert {pipeline.job(first).state, pipeline.job(second).state} == {State.DONE}

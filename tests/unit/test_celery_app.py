@@ -14,6 +14,7 @@ from fluxq.workers.celery_app import make_celery
 from fluxq.workers.dispatch import CeleryDispatcher
 from fluxq.workers.state.jobs import Job, State
 from fluxq.workers.state.poll_queue import PollQueue
+from fluxq.workers.state.save_queue import SaveQueue
 
 
 def declare_all_queues(app_url: str) -> None:
@@ -42,17 +43,23 @@ def test_each_task_lands_in_its_own_queue_exactly_once_with_every_queue_declared
     # Given a broker where every fluxq queue has been declared (as running workers do)
     declare_all_queues(redis_url)
     polls = PollQueue(redis_client, "k")
-    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)), polls)
-    # When one task of each kind is sent
+    saves = SaveQueue(redis_client, "k")
+    dispatcher = CeleryDispatcher(make_celery(Settings(redis_url=redis_url)), polls, saves)
+    # When one task of each kind is sent, and a save that must wait 5 s
     dispatcher.submit(job("p"))
     dispatcher.poll(job("p"), countdown_s=0)
     dispatcher.save(job("p"))
+    dispatcher.save(job("p"), countdown_s=5.0)
     dispatcher.notify(job("p"))
-    # Then each queue holds exactly its own message, and the poll is no message: the job waits
-    # in the key's poll queue
+    # Then each queue holds exactly its own message; the poll is no message (the job waits in
+    # the key's poll queue), nor is the save due now (it waits in the key's save queue); the
+    # save that must wait is a Celery message with its countdown (an ETA: held unacked)
     lengths = {name: redis_client.llen(name) for name in ALL_QUEUES}
     assert lengths == {"fluxq.submit": 1, "fluxq.poll": 0, "fluxq.save": 1, "fluxq.control": 1}
     assert polls.due_s("job-1") is not None
+    assert redis_client.lrange(saves.key, 0, -1) == ["job-1"]
+    message = json.loads(redis_client.lindex("fluxq.save", 0) or "{}")
+    assert message["headers"]["eta"] is not None
 
 
 def test_messages_carry_only_the_job_id_and_batch_and_a_readable_flower_text(

@@ -48,6 +48,8 @@
                                           poll_queue.py
     fluxq:saves:{k}               zset    ready jobs awaiting their save, score = when the sweep
                                           re-sends it (a save lost with a worker is redone)
+    fluxq:savequeue:{k}           list    job ids whose save is due now, for the worker processes
+                                          that serve fluxq.save (save_queue.py)
     fluxq:latency:{endpoint}      list    the last 1024 observed generation times of the endpoint,
                                           each "pending_s ready_s" (the last Pending and first
                                           Ready poll, seconds after submit; see latency_book.py)
@@ -121,6 +123,10 @@ def probe(label: str) -> str:
 
 def polls(label: str) -> str:
     return f"{PREFIX}:polls:{label}"
+
+
+def save_queue(label: str) -> str:
+    return f"{PREFIX}:savequeue:{label}"
 
 
 def stats(label: str) -> str:
