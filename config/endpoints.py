@@ -32,7 +32,7 @@ from fluxq.config.endpoint_spec import (
     Unpriced,
 )
 from fluxq.config.errors import ConfigError
-from fluxq.config.requests import BflRequest, OpenRequest
+from fluxq.config.requests import BflRequest, OpenRequest, VideoRequest
 
 BUILTIN_FILE = "endpoints.toml"
 """fluxq's own table: package data of ``fluxq.config``, beside this module."""
@@ -72,11 +72,12 @@ REQUEST_MODELS: Mapping[str, type[BaseModel]] = {
     name: value
     for name, value in sorted(vars(requests).items())
     if isinstance(value, type)
-    and issubclass(value, BflRequest)
-    and value is not BflRequest
+    and issubclass(value, BflRequest | VideoRequest)
+    and value not in (BflRequest, VideoRequest)
     and not name.startswith("_")
 }
-"""The request models an entry may name: every endpoint body of ``config/requests.py``."""
+"""The request models an entry may name: every endpoint body of ``config/requests.py`` (an
+image's, on ``BflRequest``, or a video's, on ``VideoRequest``)."""
 
 
 def read_builtin() -> tuple[EndpointSpec, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from fractions import Fraction
-from typing import Annotated, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -18,11 +18,14 @@ from pydantic import (
     HttpUrl,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from fluxq.config.video import base64_chars
 
 PIXELS_PER_MEGAPIXEL = 2**20
 """BFL's megapixel, in pixels: its ``output_mp`` for 1440x1440 is 1.98, so 1 MP = 2**20 pixels."""
@@ -331,3 +334,198 @@ class OpenRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     prompt: Prompt | None = None
+
+
+# --- FLUX 3 video: newer than the OpenAPI copy (BFL's FLUX 3 video API reference) --------------
+
+VideoMode = Literal["t2v", "i2v", "v2v", "draft_enhance"]
+"""``mode``: text, image(s), or a video to video; or a chosen draft rendered at full quality."""
+
+VIDEO_COMMON_FIELDS = (
+    "aspect_ratio",
+    "resolution",
+    "duration",
+    "generate_audio",
+    "version",
+    "draft",
+    "batch",
+)
+"""The settings every generating mode takes (t2v, i2v, v2v); draft_enhance takes none."""
+
+VIDEO_MODE_FIELDS: dict[str, frozenset[str]] = {
+    "t2v": frozenset({"prompt", *VIDEO_COMMON_FIELDS}),
+    "i2v": frozenset({"prompt", "keyframes", *VIDEO_COMMON_FIELDS}),
+    "v2v": frozenset({"prompt", "start_video", *VIDEO_COMMON_FIELDS}),
+    "draft_enhance": frozenset({"draft_cache"}),
+}
+"""The fields each mode takes, besides ``mode`` and the webhook fields: BFL's schema is strict,
+"a field outside its mode or an unknown field returns 422", so fluxq refuses one before sending."""
+
+VIDEO_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "t2v": ("prompt",),
+    "i2v": ("prompt", "keyframes"),
+    "v2v": ("prompt", "start_video"),
+    "draft_enhance": ("draft_cache",),
+}
+"""The fields each mode needs (BFL's table of modes)."""
+
+KEYFRAME_MAX_IMAGES = 10
+"""At most 10 keyframes: 1 pins the opening frame, 2 opening and closing, 3-10 are waypoints.
+Timed ``[seconds, image]`` pairs are held to the same 10 (BFL states no count for them)."""
+
+KEYFRAME_MIN_GAP_S = 1 / 24
+"""Timed keyframes must be at least one frame (1/24 s) apart."""
+
+KEYFRAME_MAX_CHARS = base64_chars(20 * 1024 * 1024)
+"""A keyframe is a URL or a base64 PNG/JPEG/WebP of at most 20 MB (BFL): its longest text."""
+
+START_VIDEO_MAX_CHARS = base64_chars(50 * 1024 * 1024)
+"""``start_video`` is a URL or a base64 MP4 of at most 50 MB (BFL): its longest text."""
+
+VIDEO_MIN_DURATION_S = 5
+VIDEO_MAX_DURATION_S = 20
+"""``duration``: ``auto`` or a whole number of seconds, 5 to 20."""
+
+KeyframeImage = Annotated[str, Field(min_length=1, max_length=KEYFRAME_MAX_CHARS)]
+Keyframes = KeyframeImage | list[KeyframeImage] | list[tuple[float, KeyframeImage]]
+
+
+def _keyframe_shape_error(why: str, **values: object) -> PydanticCustomError:
+    return PydanticCustomError("keyframes", why, values or None)
+
+
+class VideoRequest(BaseModel):
+    """The base of a video body: strict, and the webhook fields fluxq's webhook mode sends
+    (whether BFL's video endpoint takes them is UNCONFIRMED). No ``seed`` or ``output_format``:
+    BFL's video reference names neither, and its strict schema would refuse them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: str | None = None
+
+
+class Flux3VideoInputs(VideoRequest):
+    """``POST /v1/flux-3-video``: one model for the four modes, each field checked against its
+    ``mode`` (declared first, so every later check knows it)."""
+
+    mode: VideoMode
+    prompt: Prompt | None = None
+    duration: (
+        Literal["auto"] | Annotated[int, Field(ge=VIDEO_MIN_DURATION_S, le=VIDEO_MAX_DURATION_S)]
+    ) = "auto"
+    keyframes: Keyframes | None = None
+    start_video: Annotated[str, Field(min_length=1, max_length=START_VIDEO_MAX_CHARS)] | None = None
+    draft_cache: Annotated[str, Field(min_length=1)] | None = None
+    aspect_ratio: Literal["auto", "21:9", "2:1", "16:9", "4:3", "1:1", "3:4", "9:16"] = "auto"
+    resolution: Literal["hd", "fhd"] | None = None
+    generate_audio: bool = True
+    version: Annotated[str, Field(min_length=1, max_length=64)] = "latest"
+    draft: bool = False
+    batch: Annotated[int, Field(ge=1, le=4)] = 1
+
+    @field_validator("keyframes", mode="before")
+    @classmethod
+    def _keyframe_rules(cls, value: object, info: ValidationInfo) -> object:
+        # Defined before _only_in_its_mode, so that check runs first (the last "before"
+        # validator defined runs first): keyframes outside i2v are refused as such.
+        if not isinstance(value, list):
+            return value  # one image (a string), or a type error pydantic names
+        if not value:
+            raise _keyframe_shape_error("keyframes must hold at least 1 image")
+        if len(value) > KEYFRAME_MAX_IMAGES:
+            raise _keyframe_shape_error(
+                "keyframes holds {n} images; at most {max}", n=len(value), max=KEYFRAME_MAX_IMAGES
+            )
+        duration = info.data.get("duration")
+        timed = [item for item in value if isinstance(item, list | tuple)]
+        if timed and len(timed) != len(value):
+            raise _keyframe_shape_error(
+                "keyframes mixes images and [seconds, image] pairs; give one kind"
+            )
+        if not timed:
+            if len(value) >= 3 and not isinstance(duration, int):
+                raise _keyframe_shape_error(
+                    "{n} keyframes are waypoints, which need an explicit duration (5-20 s), "
+                    "not auto",
+                    n=len(value),
+                )
+            return value
+        return _check_timed_keyframes(timed, duration)
+
+    @field_validator(
+        "prompt",
+        "keyframes",
+        "start_video",
+        "draft_cache",
+        *VIDEO_COMMON_FIELDS,
+        mode="before",
+    )
+    @classmethod
+    def _only_in_its_mode(cls, value: object, info: ValidationInfo) -> object:
+        # Runs only for a field the body gives (null too): BFL answers 422 for any of them
+        # outside its mode. An unreadable mode is mode's own error, not each field's.
+        mode = info.data.get("mode")
+        name = info.field_name
+        if mode in VIDEO_MODE_FIELDS and name not in VIDEO_MODE_FIELDS[mode]:
+            takes = ", ".join(sorted(VIDEO_MODE_FIELDS[mode]))
+            raise PydanticCustomError(
+                "field_outside_mode",
+                "{field} is not a field of mode {mode} (it takes: {takes})",
+                {"field": name, "mode": mode, "takes": takes},
+            )
+        return value
+
+    @field_validator("batch")
+    @classmethod
+    def _batch_only_for_drafts(cls, value: int, info: ValidationInfo) -> int:
+        # Given at all (even 1) without a draft: "batch 1-4 only with draft: true".
+        if info.data.get("draft") is not True:
+            raise PydanticCustomError(
+                "batch_needs_draft", "batch {batch} needs draft: true", {"batch": value}
+            )
+        return value
+
+    # Whole-body checks: a missing field has no value to validate. The error names the field.
+    @model_validator(mode="after")
+    def _mode_has_its_fields(self) -> Self:
+        missing = [name for name in VIDEO_REQUIRED_FIELDS[self.mode] if getattr(self, name) is None]
+        if missing:
+            raise PydanticCustomError(
+                "missing_for_mode",
+                "mode {mode} needs {fields}",
+                {"mode": self.mode, "fields": " and ".join(missing)},
+            )
+        return self
+
+
+def _check_timed_keyframes(pairs: list[Any], duration: object) -> list[Any]:
+    """``[seconds, image]`` pairs: times a number, 0 or more, increasing at least 1/24 s apart,
+    within an explicit duration."""
+    if not isinstance(duration, int):
+        raise _keyframe_shape_error("timed keyframes need an explicit duration (5-20 s), not auto")
+    previous: float | None = None
+    for index, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise _keyframe_shape_error("keyframes[{i}] must be [seconds, image]", i=index)
+        seconds = pair[0]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise _keyframe_shape_error("keyframes[{i}]: its time must be a number", i=index)
+        if not 0 <= seconds <= duration:
+            raise _keyframe_shape_error(
+                "keyframes[{i}]: {t} s is outside the duration (0-{d} s)",
+                i=index,
+                t=seconds,
+                d=duration,
+            )
+        if previous is not None and seconds - previous < KEYFRAME_MIN_GAP_S:
+            raise _keyframe_shape_error(
+                "keyframes[{i}]: {t} s must come at least 1/24 s after {p} s",
+                i=index,
+                t=seconds,
+                p=previous,
+            )
+        previous = float(seconds)
+    # As tuples: the strict check (config.catalog) reads a before-validator's result as Python,
+    # where only a tuple is a tuple.
+    return [tuple(pair) for pair in pairs]

@@ -225,7 +225,7 @@ def _refine(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
             properties[field] = {"not": {}, "description": f"Refused: {RESERVED_FIELD_TEXT}."}
         schema["properties"] = properties
     for name, prop in properties.items():
-        if name == "aspect_ratio":
+        if name == "aspect_ratio" and "enum" not in prop:  # a video's is a list of ratios
             _aspect_ratio(prop)
         elif name in ("width", "height") and model.model_fields[name].default == 0:
             _flux2_side(prop)  # FLUX.2: 0 means the server picks

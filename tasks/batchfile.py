@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, TextIO, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TextIO, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -214,13 +214,31 @@ _CONVERTERS: Mapping[object, Callable[[str], object]] = {
 
 def _converter(annotation: Any) -> Callable[[str], object]:
     """How a cell becomes a field's value: int, float and bool parsed; the rest (str, enums,
-    literals, unions of several types) left as text for pydantic to check."""
+    literals, unions of several types) left as text for pydantic to check. A number or a word
+    (flux-3-video's ``duration``: ``auto`` or 5-20) is the number when the cell is one."""
     if get_origin(annotation) is Annotated:
         return _converter(get_args(annotation)[0])
     if get_origin(annotation) in (Union, UnionType):
         kinds = [kind for kind in get_args(annotation) if kind is not NoneType]
-        return _converter(kinds[0]) if len(kinds) == 1 else str
+        if len(kinds) == 1:
+            return _converter(kinds[0])
+        others = [kind for kind in kinds if get_origin(kind) is not Literal]
+        if len(others) == 1 and (convert := _converter(others[0])) is not str:
+            return _or_text(convert)
+        return str
     return _CONVERTERS.get(annotation, str)
+
+
+def _or_text(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """``convert``, or the cell as text when it does not convert (a literal word)."""
+
+    def converted(cell: str) -> object:
+        try:
+            return convert(cell)
+        except ValueError:
+            return cell
+
+    return converted
 
 
 def _typed(

@@ -24,6 +24,7 @@ import redis
 from celery import Task, shared_task
 
 from fluxq.config.celery import POLL
+from fluxq.config.endpoint_spec import IMAGE
 from fluxq.config.errors import JobFailed, RetryLater, StopAndAlert
 from fluxq.tasks import lifecycle
 from fluxq.tasks.bfl_status import on_end, schedule_next_poll
@@ -75,7 +76,7 @@ def _ask(rt: Runtime, job: Job, polling_url: str) -> tuple[int, float | None]:
     elapsed_s = now - job.times.get("submitted", now)
     # The deadline is judged on BFL's answer, never before asking: after a long recovery (workers
     # down longer than the deadline) a finished, paid task is still fetched.
-    overdue = elapsed_s > rt.settings.poll_deadline_s
+    overdue = elapsed_s > poll_deadline_s(rt, job)
     try:
         result = rt.bfl.get_result(polling_url)
     except (RetryLater, StopAndAlert) as exc:
@@ -99,6 +100,14 @@ def _ask(rt: Runtime, job: Job, polling_url: str) -> tuple[int, float | None]:
         lifecycle.fail(rt, job, reason)
         return attempt, None
     return attempt, _on_status(rt, job, result, elapsed_s)
+
+
+def poll_deadline_s(rt: Runtime, job: Job) -> float:
+    """How long the job may stay Pending: FLUXQ_POLL_DEADLINE_S for an image, a multiple of it
+    for a video (``Settings.poll_deadline_s_for``); an endpoint the catalog no longer has is
+    judged as an image."""
+    spec = rt.settings.catalog.get(job.endpoint)
+    return rt.settings.poll_deadline_s_for(spec.media if spec is not None else IMAGE)
 
 
 def _on_status(rt: Runtime, job: Job, result: Result, elapsed_s: float) -> float | None:

@@ -1,5 +1,6 @@
-"""fluxq.save, the result callback: download the signed URL within its 10 minutes, write the image
-and its metadata atomically, mark the job done, append the manifest line, then run user callbacks.
+"""fluxq.save, the result callback: download the signed URL while it lives (an image's 10 minutes,
+a video's 2 hours), write the file (a draft batch's several) and its metadata atomically, mark the
+job done, append the manifest line, then run user callbacks.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from celery import Task, shared_task
 
 from fluxq.config.catalog import Catalog, result_suffix
 from fluxq.config.celery import SAVE
-from fluxq.config.endpoint_spec import IMAGE_URL_LIFETIME_S
-from fluxq.config.errors import DownloadFailed, FluxqError, JobFailed, RetryLater
+from fluxq.config.endpoint_spec import IMAGE, IMAGE_URL_LIFETIME_S
+from fluxq.config.errors import DownloadFailed, FluxqError, JobFailed, ReadFailed, RetryLater
 from fluxq.tasks import lifecycle
+from fluxq.tasks.samples import (
+    Samples,
+    download_bound,
+    media_of,
+    media_problem,
+    sample_paths,
+    samples_of,
+)
 from fluxq.workers.backoff import backoff_s
 from fluxq.workers.bfl.responses import Downloaded, Status
 from fluxq.workers.dispatch import runtime_of
@@ -81,11 +90,29 @@ def staging_path(rt: Runtime, job: Job) -> Path:
     return Path(tempfile.gettempdir()) / "fluxq-staging" / safe_name(job.batch) / name
 
 
-def metadata(job: Job, image: Path, got: Downloaded, done_at_s: float) -> dict[str, Any]:
-    """The sidecar: what was asked, what BFL did, what it cost, when each step happened."""
+def metadata(
+    job: Job,
+    image: Path,
+    got: Downloaded,
+    done_at_s: float,
+    *,
+    files: list[tuple[str, Downloaded]] | None = None,
+    extra: dict[str, object] | None = None,
+) -> dict[str, Any]:
+    """The sidecar: what was asked, what BFL did, what it cost, when each step happened. A
+    video's lists its ``files`` (a draft batch's several, each with its sha256 and size) and
+    ``extra`` (a draft's caches: ``Samples.sidecar``)."""
     times = dict(job.times)
     times["done"] = done_at_s
+    listed: dict[str, Any] = {}
+    if files is not None:
+        listed["files"] = [
+            {"file": name, "sha256": each.sha256, "size_bytes": each.size_bytes}
+            for name, each in files
+        ]
     return {
+        **listed,
+        **(extra or {}),
         "job_id": job.job_id,
         "batch": job.batch,
         "name": job.name,
@@ -181,44 +208,88 @@ def _save(rt: Runtime, job_id: str) -> float | None:
     except StoreFailed as exc:  # the backend refused FLUXQ_OUTPUT_OPTIONS
         return _store_failed(rt, job, rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS), exc)
     image = final_path(rt, job) if store is None else staging_path(rt, job)
+    attempt = rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS)
+    samples = samples_of(rt, job)
+    if isinstance(samples, FluxqError):  # a draft's result could not be asked for: retry
+        return _after_failed_download(rt, job, samples, attempt)
+    paths = sample_paths(image, len(samples.urls))
     if job.download_attempts:
         # An earlier attempt may have died (SIGKILL mid-download) and left its .part file. Only
         # then is the batch directory scanned: a first save, the hot path, never lists it.
-        remove_stale_parts(image, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
-    temp = temp_path_for(image)
-    attempt = rt.store.incr(job_id, JobField.DOWNLOAD_ATTEMPTS)
-    got = _download(rt, job, temp, attempt)
-    if not isinstance(got, Downloaded):
-        return got
+        for path in paths:
+            remove_stale_parts(path, now_s=time.time(), older_than_s=rt.settings.lease_ttl_s / 2)
+    media = media_of(rt.settings, job)
+    gots = _download_all(rt, job, samples.urls, paths, attempt, media)
+    if not isinstance(gots, list):
+        return gots
+    files = [(path.name, got) for path, got in zip(paths, gots, strict=True)]
+    listed = files if media != IMAGE else None
     if store is not None:
-        return _save_to_store(rt, job, store, got, attempt)
-    commit_file(temp, image)
-    done_at = rt.clock()
-    meta = metadata(job, image, got, done_at)
-    write_json_atomic(image.with_suffix(".json"), meta)
-    if job.download_attempts:
-        # The image and its sidecar are in place: any temporary file left by an earlier attempt,
-        # however recent (a sidecar's is written in milliseconds, so a kill then leaves one too
-        # young for the check above), is dead now. A duplicate attempt still running loses its
-        # rename and finds the job done.
-        remove_stale_parts(image, now_s=time.time(), older_than_s=0.0)
-    _record_in_manifest(rt, job, image, meta)
-    fields: dict[str, str | int | float] = {JobField.PATH: str(image), JobField.SHA256: got.sha256}
-    lifecycle.end(rt, job, State.DONE, fields=fields)
+        return _save_to_store(rt, job, store, files, listed, samples, attempt)
+    _save_locally(rt, job, paths, gots, listed, samples)
     return None
 
 
-def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | float | None:
+def _save_locally(
+    rt: Runtime,
+    job: Job,
+    paths: list[Path],
+    gots: list[Downloaded],
+    listed: list[tuple[str, Downloaded]] | None,
+    samples: Samples,
+) -> None:
+    """Rename each downloaded file into place, write the sidecar and the manifest line, and mark
+    the job done (its path and sha256: the first file's)."""
+    image = paths[0]
+    for path, got in zip(paths, gots, strict=True):
+        commit_file(got.path, path)
+    meta = metadata(job, image, gots[0], rt.clock(), files=listed, extra=samples.sidecar())
+    write_json_atomic(image.with_suffix(".json"), meta)
+    if job.download_attempts:
+        # The files and the sidecar are in place: any temporary file left by an earlier attempt,
+        # however recent (a sidecar's is written in milliseconds, so a kill then leaves one too
+        # young for the check in _save), is dead now. A duplicate attempt still running loses
+        # its rename and finds the job done.
+        for path in paths:
+            remove_stale_parts(path, now_s=time.time(), older_than_s=0.0)
+    _record_in_manifest(rt, job, image, meta)
+    fields: dict[str, str | int | float] = {
+        JobField.PATH: str(image),
+        JobField.SHA256: gots[0].sha256,
+    }
+    lifecycle.end(rt, job, State.DONE, fields=fields)
+
+
+def _download_all(
+    rt: Runtime, job: Job, urls: tuple[str, ...], paths: list[Path], attempt: int, media: str
+) -> list[Downloaded] | float | None:
+    """Every sample downloaded beside its final path, else what ``save_job`` returns (the
+    downloads already done are removed: the next attempt fetches them all again)."""
+    gots: list[Downloaded] = []
+    for url, path in zip(urls, paths, strict=True):
+        got = _download(rt, job, url, temp_path_for(path), attempt, media)
+        if not isinstance(got, Downloaded):
+            for done in gots:
+                done.path.unlink(missing_ok=True)
+            return got
+        gots.append(got)
+    return gots
+
+
+def _download(
+    rt: Runtime, job: Job, url: str, temp: Path, attempt: int, media: str
+) -> Downloaded | float | None:
     """The downloaded file, else what ``save_job`` returns: a countdown to retry, or None once
-    the job has failed."""
-    assert job.sample_url is not None
+    the job has failed. A body that is not its media (an MP4 without its ``ftyp`` box) is
+    retried as a broken download is."""
+    max_bytes, limit_name = download_bound(rt.settings, media)
     try:
-        return rt.bfl.download(job.sample_url, temp)
+        got = rt.bfl.download(url, temp, max_bytes=max_bytes, limit_name=limit_name)
     except DownloadFailed as exc:
         if exc.status_code == 200:  # too large, or empty: the same URL would fail the same way
             lifecycle.fail(rt, job, f"download failed: {exc}")
             return None
-        if exc.expired and _refetch(rt, job):
+        if exc.expired and url == job.sample_url and _refetch(rt, job):
             return 0.0
         return _after_failed_download(rt, job, exc, attempt)
     except RetryLater as exc:
@@ -226,6 +297,12 @@ def _download(rt: Runtime, job: Job, temp: Path, attempt: int) -> Downloaded | f
     except JobFailed as exc:
         lifecycle.fail(rt, job, f"download refused: {exc}")
         return None
+    problem = media_problem(got.path, media)
+    if problem is not None:
+        got.path.unlink(missing_ok=True)
+        log.warning("downloaded body refused job=%s attempt=%d: %s", job.job_id, attempt, problem)
+        return _after_failed_download(rt, job, ReadFailed(f"download: {problem}"), attempt)
+    return got
 
 
 def _after_failed_download(rt: Runtime, job: Job, exc: FluxqError, attempt: int) -> float | None:
@@ -244,16 +321,25 @@ def _retry_in(rt: Runtime, attempt: int) -> float:
 
 
 def _save_to_store(
-    rt: Runtime, job: Job, store: ObjectStore, got: Downloaded, attempt: int
+    rt: Runtime,
+    job: Job,
+    store: ObjectStore,
+    files: list[tuple[str, Downloaded]],
+    listed: list[tuple[str, Downloaded]] | None,
+    samples: Samples,
+    attempt: int,
 ) -> float | None:
-    """Upload the downloaded image (whole, then read back and checked), its sidecar and its
+    """Upload the downloaded files (each whole, then read back and checked), the sidecar and the
     manifest line object, then mark the job done; a store failure retries the whole save."""
-    name = file_name(job, rt.settings.catalog)
+    name, got = files[0]
     folder = safe_name(job.batch)
     url = store.url_of(folder, name)
     try:
-        store.put_file(got.path, url, sha256=got.sha256, size=got.size_bytes)
-        meta = metadata(job, Path(name), got, rt.clock())
+        for each_name, each in files:
+            store.put_file(
+                each.path, store.url_of(folder, each_name), sha256=each.sha256, size=each.size_bytes
+            )
+        meta = metadata(job, Path(name), got, rt.clock(), files=listed, extra=samples.sidecar())
         store.put_bytes(json_bytes(meta), store.url_of(folder, Path(name).stem + ".json"))
         if not job.manifest_appended:
             entry = _manifest_entry(job, Path(name), meta)
@@ -262,7 +348,8 @@ def _save_to_store(
     except StoreFailed as exc:
         return _store_failed(rt, job, attempt, exc)
     finally:
-        got.path.unlink(missing_ok=True)
+        for _, each in files:
+            each.path.unlink(missing_ok=True)
     fields: dict[str, str | int | float] = {JobField.PATH: url, JobField.SHA256: got.sha256}
     lifecycle.end(rt, job, State.DONE, fields=fields)
     return None
@@ -300,6 +387,7 @@ def _manifest_entry(job: Job, image: Path, meta: dict[str, Any]) -> dict[str, An
         "seed": job.seed,
         "cost_credits": job.cost,
         "state": State.DONE.value,
+        **({"files": [f["file"] for f in meta["files"]]} if "files" in meta else {}),
     }
 
 

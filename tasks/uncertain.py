@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from fluxq.config.endpoint_spec import IMAGE
 from fluxq.tasks import lifecycle
 from fluxq.tasks.admission import admit_and_dispatch
 from fluxq.workers.bfl.outcomes import doubt_hold_s
@@ -71,10 +72,12 @@ def doubt_hold_until_s(rt: Runtime, job: Job) -> float:
     has ended, or its worker is gone), as long as a task of its endpoint could still run."""
     size = size_class(job.request.get("width"), job.request.get("height"))
     model = rt.latency.model(job.endpoint, size)
+    spec = rt.settings.catalog.get(job.endpoint)
     hold_s = doubt_hold_s(
         model,
         factor=rt.settings.doubt_hold_factor,
         floor_s=rt.settings.doubt_hold_floor_s,
-        ceiling_s=rt.settings.poll_deadline_s,
+        # A video may run past FLUXQ_POLL_DEADLINE_S: its own deadline bounds the hold
+        ceiling_s=rt.settings.poll_deadline_s_for(spec.media if spec else IMAGE),
     )
     return rt.clock() + hold_s

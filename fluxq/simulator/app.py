@@ -25,6 +25,7 @@ from fluxq.simulator.engine import Reply, Simulator, detail
 from fluxq.simulator.faults import DroppedResponse
 from fluxq.simulator.images import CONTENT_TYPES
 from fluxq.simulator.submit import submit
+from fluxq.simulator.videos import render_mp4
 from fluxq.simulator.webhooks import WebhookDispatcher
 
 Role = Literal["all", "api", "polling", "delivery"]
@@ -156,10 +157,13 @@ class _Handlers:
         if fault == "403":
             # A valid URL refused: nothing is rendered, as when the delivery host is in trouble.
             return _respond(detail(403, "Server failed to authenticate the request"))
-        # Encoding takes milliseconds: keep it off the loop that also answers polls.
-        data = await run_in_threadpool(
-            self.sim.images.get, grant.prompt, grant.seed, grant.width, grant.height, grant.fmt
-        )
+        if grant.fmt == "mp4":  # a few kB built from bytes: no thread needed
+            data = render_mp4(grant.prompt, grant.seed, grant.index, grant.video_s)
+        else:
+            # Encoding takes milliseconds: keep it off the loop that also answers polls.
+            data = await run_in_threadpool(
+                self.sim.images.get, grant.prompt, grant.seed, grant.width, grant.height, grant.fmt
+            )
         if fault == "drop":
             return DroppedResponse(
                 partial_body=data[: len(data) // 2], media_type=CONTENT_TYPES[grant.fmt]

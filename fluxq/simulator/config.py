@@ -16,8 +16,9 @@ from fluxq.simulator.latency import Latency, check_latency_keys
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 """A probability per request, 0 (never) to 1 (always)."""
 
-DEFAULT_GROUP_CAPS = {"flux-kontext-max": 6}
-"""Nested caps inside ``active_cap``, keyed by the catalog's ``cap_group`` (help centre, 2025)."""
+DEFAULT_GROUP_CAPS = {"flux-kontext-max": 6, "flux-3-video": 5}
+"""Nested caps inside ``active_cap``, keyed by the catalog's ``cap_group`` (help centre, 2025; FLUX
+3 video's reference: 5 active generations, counted inside the 24 here: UNCONFIRMED)."""
 
 
 class SimConfig(BaseModel):
@@ -119,11 +120,22 @@ class SimConfig(BaseModel):
     expired_download_status: Literal[403, 404] = Field(
         default=403, description="Status of an expired sample URL (403 or 404: UNCONFIRMED)."
     )
+    video_url_ttl_s: float = Field(
+        default=7200.0,
+        gt=0,
+        description="A video's sample and draft cache URLs expire this long after ready "
+        "(wall-clock; BFL: about 2 hours).",
+    )
     image_cache_size: int = Field(default=128, ge=0, description="Encoded images kept; 0: none.")
 
     # Faults.
     submit_500_rate: Rate = 0.0
     submit_503_rate: Rate = 0.0
+    video_503_rate: Rate = Field(
+        default=0.0,
+        description="Share of valid video POSTs (flux-3-video) refused 503 for capacity (BFL: "
+        "'temporary service capacity; retry with backoff'); no task is made.",
+    )
     poll_500_rate: Rate = 0.0
     poll_503_rate: Rate = 0.0
     submit_drop_rate: Rate = Field(

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlencode
 
-SAMPLE_PATH_RE = re.compile(r"(?P<task_id>[0-9a-fA-F-]{1,64})\.(?P<fmt>jpeg|png|webp)")
-"""The last path segment of a sample URL."""
+SAMPLE_PATH_RE = re.compile(
+    r"(?P<task_id>[0-9a-fA-F-]{1,64})(?:_(?P<index>[2-9]|[1-9][0-9]))?\.(?P<fmt>jpeg|png|webp|mp4)"
+)
+"""The last path segment of a sample URL: ``<task id>.<format>``, or ``<task id>_<n>.<format>``
+for sample n (from 2) of a video draft batch."""
 
 
 class Verdict(Enum):
@@ -33,20 +36,28 @@ class SampleRef:
     fmt: str
     expires_at: int
     signature: str
+    index: int = 1
+    """Which sample of the task (a draft batch has several)."""
 
 
-def _signature(secret: bytes, task_id: str, fmt: str, expires_at: int) -> str:
-    message = f"{task_id}.{fmt}:{expires_at}".encode()
+def _name(task_id: str, index: int) -> str:
+    return task_id if index == 1 else f"{task_id}_{index}"
+
+
+def _signature(secret: bytes, name: str, fmt: str, expires_at: int) -> str:
+    message = f"{name}.{fmt}:{expires_at}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def sign_sample_url(
-    secret: bytes, base_url: str, task_id: str, fmt: str, expires_at: float
+    secret: bytes, base_url: str, task_id: str, fmt: str, expires_at: float, *, index: int = 1
 ) -> tuple[str, int]:
-    """The signed URL and its expiry in whole epoch seconds (rounded up, never early)."""
+    """The signed URL of sample ``index`` and its expiry in whole epoch seconds (rounded up,
+    never early)."""
     exp = math.ceil(expires_at)
-    query = urlencode({"exp": exp, "sig": _signature(secret, task_id, fmt, exp)})
-    return f"{base_url.rstrip('/')}/sample/{task_id}.{fmt}?{query}", exp
+    name = _name(task_id, index)
+    query = urlencode({"exp": exp, "sig": _signature(secret, name, fmt, exp)})
+    return f"{base_url.rstrip('/')}/sample/{name}.{fmt}?{query}", exp
 
 
 def parse_sample(name: str, exp: str | None, sig: str | None) -> SampleRef | None:
@@ -54,12 +65,13 @@ def parse_sample(name: str, exp: str | None, sig: str | None) -> SampleRef | Non
     match = SAMPLE_PATH_RE.fullmatch(name)
     if match is None or exp is None or sig is None or not exp.isdigit():
         return None
-    return SampleRef(match["task_id"], match["fmt"], int(exp), sig)
+    index = int(match["index"]) if match["index"] else 1
+    return SampleRef(match["task_id"], match["fmt"], int(exp), sig, index)
 
 
 def check_sample(secret: bytes, ref: SampleRef, now: float) -> Verdict:
     """Signature first (a forged expiry must not read as merely expired), then expiry."""
-    expected = _signature(secret, ref.task_id, ref.fmt, ref.expires_at)
+    expected = _signature(secret, _name(ref.task_id, ref.index), ref.fmt, ref.expires_at)
     if not hmac.compare_digest(expected, ref.signature):
         return Verdict.BAD_SIGNATURE
     if now >= ref.expires_at:

@@ -13,12 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fluxq.config.video import (
+    RESULT_DRAFT_CACHE_FIELD,
+    RESULT_DRAFT_CACHES_FIELD,
+    RESULT_SAMPLES_FIELD,
+)
 from fluxq.simulator.accounts import Account, Accounts, key_digest
 from fluxq.simulator.clock import Clock, ListenerURLs
 from fluxq.simulator.config import SimConfig
 from fluxq.simulator.delivery import SampleRef, Verdict, check_sample, sign_sample_url
 from fluxq.simulator.images import ImageCache
 from fluxq.simulator.tasks import Task, TaskStatus, TaskStore, view_task
+from fluxq.simulator.videos import read_draft_cache, sign_draft_cache
 
 Phase = Literal["submit", "poll", "download"]
 Fault = Literal["500", "503", "403", "drop"]
@@ -51,6 +57,8 @@ class SampleGrant:
     width: int
     height: int
     fmt: str
+    index: int = 1
+    video_s: float = 0.0
 
 
 class Simulator:
@@ -171,18 +179,55 @@ class Simulator:
             "preview": None,
         }
         if seen.status is TaskStatus.READY:
-            expires_at = (
-                now if cfg.resign_sample_on_poll else task.ready_at
-            ) + cfg.sample_url_ttl_s
-            url, _ = sign_sample_url(
-                self.delivery_secret, task.delivery_base, task.id, task.fmt, expires_at
-            )
-            body["result"] = {"sample": url, "prompt": task.prompt, "seed": task.seed}
+            ttl_s = cfg.video_url_ttl_s if task.video_s else cfg.sample_url_ttl_s
+            expires_at = (now if cfg.resign_sample_on_poll else task.ready_at) + ttl_s
+            body["result"] = self._ready_result(task, expires_at)
         elif seen.status is TaskStatus.CONTENT_MODERATED:
             body["details"] = {"Moderation Reasons": list(cfg.content_moderation_reasons)}
         elif seen.status is TaskStatus.REQUEST_MODERATED:
             body["details"] = {"Moderation Reasons": list(cfg.request_moderation_reasons)}
         return body
+
+    def _ready_result(self, task: Task, expires_at: float) -> dict[str, Any]:
+        """A Ready task's ``result``: its sample, and for a video draft every sample and a draft
+        cache per sample (the shape fluxq.config.video names, UNCONFIRMED)."""
+        urls = [
+            sign_sample_url(
+                self.delivery_secret,
+                task.delivery_base,
+                task.id,
+                task.fmt,
+                expires_at,
+                index=index,
+            )[0]
+            for index in range(1, task.samples + 1)
+        ]
+        result: dict[str, Any] = {"sample": urls[0], "prompt": task.prompt, "seed": task.seed}
+        if task.draft:
+            caches = [
+                sign_draft_cache(
+                    self.delivery_secret, task.delivery_base, task.id, index, expires_at
+                )
+                for index in range(1, task.samples + 1)
+            ]
+            result[RESULT_SAMPLES_FIELD] = urls
+            result[RESULT_DRAFT_CACHES_FIELD] = caches
+            result[RESULT_DRAFT_CACHE_FIELD] = caches[0]
+        return result
+
+    def draft_cache_problem(self, url: str) -> str | None:
+        """Why ``draft_cache`` names no draft a ``draft_enhance`` may render, or None: one of our
+        signed, unexpired cache URLs, of a Ready draft task still kept."""
+        with self.lock:
+            now = self.clock.now()
+            named = read_draft_cache(self.delivery_secret, url, now)
+            if isinstance(named, str):
+                return named
+            task_id, index = named
+            task = self.tasks.get(task_id, now, self._config.retention_s)
+            if task is None or not task.draft or index > task.samples or now < task.ready_at:
+                return "no such draft"
+            return None
 
     def get_result(self, task_id: str | None, key: str | None, *, on_api_host: bool) -> Reply:
         """``GET /v1/get_result?id=``: always 200 unless the id is missing (422)."""
@@ -223,13 +268,26 @@ class Simulator:
                 else:
                     self.counters["expired_downloads_unknown_task"] += 1
                 return detail(self._config.expired_download_status, "Request has expired")
-            if task is None or task.outcome is not TaskStatus.READY or now < task.ready_at:
+            if (
+                task is None
+                or task.outcome is not TaskStatus.READY
+                or now < task.ready_at
+                or ref.index > task.samples
+            ):
                 self.counters["downloads_not_found"] += 1
                 return detail(404, "The specified blob does not exist")
             task.account.downloads += 1
             if task.first_download_at is None:
                 task.first_download_at = now
-            return SampleGrant(task.prompt, task.seed, task.width, task.height, task.fmt)
+            return SampleGrant(
+                task.prompt,
+                task.seed,
+                task.width,
+                task.height,
+                task.fmt,
+                index=ref.index,
+                video_s=task.video_s,
+            )
 
     def stats(self, label: str | None = None) -> dict[str, Any]:
         """``GET /sim/stats``: counters per account label, plus the global ones."""

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 FAULT_FIELDS: Mapping[str, tuple[str, ...]] = {
     "submit_500": ("submit_500_rate",),
     "submit_503": ("submit_503_rate",),
+    "video_503": ("video_503_rate",),
     "poll_500": ("poll_500_rate",),
     "poll_503": ("poll_503_rate",),
     "500": ("submit_500_rate", "poll_500_rate"),

@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-"""Content-Type of each output format."""
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "mp4": "video/mp4"}
+"""Content-Type of each output format (and of a video's MP4)."""
 
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Fast settings: these images exist to be downloaded and checked, not looked at.

@@ -145,6 +145,7 @@ DEFAULT_LATENCY: Mapping[str, FixedLatency | UniformLatency | LogNormalLatency] 
     "flux-2-klein-4b": _lognormal(1.5, 3),
     "flux-2-klein-9b": _lognormal(2, 4),
     "flux-2-klein-9b-preview": _lognormal(2, 4),
+    "flux-3-video": _lognormal(40, 90),  # tens of seconds: BFL states no generation time
     DEFAULT_KEY: _lognormal(5, 10),
 }
 """Built-in model-second latencies per endpoint (guesses from BFL's published speeds)."""

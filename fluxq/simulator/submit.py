@@ -22,7 +22,9 @@ from fluxq.config.catalog import (
     output_size,
     validate_request,
 )
+from fluxq.config.endpoint_spec import IMAGE
 from fluxq.config.errors import FieldError, InvalidRequest
+from fluxq.config.requests import Flux3VideoInputs, VideoRequest
 from fluxq.simulator.accounts import Account
 from fluxq.simulator.config import SimConfig
 from fluxq.simulator.engine import NOT_AUTHENTICATED, Reply, Simulator, detail
@@ -49,7 +51,9 @@ def validation_reply(errors: tuple[FieldError, ...]) -> Reply:
 
 
 def _validate(spec: EndpointSpec, body: object, cfg: SimConfig) -> BaseModel | Reply:
-    if isinstance(body, Mapping) and not cfg.reject_unknown_fields and not spec.open:
+    # A video body is strict at BFL ("an unknown field returns 422"), whatever the knob says.
+    strict = cfg.reject_unknown_fields or issubclass(spec.request_model, VideoRequest)
+    if isinstance(body, Mapping) and not strict and not spec.open:
         fields = spec.request_model.model_fields
         known = set(fields) | {f.alias for f in fields.values() if f.alias}
         body = {k: v for k, v in body.items() if k in known}
@@ -125,6 +129,10 @@ def _new_task(
     else:
         duration_s = cfg.scaled(latency_for(spec.endpoint, cfg.latency).sample(sim.rng))
     width, height = output_size(spec.endpoint, request)
+    samples, draft, video_s = 1, False, 0.0
+    if isinstance(request, Flux3VideoInputs):
+        samples = request.batch if request.draft else 1
+        draft, video_s = request.draft, _video_seconds(request)
     webhook_url = getattr(request, "webhook_url", None)
     secret = raw.get("webhook_secret")
     return Task(
@@ -136,7 +144,7 @@ def _new_task(
         seed=seed,
         width=width,
         height=height,
-        fmt=output_format(request),
+        fmt=output_format(request) if spec.media == IMAGE else spec.media.rpartition("/")[2],
         created_at=now,
         visible_at=now + cfg.scaled(cfg.not_found_after_submit_s),
         ready_at=now + duration_s,
@@ -146,7 +154,30 @@ def _new_task(
         webhook_url=str(webhook_url) if webhook_url else None,
         webhook_secret=secret if isinstance(secret, str) and secret else None,
         delivery_base=delivery_base,
+        samples=samples,
+        draft=draft,
+        video_s=video_s,
     )
+
+
+def _video_seconds(request: Flux3VideoInputs) -> float:
+    """The clip's length: its ``duration``, else (``auto``) the shortest BFL makes."""
+    return float(request.duration) if isinstance(request.duration, int) else 5.0
+
+
+def _video_refusal(sim: Simulator, spec: EndpointSpec, request: BaseModel) -> Reply | None:
+    """A video POST's own refusals, after validation: a ``draft_cache`` that names no draft of
+    ours (422, as a cache BFL cannot read would be), or no capacity (503, ``video_503_rate``)."""
+    if not isinstance(request, Flux3VideoInputs):
+        return None
+    if request.draft_cache is not None:
+        problem = sim.draft_cache_problem(request.draft_cache)
+        if problem is not None:
+            return validation_reply((FieldError(("body", "draft_cache"), problem),))
+    if sim.roll(sim.config.video_503_rate):
+        sim.count("fault_video_503")
+        return detail(503, "Service temporarily unavailable: no capacity, retry with backoff")
+    return None
 
 
 def _accepted(task: Task, request: BaseModel, polling_base: str, cfg: SimConfig) -> dict[str, Any]:
@@ -187,6 +218,12 @@ def submit(
         with sim.lock:
             account.invalid_422 += 1
         return validated
+    refusal = _video_refusal(sim, spec, validated)
+    if refusal is not None:
+        if refusal.status_code == 422:
+            with sim.lock:
+                account.invalid_422 += 1
+        return refusal
     raw: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
     with sim.lock:
         now = sim.clock.now()

@@ -48,6 +48,12 @@ class Task:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     duration_s: float = 0.0
+    samples: int = 1
+    """How many results it makes: a video draft batch's ``batch``, else 1."""
+    draft: bool = False
+    """A video draft: its result carries draft cache URLs."""
+    video_s: float = 0.0
+    """A video's length in seconds (its MP4's duration); 0 for an image."""
     polls: int = 0
     sample_expires_at: float | None = None
     first_terminal_poll_at: float | None = None

@@ -61,6 +61,11 @@ ACCEPTED = [
     with_(endpoint="flux-kontext-max", request={"prompt": "a fox", "aspect_ratio": "16:9"}),
     with_(callback={"task": "myapp.tasks.on_image", "args": [], "kwargs": {"x": 1}}),
     with_(priority=0),
+    with_(endpoint="flux-3-video", request={"mode": "t2v", "prompt": "a fox", "duration": 5}),
+    with_(
+        endpoint="flux-3-video",
+        request={"mode": "i2v", "prompt": "a", "keyframes": [[0, "u"], [2, "v"]], "duration": 5},
+    ),
 ]
 REFUSED = [
     with_(endpoint="flux-nope"),
@@ -77,6 +82,9 @@ REFUSED = [
     with_(callback={"args": []}),
     with_(webhook_url="ftp://example.invalid/x"),
     with_(request={"prompt": "a", "webhook_secret": "s3cret"}),
+    with_(endpoint="flux-3-video", request={"mode": "t2v", "prompt": "a fox", "seed": 3}),
+    with_(endpoint="flux-3-video", request={"mode": "t2v", "prompt": "a fox", "duration": 21}),
+    with_(endpoint="flux-3-video", request={"mode": "t2x", "prompt": "a fox"}),
 ]
 
 

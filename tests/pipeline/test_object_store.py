@@ -390,3 +390,40 @@ def test_the_api_streams_an_s3_stored_image_with_its_content_type_and_etag(
         gone = client.get(f"/v1/jobs/{job_id}/image")
         assert gone.status_code == 404
         assert "no longer in the store" in gone.text
+
+
+def test_a_video_draft_batch_puts_every_sample_in_the_store_with_the_sidecar_listing_them(
+    make_pipeline: Callable[..., Pipeline], s3: Any, s3_server: str
+) -> None:
+    # Given a FLUX 3 video draft batch of 3 saved to S3
+    bucket = new_bucket(s3)
+    stored = make_pipeline(output_url=f"s3://{bucket}/clips", output_options=options(s3_server))
+    body = {"mode": "t2v", "prompt": "a storm", "draft": True, "batch": 3}
+    job_id = enqueue(stored.rt, "flux-3-video", body, batch="drafts", name="storm")
+
+    stored.drain()
+
+    # Then the job is done, its path the first sample's object, and each sample is an object
+    # whose bytes are an MP4 with the sha256 and size the sidecar lists
+    job = stored.job(job_id)
+    assert job.state is State.DONE, job.reason
+    assert job.path == f"s3://{bucket}/clips/drafts/storm.mp4"
+    names = ["storm.mp4", "storm-2.mp4", "storm-3.mp4"]
+    assert keys_in(s3, bucket) == {
+        *(f"clips/drafts/{name}" for name in [*names, "storm.json"]),
+        f"clips/drafts/manifest/{job_id}.jsonl",
+    }
+    sidecar = json.loads(body_of(s3, bucket, "clips/drafts/storm.json"))
+    assert [f["file"] for f in sidecar["files"]] == names
+    for listed in sidecar["files"]:
+        data = body_of(s3, bucket, f"clips/drafts/{listed['file']}")
+        assert data[4:8] == b"ftyp"
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (
+            listed["sha256"],
+            listed["size_bytes"],
+        )
+    assert len(sidecar["draft_caches"]) == 3
+    assert sidecar["draft_cache"] == sidecar["draft_caches"][0]
+    # and no staging file is left behind
+    staged = staging_path(stored.rt, job).parent
+    assert not staged.exists() or not list(staged.iterdir())

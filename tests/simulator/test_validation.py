@@ -59,7 +59,7 @@ def test_unknown_fields_get_422_when_reject_unknown_fields_is_on(
 
 def test_every_catalog_endpoint_accepts_a_minimal_valid_body(client: BFLClient) -> None:
     # Given the smallest body each endpoint's schema accepts
-    extras = {"image": "aGVsbG8=", "finetune_id": "my-finetune"}
+    extras = {"image": "aGVsbG8=", "finetune_id": "my-finetune", "mode": "t2v"}
     for endpoint, spec in CATALOG.items():
         fields = spec.request_model.model_fields
         body = {"prompt": "a cat"} | {k: v for k, v in extras.items() if k in fields}

@@ -251,6 +251,22 @@ def test_csv_cells_are_typed_by_the_request_field(tmp_path: Path) -> None:
     assert entries[1].line_id == digest("flux-dev", entries[1].request_json)
 
 
+def test_a_video_csv_types_duration_as_a_number_or_keeps_the_word_auto(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "clips.csv",
+        "mode,prompt,duration,generate_audio,id\nt2v,a storm,7,no,c1\nt2v,a fox,auto,,c2\n",
+    )
+    result, entries, _ = scan(path, endpoint="flux-3-video")
+    assert (result.valid, result.errors) == (2, [])
+    assert json.loads(entries[0].request_json) == {
+        "mode": "t2v",
+        "prompt": "a storm",
+        "duration": 7,
+        "generate_audio": False,
+    }
+    assert json.loads(entries[1].request_json)["duration"] == "auto"
+
+
 def test_a_csv_cell_that_does_not_convert_is_an_error_naming_its_column(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "conv.csv",

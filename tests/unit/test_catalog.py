@@ -428,7 +428,7 @@ def test_flux2_accepts_exactly_0_or_aligned_sides_up_to_4_megapixels(
 
 # --- the prompt's length: fluxq's bound, since BFL's spec states none -------------------------
 
-REQUIRED_BESIDES_PROMPT = {"image": B64, "finetune_id": "f"}
+REQUIRED_BESIDES_PROMPT = {"image": B64, "finetune_id": "f", "mode": "t2v"}
 
 
 def with_prompt(endpoint: str, prompt: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ TOOLS = {
     "flux-tools/deblur-v1",
     "flux-tools/vto-v1",
 }
+VIDEO = "flux-3-video"
 LEGACY = {"flux-pro", "flux-pro-1.0-fill", "flux-pro-1.0-expand", "flux-pro-1.0-fill-finetuned"}
 MINIMAL = """
 [[endpoint]]
@@ -83,7 +84,7 @@ def test_the_shipped_file_is_the_catalog_entry_for_entry() -> None:
     entries = shipped_entries()
 
     assert [entry["path"] for entry in entries] == list(CATALOG)
-    assert len(set(CATALOG)) == len(entries) == 21
+    assert len(set(CATALOG)) == len(entries) == 22
 
 
 @pytest.mark.parametrize("entry", shipped_entries(), ids=lambda e: e["path"])
@@ -93,7 +94,10 @@ def test_every_shipped_entry_states_every_field_and_each_is_valid(entry: dict[st
     assert entry["request"] == "open" or entry["request"] in REQUEST_MODELS
     assert entry["status"] in ("current", "legacy", "preview")
     assert entry["cap"] == DEFAULT_CAP_CLASS or entry["cap"] in DEFAULT_ENDPOINT_CAPS
-    assert (entry["media"], entry["url_lifetime_s"]) == ("image", 600)
+    if entry["path"] == VIDEO:  # BFL: MP4 URLs expire after about 2 hours
+        assert (entry["media"], entry["url_lifetime_s"]) == ("video/mp4", 7200)
+    else:
+        assert (entry["media"], entry["url_lifetime_s"]) == ("image", 600)
     assert entry["sizing"] in ("pixels", "aspect_ratio", "image")
     assert entry["typical_s"] > 0
     price = entry["price"]
@@ -102,17 +106,18 @@ def test_every_shipped_entry_states_every_field_and_each_is_valid(entry: dict[st
         assert all(isinstance(v, float) and v > 0 for v in price.values())
 
 
-def test_the_table_is_legacy_fill_and_expand_preview_tools_and_no_video_or_canny() -> None:
+def test_the_table_is_legacy_fill_and_expand_preview_tools_and_video_and_no_canny() -> None:
     by_status = {
         status: {e for e, spec in CATALOG.items() if spec.status == status}
         for status in ("current", "legacy", "preview", "declared")
     }
 
     assert by_status["legacy"] == LEGACY
-    assert by_status["preview"] == TOOLS
+    assert by_status["preview"] == TOOLS | {VIDEO}
     assert by_status["declared"] == set()
-    assert not [e for e in CATALOG if "video" in e or "canny" in e or "depth" in e]
-    assert {spec.media for spec in CATALOG.values()} == {"image"}
+    assert not [e for e in CATALOG if "canny" in e or "depth" in e]
+    assert [e for e, spec in CATALOG.items() if spec.media != "image"] == [VIDEO]
+    assert CATALOG[VIDEO].media == "video/mp4"
 
 
 def test_the_tools_take_any_object_with_no_price_and_size_as_their_input() -> None:
@@ -129,6 +134,7 @@ def test_the_tools_take_any_object_with_no_price_and_size_as_their_input() -> No
 def test_every_entry_sizes_and_prices_a_minimal_request(endpoint: str) -> None:
     required = CATALOG[endpoint].request_model.model_json_schema().get("required", [])
     body = {"prompt": "p"} | {k: "f" for k in ("image", "finetune_id") if k in required}
+    body |= {"mode": "t2v"} if "mode" in required else {}  # flux-3-video
     request = validate_request(endpoint, body)
 
     width, height = output_size(endpoint, request)

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -197,6 +198,14 @@ def _shown(exc: Exception, secrets: Secrets) -> tuple[str, Exception | None]:
     secrets = tuple(secrets)
     text = str(exc)
     return redact(text, secrets), None if mentions_secret(text, secrets) else exc
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """A download's size bound and the setting that sets it (named when a body passes it)."""
+
+    max_bytes: int
+    name: str
 
 
 class _NoCookies(httpx.Cookies):
@@ -394,23 +403,34 @@ class BFLClient:
             )
         return float(value)
 
-    def download(self, url: str, path: Path) -> Downloaded:
+    def download(
+        self,
+        url: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        limit_name: str = "FLUXQ_DOWNLOAD_MAX_BYTES",
+    ) -> Downloaded:
         """Stream a signed delivery URL into ``path`` and fsync it; removes ``path`` on failure.
 
-        At most FLUXQ_DOWNLOAD_MAX_BYTES are read (a larger body is a permanent DownloadFailed)
-        and one attempt may take FLUXQ_DOWNLOAD_DEADLINE_S (checked between chunks; ReadFailed).
+        At most ``max_bytes`` are read (default FLUXQ_DOWNLOAD_MAX_BYTES; the setting named
+        ``limit_name``; a larger body is a permanent DownloadFailed) and one attempt may take
+        FLUXQ_DOWNLOAD_DEADLINE_S (checked between chunks; ReadFailed).
         """
         self._check_allowed(url, "download host")
+        if max_bytes is None:
+            limit = _Limit(self._settings.download_max_bytes, "FLUXQ_DOWNLOAD_MAX_BYTES")
+        else:
+            limit = _Limit(max_bytes, limit_name)
         try:
-            return self._stream_to(url, path)
+            return self._stream_to(url, path, limit)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
 
-    def _too_large(self, what: str, status_code: int) -> DownloadFailed:
-        limit = self._settings.download_max_bytes
+    def _too_large(self, what: str, status_code: int, limit: _Limit) -> DownloadFailed:
         return DownloadFailed(
-            f"delivery URL {what}: larger than FLUXQ_DOWNLOAD_MAX_BYTES ({limit} bytes)",
+            f"delivery URL {what}: larger than {limit.name} ({limit.max_bytes} bytes)",
             status_code=status_code,
         )
 
@@ -421,10 +441,10 @@ class BFLClient:
                 f"(FLUXQ_DOWNLOAD_DEADLINE_S); gave up after {size} bytes"
             )
 
-    def _stream_to(self, url: str, path: Path) -> Downloaded:
+    def _stream_to(self, url: str, path: Path, bound: _Limit) -> Downloaded:
         digest = hashlib.sha256()
         size = 0
-        limit = self._settings.download_max_bytes
+        limit = bound.max_bytes
         deadline = self._clock() + self._settings.download_deadline_s
         with (
             translate_transport_errors("GET delivery URL", read_only=True, secrets=self._secrets),
@@ -439,14 +459,14 @@ class BFLClient:
                 )
             declared = _content_length(response)
             if declared is not None and declared > limit:
-                raise self._too_large(f"declared {declared} bytes", code)
+                raise self._too_large(f"declared {declared} bytes", code, bound)
             self._check_deadline(deadline, size)
             with path.open("wb") as out:
                 # Chunks as they arrive (no re-chunking), so a trickling host meets the deadline.
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > limit:
-                        raise self._too_large(f"sent more than {limit} bytes", code)
+                        raise self._too_large(f"sent more than {limit} bytes", code, bound)
                     out.write(chunk)
                     digest.update(chunk)
                     self._check_deadline(deadline, size)

@@ -17,6 +17,7 @@ import httpx
 
 from fluxq.config.errors import UnexpectedResponse
 from fluxq.config.redact import Secrets, redact
+from fluxq.config.video import result_draft_caches, result_samples
 
 
 class Status(StrEnum):
@@ -68,6 +69,10 @@ class Result:
     progress: float | None
     details: dict[str, Any] | None
     moderation_reasons: tuple[str, ...]
+    samples: tuple[str, ...] = ()
+    """Every sample URL (a draft batch's several; shape UNCONFIRMED: ``fluxq.config.video``)."""
+    draft_caches: tuple[str, ...] = ()
+    """A draft's cache URLs, one per sample (shape UNCONFIRMED: ``fluxq.config.video``)."""
 
 
 @dataclass(frozen=True)
@@ -164,4 +169,6 @@ def parse_result(body: object, *, secrets: Secrets = ()) -> Result:
         progress=_number_or_none(body.get("progress")),
         details=details,
         moderation_reasons=_moderation_reasons(details),
+        samples=result_samples(result),
+        draft_caches=result_draft_caches(result),
     )
