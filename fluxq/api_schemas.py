@@ -32,6 +32,9 @@ from fluxq.config.requests import (
     MIN_ASPECT_RATIO,
     PIXELS_PER_MEGAPIXEL,
     RESERVED_FIELDS,
+    VIDEO_MODE_FIELDS,
+    VIDEO_REQUIRED_FIELDS,
+    Flux3VideoInputs,
     OpenRequest,
 )
 from fluxq.tasks.batches import ReportRow
@@ -211,6 +214,52 @@ def _url(prop: dict[str, Any]) -> None:
         branch.update(WEBHOOK_URL_SCHEMA)
 
 
+UNTIMED_KEYFRAMES_MAX = 2
+"""The keyframe images the published schema lists without times: 1 or 2 (3-10 are waypoints,
+which need an explicit duration; the API takes them, the schema does not say so)."""
+
+
+def _without_null(prop: dict[str, Any]) -> dict[str, Any]:
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    kept = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+    return {**branches[0], **kept} if len(branches) == 1 else {**kept, "anyOf": branches}
+
+
+def _video_modes(schema: dict[str, Any]) -> dict[str, Any]:
+    """flux-3-video's schema as one object per mode, since its validators check each field
+    against the mode: only the mode's fields, those it needs not null. Two rules no schema of
+    independent fields says are left out by narrowing: ``batch`` (it needs ``draft: true``),
+    timed keyframes (their times must increase) and 3-10 waypoints (they need an explicit
+    duration), so whatever this schema allows, the API takes."""
+    properties: dict[str, Any] = schema["properties"]
+    variants = []
+    for mode, fields in VIDEO_MODE_FIELDS.items():
+        required = VIDEO_REQUIRED_FIELDS[mode]
+        own: dict[str, Any] = {"mode": {"const": mode}}
+        for name in sorted((fields - {"batch"}) | set(SECRET_FIELDS) | {"webhook_url"}):
+            prop = copy.deepcopy(properties[name])
+            if name == "keyframes":
+                untimed = [b for b in prop["anyOf"] if b.get("items", {}).get("type") != "array"]
+                for branch in untimed:
+                    if branch.get("type") == "array":
+                        branch.update(minItems=1, maxItems=UNTIMED_KEYFRAMES_MAX)
+                prop["anyOf"] = untimed
+            own[name] = _without_null(prop) if name in required else prop
+        variants.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["mode", *required],
+                "properties": own,
+            }
+        )
+    return {
+        "title": schema.get("title"),
+        "description": schema.get("description"),
+        "oneOf": variants,
+    }
+
+
 def _refine(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
     """A request model's JSON Schema with what its validators check besides its field types."""
     properties: dict[str, Any] = schema.get("properties", {})
@@ -231,6 +280,8 @@ def _refine(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
             _flux2_side(prop)  # FLUX.2: 0 means the server picks
         elif name == "webhook_url":
             _url(prop)
+    if model is Flux3VideoInputs:
+        return _video_modes(schema)
     return schema
 
 
@@ -332,8 +383,9 @@ def _line_schema(group: _Group, request: dict[str, Any]) -> dict[str, Any]:
         "endpoint": {"enum": list(group.endpoints)},
     }
     assert set(own) == set(LINE_FIELDS)
-    line["properties"] = {**own, **line.get("properties", {})}
-    line["required"] = ["endpoint", *line.get("required", [])]
+    for variant in line.get("oneOf", [line]):  # a video line: one object per mode
+        variant["properties"] = {**own, **variant.get("properties", {})}
+        variant["required"] = ["endpoint", *variant.get("required", [])]
     return line
 
 
