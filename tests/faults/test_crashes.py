@@ -155,18 +155,24 @@ def report_reasons(cluster: FaultCluster, ids: list[str]) -> list[str]:
     return [job.reason or "" for job in cluster.jobs(ids).values() if job and job.reason]
 
 
+@pytest.mark.parametrize(
+    "save_threads",
+    [1, 0],
+    ids=["a-save-process-fed-by-the-save-queue", "saves-in-the-polling-process"],
+)
 def test_a_worker_killed_during_saves_has_every_image_saved_whole_and_no_orphan_file(
-    fault_sim: SimulatorServer, fault_cluster: Callable[..., FaultCluster]
+    fault_sim: SimulatorServer, fault_cluster: Callable[..., FaultCluster], save_threads: int
 ) -> None:
     # Given downloads that trickle in (about 0.3 s per image through a slow loopback relay),
-    # one worker tree whose save worker has one thread, and 16 jobs ready at about one time
+    # one worker tree that saves in a save process of one thread (fed by the key's save queue),
+    # or in the polling process's own threads (the default tree), and 16 jobs ready at one time
     started = time.monotonic()
     cap, total = 24, 16
     with slow_delivery(fault_sim) as proxy:
         cluster = fault_cluster(FLUXQ_ACTIVE_CAP=str(cap))
         cluster.sim.configure(latency={"default": {"kind": "fixed", "seconds": 25.0}})
-        first = cluster.start_worker(threads=8, save_threads=1)
-        case = "kill-mid-save"
+        first = cluster.start_worker(threads=8, save_threads=save_threads)
+        case = "kill-mid-save" if save_threads else "kill-mid-inline-save"
         big = {"width": 1440, "height": 1440, "output_format": "png"}
         ids = [
             enqueue(
