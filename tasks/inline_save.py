@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from fluxq.config.celery import SAVE
+from fluxq.tasks.inline_work import InlineWork
 from fluxq.tasks.save import save_job
 from fluxq.workers.runtime import Dispatcher, Runtime
 from fluxq.workers.state.jobs import Job, State
@@ -44,8 +43,10 @@ COUNTER = "inline_saves"
 """The key's counter of saves a worker process ran itself (``fluxq:stats:{k}``)."""
 
 
-class InlineSaves:
+class InlineSaves(InlineWork):
     """A Dispatcher that runs saves in this process's threads and sends everything else on."""
+
+    TASK = SAVE
 
     def __init__(
         self,
@@ -55,11 +56,7 @@ class InlineSaves:
         threads: int = THREADS,
         events: TaskEvents | None = None,
     ) -> None:
-        self.rt = rt
-        self.inner = inner
-        self.events = events
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fluxq-save")
-        self._free = threading.BoundedSemaphore(threads)
+        super().__init__(rt, inner, threads=threads, events=events)
 
     @classmethod
     def install(
@@ -71,10 +68,9 @@ class InlineSaves:
         return inline
 
     def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        if countdown_s > 0 or not self._free.acquire(blocking=False):
+        # A countdown, or every thread busy: into the save queue (or Celery, for a countdown)
+        if countdown_s > 0 or not self._take(job):
             self.inner.save(job, countdown_s=countdown_s)
-            return
-        self.run_reserved(job)
 
     def reserve(self, timeout_s: float) -> bool:
         """Take a free save thread, waiting up to ``timeout_s``; False when none freed up."""
@@ -84,62 +80,14 @@ class InlineSaves:
         """Give back a thread ``reserve`` took and did not use."""
         self._free.release()
 
-    def run_reserved(self, job: Job) -> None:
-        """Save ``job`` on the thread taken for it (by ``save`` or ``reserve``)."""
-        try:
-            self._pool.submit(self._run, job)
-        except RuntimeError:  # shutting down: the workers take it
-            self._free.release()
-            self.inner.save(job)
+    def _work(self, job: Job) -> float | None:
+        return save_job(self.rt, job.job_id)
 
-    def _run(self, job: Job) -> None:
-        started = time.monotonic()
-        received_s = time.time()
-        try:
-            result = self._save(job)
-        finally:
-            self._free.release()
-        if self.events is not None:
-            runtime_s = round(time.monotonic() - started, 3)
-            self.events.ran(
-                SAVE.name, job, result=result, runtime_s=runtime_s, received_s=received_s
-            )
+    def _send_on(self, job: Job, countdown_s: float) -> None:
+        self.inner.save(job, countdown_s=countdown_s)
 
-    def _save(self, job: Job) -> str:
-        """Run the save; what became of it, for Flower."""
-        try:
-            countdown_s = save_job(self.rt, job.job_id)
-        except Exception:  # not the save's verdict (Redis down, a bug): Celery takes it over
-            log.exception("save in this process failed; the workers take it job=%s", job.job_id)
-            self._hand_over(job, 0.0)
-            return "handed to the workers"
-        if countdown_s is not None:  # a download to try again after a backoff
-            self._hand_over(job, countdown_s)
-            return f"handed to the workers: retry in {countdown_s:.1f} s"
+    def _done(self) -> None:
         self.rt.limiter.count(COUNTER)
-        return "done"
-
-    def _hand_over(self, job: Job, countdown_s: float) -> None:
-        try:
-            self.inner.save(job, countdown_s=countdown_s)
-        except Exception:  # Redis is down too: the save watch ends and the sweep resends it
-            log.exception("could not hand the save to the workers job=%s", job.job_id)
-
-    def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self.inner.submit(job, countdown_s=countdown_s)
-
-    def poll(self, job: Job, *, countdown_s: float) -> None:
-        self.inner.poll(job, countdown_s=countdown_s)
-
-    def notify(self, job: Job) -> None:
-        self.inner.notify(job)
-
-    def callback(self, job: Job, payload: dict[str, object]) -> None:
-        self.inner.callback(job, payload)
-
-    def close(self) -> None:
-        """Wait until every save taken has ended: none is cut off mid-download."""
-        self._pool.shutdown(wait=True)
 
 
 CONSUMER_WAIT_S = 1.0

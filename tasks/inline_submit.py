@@ -21,21 +21,18 @@ comes, recovers it).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from fluxq.config.celery import SUBMIT
+from fluxq.tasks.inline_work import InlineWork
 from fluxq.tasks.submit import submit_job
 from fluxq.tasks.sweep import workers_seen
 from fluxq.workers.runtime import Dispatcher, Runtime
 from fluxq.workers.state.jobs import Job
 from fluxq.workers.task_events import TaskEvents
-
-log = logging.getLogger("fluxq.inline_submit")
 
 THREADS = 8
 """POSTs in flight from one process at once: each takes milliseconds, and a POST that hangs holds
@@ -51,8 +48,10 @@ WORKER_COUNTER = "inline_submits"
 """The key's counter of submits a worker process ran itself, after a Ready its poller saw."""
 
 
-class InlineSubmits:
+class InlineSubmits(InlineWork):
     """A Dispatcher that runs submits in this process's threads and sends everything else on."""
+
+    TASK = SUBMIT
 
     def __init__(
         self,
@@ -63,13 +62,9 @@ class InlineSubmits:
         counter: str | None = COUNTER,
         events: TaskEvents | None = None,
     ) -> None:
-        self.rt = rt
-        self.inner = inner
+        super().__init__(rt, inner, threads=threads, events=events)
         self.counter = counter
         """The key's counter of the submits run here (None: not counted, no round trip)."""
-        self.events = events
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fluxq-submit")
-        self._free = threading.BoundedSemaphore(threads)
         self._lock = threading.Lock()
         self._workers_until = 0.0  # monotonic time until which workers count as seen
 
@@ -88,17 +83,9 @@ class InlineSubmits:
         return inline
 
     def submit(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        if countdown_s > 0 or not self._workers_alive():
+        # A countdown, no worker alive to save the image, or every thread busy: to Celery
+        if countdown_s > 0 or not self._workers_alive() or not self._take(job):
             self.inner.submit(job, countdown_s=countdown_s)
-            return
-        if not self._free.acquire(blocking=False):  # every thread busy: no queue in memory
-            self.inner.submit(job)
-            return
-        try:
-            self._pool.submit(self._run, job)
-        except RuntimeError:  # shutting down: the workers take it
-            self._free.release()
-            self.inner.submit(job)
 
     def _workers_alive(self) -> bool:
         now = time.monotonic()
@@ -114,52 +101,14 @@ class InlineSubmits:
                 self._workers_until = now + WORKERS_CHECK_S
         return alive
 
-    def _run(self, job: Job) -> None:
-        started = time.monotonic()
-        received_s = time.time()
-        try:
-            result = self._submit(job)
-        finally:
-            self._free.release()
-        if self.events is not None:
-            runtime_s = round(time.monotonic() - started, 3)
-            self.events.ran(
-                SUBMIT.name, job, result=result, runtime_s=runtime_s, received_s=received_s
-            )
+    def _work(self, job: Job) -> float | None:
+        # An error here that is not BFL's answer hands the job to the workers, whose claim
+        # treats a POST that may have been sent as uncertain, as for a crashed worker.
+        return submit_job(self.rt, job.job_id, read=job)
 
-    def _submit(self, job: Job) -> str:
-        """Run the submit; what became of it, for Flower."""
-        try:
-            countdown_s = submit_job(self.rt, job.job_id, read=job)
-        except Exception:  # not BFL's answer (Redis down, a bug): the workers take the job over
-            log.exception("submit in this process failed; the workers take it job=%s", job.job_id)
-            self._hand_over(job, 0.0)
-            return "handed to the workers"
-        if countdown_s is not None:  # a retry after a backoff: the workers' Celery countdown
-            self._hand_over(job, countdown_s)
-            return f"handed to the workers: retry in {countdown_s:.1f} s"
+    def _send_on(self, job: Job, countdown_s: float) -> None:
+        self.inner.submit(job, countdown_s=countdown_s)
+
+    def _done(self) -> None:
         if self.counter is not None:
             self.rt.limiter.count(self.counter)
-        return "done"
-
-    def _hand_over(self, job: Job, countdown_s: float) -> None:
-        try:
-            self.inner.submit(job, countdown_s=countdown_s)
-        except Exception:  # Redis is down too: the lease lapses and the sweep requeues the job
-            log.exception("could not hand the submit to the workers job=%s", job.job_id)
-
-    def poll(self, job: Job, *, countdown_s: float) -> None:
-        self.inner.poll(job, countdown_s=countdown_s)
-
-    def save(self, job: Job, *, countdown_s: float = 0.0) -> None:
-        self.inner.save(job, countdown_s=countdown_s)
-
-    def notify(self, job: Job) -> None:
-        self.inner.notify(job)
-
-    def callback(self, job: Job, payload: dict[str, object]) -> None:
-        self.inner.callback(job, payload)
-
-    def close(self) -> None:
-        """Wait until every submit taken is answered and recorded: none is cut off mid-POST."""
-        self._pool.shutdown(wait=True)
