@@ -527,11 +527,9 @@ def test_the_same_file_gives_the_same_ids_and_any_change_a_new_one(tmp_path: Pat
     assert len({e.line_id for e in first[1:]}) == len(variants) - 1
 
 
-@pytest.mark.slow  # 200,000 lines under tracemalloc: 26 s of CPU, minutes on a busy machine
-@pytest.mark.timeout(480)
-def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
-    path = tmp_path / "big.jsonl"
-    count = 200_000
+def _scan_peak(tmp_path: Path, count: int) -> tuple[Scan, int]:
+    """Scan a file of ``count`` distinct lines plus one duplicate; the scan's peak traced bytes."""
+    path = tmp_path / f"big-{count}.jsonl"
     with path.open("w", encoding="utf-8") as out:
         for i in range(count):
             out.write(json.dumps({"prompt": f"a watercolour heron at dawn, {i:07d}", "seed": i}))
@@ -539,7 +537,7 @@ def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
         out.write(json.dumps({"prompt": "a watercolour heron at dawn, 0000000", "seed": 0}) + "\n")
     tracemalloc.start()
     try:
-        with (tmp_path / "spool").open("w+", encoding="utf-8") as spool:
+        with (tmp_path / f"spool-{count}").open("w+", encoding="utf-8") as spool:
             rejected = io.StringIO()
             result = scan_file(path, endpoint="flux-dev", params={}, spool=spool, rejected=rejected)
         _, peak = tracemalloc.get_traced_memory()
@@ -547,7 +545,19 @@ def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert (result.valid, result.duplicates) == (count, 1)
     assert result.errors == [LineError(count + 1, "id", result.errors[0].reason)]
-    assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MB"
+    return result, peak
+
+
+@pytest.mark.slow  # 50,000 lines under tracemalloc: about 6 s of CPU
+def test_a_large_file_is_scanned_in_constant_memory(tmp_path: Path) -> None:
+    # A file four times as long costs no more than the 8-byte hashes kept per line (the
+    # duplicate check) and a constant: nothing else of a line is kept
+    _, small = _scan_peak(tmp_path, 10_000)
+    _, large = _scan_peak(tmp_path, 40_000)
+    per_line = (large - small) / 30_000
+    why = f"peak {small / 2**20:.1f} MB -> {large / 2**20:.1f} MB: {per_line:.0f} B/line"
+    assert per_line < 64, why
+    assert large < 16 * 2**20, f"peak {large / 2**20:.1f} MB"
 
 
 def test_a_line_longer_than_the_limit_is_a_bad_line_and_never_read_whole(
