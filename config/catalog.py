@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ decoding the base64 image."""
 
 ASSUMED_INPUT_IMAGE_MEGAPIXELS = 1.0
 """Megapixels assumed per given input image: URLs and base64 images are too costly to measure."""
+ASSUMED_INPUT_SIDE_PX = 1024
+"""The side of the square an input image is quoted as: 1024 x 1024 px is 1 MP."""
 
 NOT_UTF8 = (
     "holds a lone surrogate (\\ud800-\\udfff, half of a character), which cannot be sent as "
@@ -277,10 +280,45 @@ def estimate_credits(endpoint: str, request: BaseModel, *, catalog: Catalog = CA
     if isinstance(price, PerImage):
         return float(price.credits)
     out_mp = output_megapixels(*output_size(endpoint, request, catalog=catalog))
+    return megapixel_credits(price, out_mp, input_megapixels(request))
+
+
+@dataclass(frozen=True, order=True)
+class PriceShape:
+    """What BFL's ``POST /v1/pricing`` needs to quote one FLUX.2 image: the output size and the
+    input images (each taken as ``ASSUMED_INPUT_SIDE_PX`` square: fluxq does not decode them)."""
+
+    endpoint: str
+    width: int
+    height: int
+    inputs: int
+
+    def table_credits(self, *, catalog: Catalog = CATALOG) -> float:
+        """The catalog's price of this shape (the same formula ``estimate_credits`` uses)."""
+        price = get_endpoint(self.endpoint, catalog=catalog).price
+        assert isinstance(price, PerMegapixel)
+        out_mp = output_megapixels(self.width, self.height)
+        return megapixel_credits(price, out_mp, self.inputs * ASSUMED_INPUT_IMAGE_MEGAPIXELS)
+
+
+def price_shape(
+    endpoint: str, request: BaseModel, *, catalog: Catalog = CATALOG
+) -> PriceShape | None:
+    """The shape BFL would quote ``request`` by; None unless the endpoint is priced per
+    megapixel (BFL's pricing endpoint quotes FLUX.2 only)."""
+    if not isinstance(get_endpoint(endpoint, catalog=catalog).price, PerMegapixel):
+        return None
+    width, height = output_size(endpoint, request, catalog=catalog)
+    inputs = sum(1 for name, value in request if value is not None and _is_input_image_field(name))
+    return PriceShape(endpoint, width, height, inputs)
+
+
+def megapixel_credits(price: PerMegapixel, out_mp: float, in_mp: float) -> float:
+    """A FLUX.2 price: the first output megapixel, then each further megapixel, out or in."""
     # BFL's formula is linear, but its own example (flux-2-pro, 1.98 MP out -> 4.5 credits, not
     # 4.47) only fits if each extra megapixel, output or input, is charged whole: we round them up.
     extra_out_mp = math.ceil(round(max(0.0, out_mp - 1), 6))
-    extra_in_mp = math.ceil(round(input_megapixels(request), 6))
+    extra_in_mp = math.ceil(round(in_mp, 6))
     credits = price.first_mp_credits + (extra_out_mp + extra_in_mp) * price.extra_mp_credits
     return float(round(credits, 2))
 

@@ -12,13 +12,22 @@ the Python API its values and exceptions.
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from fluxq.config.catalog import CATALOG, Catalog, get_endpoint
+from fluxq.config.catalog import (
+    CATALOG,
+    Catalog,
+    PriceShape,
+    get_endpoint,
+    price_shape,
+    validate_request,
+)
 from fluxq.config.errors import FieldError, InvalidRequest
 from fluxq.tasks.batches import EnqueueResult, batch_status, enqueue_entries, set_output
 from fluxq.tasks.batchfile import MAX_LINE_ID_CHARS, Entry, Scan, scan_file
@@ -151,6 +160,8 @@ class SubmitResult:
     scan: Scan
     enqueued: EnqueueResult = field(default_factory=EnqueueResult)
     dry_run: bool = False
+    shapes: Counter[PriceShape] = field(default_factory=Counter)
+    """A dry run asked for ``shapes``: the lines BFL's pricing endpoint can quote, per shape."""
 
     @property
     def lines(self) -> int:
@@ -183,6 +194,7 @@ def submit_file(
     skip_invalid: bool = False,
     rejected: TextIO | None = None,
     dry_run: bool = False,
+    shapes: bool = False,
     watch: SubmitWatch | None = None,
     catalog: Catalog | None = None,
 ) -> SubmitResult:
@@ -193,7 +205,8 @@ def submit_file(
     and written to ``rejected`` as by ``scan_file``) and NoLines. ``endpoint`` is that of lines
     naming none, ``params`` request fields for every line (a line's own win), ``fmt`` jsonl or csv
     (default: told by the suffix); ``budget`` sets the batch's credits, ``out`` its directory
-    (absolute, on the workers' machines). A dry run (or no ``rt``) checks and enqueues nothing.
+    (absolute, on the workers' machines). A dry run (or no ``rt``) checks and enqueues nothing;
+    with ``shapes`` it also counts the lines per ``PriceShape``, for a quote.
     Lines may name the endpoints of ``catalog``, by default ``rt``'s settings' (fluxq's own
     without ``rt``: a dry run with no Redis passes its settings' catalog).
     """
@@ -228,7 +241,9 @@ def submit_file(
             raise NoLines(scan)
         watch.checked(scan)
         if dry_run or rt is None:
-            return SubmitResult(name, scan, dry_run=True)
+            spool.seek(0)
+            found = price_shapes((Entry.decode(t) for t in spool), catalog) if shapes else Counter()
+            return SubmitResult(name, scan, dry_run=True, shapes=found)
         set_output(rt, name, out)
         spool.seek(0)
         result = enqueue_entries(
@@ -240,3 +255,15 @@ def submit_file(
             progress=watch.adding,
         )
     return SubmitResult(name, scan, result)
+
+
+def price_shapes(entries: Iterable[Entry], catalog: Catalog) -> Counter[PriceShape]:
+    """How many of ``entries`` BFL would quote at each shape (lines of endpoints not priced per
+    megapixel are left out: BFL's pricing endpoint quotes FLUX.2 only)."""
+    found: Counter[PriceShape] = Counter()
+    for entry in entries:
+        request = validate_request(entry.endpoint, json.loads(entry.request_json), catalog=catalog)
+        shape = price_shape(entry.endpoint, request, catalog=catalog)
+        if shape is not None:
+            found[shape] += 1
+    return found

@@ -401,17 +401,28 @@ def submit(
     param: list[str] = typer.Option(
         [], "--param", help="A request field for every line, key=value (a line's own wins)."
     ),
+    quote: bool = typer.Option(
+        False,
+        "--quote",
+        help="With --dry-run: ask BFL (POST /v1/pricing) to price the FLUX.2 lines too.",
+    ),
 ) -> None:
     """Check every line of FILE, then enqueue them all as batch NAME (nothing if one is bad)."""
     from fluxq.tasks.batchfile import parse_params  # lazy: the pipeline loads only when acting
 
     settings = settings_or_exit()
     _check_submit_options(settings, name, endpoint, priority, budget)
+    if quote and not dry_run:
+        fail("--quote prices a dry run: add --dry-run (a real submit is priced by BFL's answers)")
+    if quote and settings.bfl_api_key is None:
+        fail("--quote asks BFL for its prices: set BFL_API_KEY (or leave out --quote)")
     try:
         params = parse_params(param)
     except ValueError as exc:
         fail(str(exc))
-    job = _Submit(file, name, endpoint, fmt, out, params, priority, budget, dry_run, skip_invalid)
+    job = _Submit(
+        file, name, endpoint, fmt, out, params, priority, budget, dry_run, skip_invalid, quote
+    )
     rt = _dry_runtime(settings) if dry_run else runtime_or_exit(settings)
     try:
         code = _submit(settings, rt, job)
@@ -435,6 +446,7 @@ class _Submit:
     budget: float | None
     dry_run: bool
     skip_invalid: bool
+    quote: bool = False
 
 
 def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool = True) -> int:
@@ -448,9 +460,64 @@ def _submit(settings: Settings, rt: Runtime | None, job: _Submit, *, hints: bool
         view = _SubmitView(settings, rt, job, rejected_path, written, rejected)
         submitted = _submit_file(settings, rt, job, view)
     if submitted.dry_run or rt is None:
+        if job.quote:
+            _print_quote(settings, submitted)
         _say(f"dry run: nothing enqueued ({submitted.lines:,} lines checked)")
         return 0
     return _print_result(rt, job.name, submitted.enqueued, hints=hints)
+
+
+MAX_QUOTES = 100
+"""Distinct (model, size, inputs) shapes a --quote asks BFL about, the commonest first; the
+lines of rarer shapes keep the table's price (and the note says how many)."""
+
+
+def _print_quote(settings: Settings, submitted: SubmitResult) -> None:
+    """Ask BFL to price each FLUX.2 shape of a dry run, and print BFL's total beside the table's;
+    a deployment without the pricing endpoint (404) leaves the table's price, saying so."""
+    from fluxq.config.catalog import ASSUMED_INPUT_SIDE_PX  # lazy, as the pipeline
+    from fluxq.config.errors import FluxqError
+    from fluxq.workers.bfl.client import BFLClient
+
+    shapes = submitted.shapes
+    others = submitted.scan.valid - sum(shapes.values())
+    if not shapes:
+        _say("quote: no line is of a FLUX.2 model, the only ones BFL's /v1/pricing prices")
+        return
+    asked = sorted(shapes, key=lambda shape: (-shapes[shape], shape))[:MAX_QUOTES]
+    quoted = table = 0.0
+    try:
+        with BFLClient(settings) as client:
+            for shape in asked:
+                side = ASSUMED_INPUT_SIDE_PX
+                cost = client.quote(
+                    shape.endpoint, shape.width, shape.height, [(side, side)] * shape.inputs
+                )
+                if cost is None:
+                    _say(
+                        "quote: BFL's /v1/pricing is not available here (404): the table's "
+                        "price above stands"
+                    )
+                    return
+                quoted += cost * shapes[shape]
+                table += shape.table_credits(catalog=settings.catalog) * shapes[shape]
+    except FluxqError as exc:
+        fail(f"quote: {exc}")
+    lines = sum(shapes[shape] for shape in asked)
+    text = (
+        f"quote: BFL prices the {_count(lines, 'FLUX.2 line')} at {credits_text(quoted)} credits = "
+        f"{_dollars(quoted)} (the table: {credits_text(table)})"
+    )
+    rest = sum(shapes.values()) - lines
+    if rest:
+        text += f"; {_count(rest, 'line')} of rarer sizes keep the table's price"
+    if others:
+        text += f"; {_count(others, 'line')} of other models keep the table's price"
+    _say(text)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _submit_file(
@@ -480,6 +547,7 @@ def _submit_file(
                 skip_invalid=job.skip_invalid,
                 rejected=view.rejected,
                 dry_run=job.dry_run,
+                shapes=job.quote,
                 watch=view,
                 catalog=settings.catalog,
             )

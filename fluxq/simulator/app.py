@@ -24,6 +24,7 @@ from fluxq.simulator.delivery import parse_sample
 from fluxq.simulator.engine import Reply, Simulator, detail
 from fluxq.simulator.faults import DroppedResponse
 from fluxq.simulator.images import CONTENT_TYPES
+from fluxq.simulator.pricing import quote
 from fluxq.simulator.submit import submit
 from fluxq.simulator.videos import render_mp4
 from fluxq.simulator.webhooks import WebhookDispatcher
@@ -116,6 +117,12 @@ class _Handlers:
 
     async def credits(self, request: Request) -> Response:
         return _respond(self.sim.credits(request.headers.get("x-key")))
+
+    async def pricing(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Reply):
+            return _respond(body)
+        return _respond(quote(self.sim, request.headers.get("x-key"), body))
 
     async def my_finetunes(self, request: Request) -> Response:
         if self.sim.account_for(request.headers.get("x-key")) is None:
@@ -217,6 +224,7 @@ class _Handlers:
     def routes(self) -> list[Route]:
         api = [
             Route("/v1/credits", self.credits, methods=["GET"]),
+            Route("/v1/pricing", self.pricing, methods=["POST"]),
             Route("/v1/my_finetunes", self.my_finetunes, methods=["GET"]),
             Route("/v1/finetune_details", self.finetune_details, methods=["GET"]),
             Route("/v1/delete_finetune", self.delete_finetune, methods=["POST"]),

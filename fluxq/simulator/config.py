@@ -107,6 +107,17 @@ class SimConfig(BaseModel):
     webhook_response_polling_url: bool = Field(
         default=True, description="Webhook submits still get polling_url (shape UNCONFIRMED)."
     )
+    pricing_available: bool = Field(
+        default=True,
+        description="POST /v1/pricing quotes; false: it answers 404, as BFL's SDK "
+        "says some deployments do.",
+    )
+    price_factor: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="BFL's prices (quotes and the submit's cost) as a multiple of fluxq's table.",
+    )
 
     # Delivery.
     sample_url_ttl_s: float = Field(

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from fluxq.config.catalog import (
     CATALOG,
     EndpointSpec,
-    estimate_credits,
     input_megapixels,
     output_format,
     output_megapixels,
@@ -29,6 +28,7 @@ from fluxq.simulator.accounts import Account
 from fluxq.simulator.config import SimConfig
 from fluxq.simulator.engine import NOT_AUTHENTICATED, Reply, Simulator, detail
 from fluxq.simulator.latency import latency_for, seeded_duration_s
+from fluxq.simulator.pricing import price
 from fluxq.simulator.tasks import Task, TaskStatus
 
 MAX_SEED = 2**32 - 1
@@ -150,7 +150,7 @@ def _new_task(
         ready_at=now + duration_s,
         duration_s=duration_s,
         outcome=outcome,
-        cost=estimate_credits(spec.endpoint, request),
+        cost=price(cfg, spec.endpoint, request),
         webhook_url=str(webhook_url) if webhook_url else None,
         webhook_secret=secret if isinstance(secret, str) and secret else None,
         delivery_base=delivery_base,
@@ -227,7 +227,7 @@ def submit(
     raw: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
     with sim.lock:
         now = sim.clock.now()
-        cost = estimate_credits(endpoint, validated)
+        cost = price(sim.config, endpoint, validated)
         if account.credits < cost:
             account.payment_required_402 += 1
             return detail(402, "Insufficient credits")

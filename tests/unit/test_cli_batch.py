@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from fluxq.cli import app
 from fluxq.cli import batch as batch_cli
 from fluxq.config.settings import load_settings
+from fluxq.simulator import SimConfig, SimulatorServer
 from fluxq.tasks import lifecycle
 from fluxq.testing import InlineDispatcher
 from fluxq.workers.poll_schedule import LogNormal
@@ -26,6 +27,7 @@ from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import State
 from fluxq.workers.state.latency_book import PRIOR_SIGMA
 from tests.support.env import KEY, scrub_env
+from tests.support.simulator import simulator_fixture
 from tests.unit.test_cli_failures import one_line_failure as one_line_process_failure
 from tests.unit.test_cli_failures import run_fluxq
 
@@ -547,3 +549,64 @@ def test_as_a_real_process_redis_unreachable_is_one_line(tmp_path: Path, args: l
     result = run_fluxq(tmp_path, *args, FLUXQ_REDIS_URL="redis://127.0.0.1:1/0")
     line = one_line_process_failure(result)
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in line
+
+
+quote_sim = simulator_fixture(SimConfig(time_scale=0.01, rng_seed=7), name="quote_sim")
+
+
+def quote_file(tmp_path: Path) -> Path:
+    """Three 1 MP FLUX.2 lines, one of 1.98 MP, and one flux-pro-1.1 line (BFL quotes FLUX.2)."""
+    lines = [{"prompt": f"a heron, take {i}", "width": 1024, "height": 1024} for i in range(3)]
+    lines.append({"prompt": "a large heron", "width": 1440, "height": 1440})
+    lines.append({"endpoint": "flux-pro-1.1", "prompt": "a heron at dawn"})
+    return write_jsonl(tmp_path / "quote.jsonl", lines)
+
+
+def quote(env: dict[str, str], path: Path, *extra: str) -> Result:
+    return fluxq(env, "batch", "submit", str(path), "--endpoint", "flux-2-pro", "--name", "q",
+                 *extra)  # fmt: skip
+
+
+def test_quote_asks_bfl_to_price_the_flux2_lines_and_prints_it_beside_the_table(
+    env: dict[str, str], tmp_path: Path, quote_sim: SimulatorServer, redis_client: redis.Redis
+) -> None:
+    # Given BFL's prices at twice fluxq's table
+    quote_sim.configure(price_factor=2.0)
+    env = {**env, **quote_sim.env()}
+    # When a dry run asks for a quote
+    result = quote(env, quote_file(tmp_path), "--dry-run", "--quote")
+    # Then BFL's price for the four FLUX.2 lines (2 x (3 x 3 + 4.5)) is printed beside the
+    # table's, the other line keeps the table's, and nothing is enqueued
+    assert result.exit_code == 0, shown(result)
+    assert (
+        "quote: BFL prices the 4 FLUX.2 lines at 27 credits = $0.27 (the table: 13.5); "
+        "1 line of other models keep the table's price"
+    ) in result.stdout, shown(result)
+    assert "dry run: nothing enqueued (5 lines checked)" in result.stdout
+    assert redis_client.exists(keys.batch("q")) == 0
+
+
+def test_quote_where_bfl_has_no_pricing_endpoint_keeps_the_table_and_says_so(
+    env: dict[str, str], tmp_path: Path, quote_sim: SimulatorServer
+) -> None:
+    quote_sim.configure(pricing_available=False)
+    result = quote({**env, **quote_sim.env()}, quote_file(tmp_path), "--dry-run", "--quote")
+    assert result.exit_code == 0, shown(result)
+    assert "quote: BFL's /v1/pricing is not available here (404): the table's price" in (
+        result.stdout
+    )
+
+
+def test_quote_needs_a_dry_run_and_a_key_and_a_refused_key_is_one_line(
+    env: dict[str, str], tmp_path: Path, quote_sim: SimulatorServer
+) -> None:
+    path = quote_file(tmp_path)
+    env = {**env, **quote_sim.env()}
+    assert "add --dry-run" in one_line_failure(quote(env, path, "--quote"))
+    keyless = {**env, "BFL_API_KEY": ""}
+    assert "set BFL_API_KEY" in one_line_failure(quote(keyless, path, "--dry-run", "--quote"))
+    # And a key BFL refuses fails in one line that never quotes the key
+    quote_sim.configure(allowed_keys=["another-key"])
+    refused = one_line_failure(quote(env, path, "--dry-run", "--quote"))
+    assert refused.startswith("fluxq: quote: BFL answered 403 to POST /v1/pricing"), refused
+    assert KEY not in refused

@@ -74,6 +74,38 @@ def test_submit_sends_the_key_as_x_key_and_parses_the_answer() -> None:
     assert (submitted.cost, submitted.input_mp, submitted.output_mp) == (4.5, 0.0, 1.98)
 
 
+def test_a_quote_posts_the_shape_as_bfls_sdk_does_and_reads_its_cost() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"cost": 7.5})
+
+    assert make_client(handler).quote("flux-2-max", 1024, 768, [(1024, 1024)]) == 7.5
+    assert seen[0].method == "POST"
+    assert seen[0].url == "https://api.bfl.ai/v1/pricing"
+    assert seen[0].headers["x-key"] == KEY
+    assert seen[0].headers["content-type"] == "application/json"
+    assert json.loads(seen[0].content) == {
+        "model": "flux-2-max", "width": 1024, "height": 768,
+        "input_images": [{"width": 1024, "height": 1024}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("body", [{"price": 3}, {"cost": "3"}, {"cost": True}, {"cost": -1}, [3]])
+def test_a_quote_answered_without_a_usable_cost_is_unexpected(body: object) -> None:
+    with pytest.raises(UnexpectedResponse, match="pricing answered without a cost"):
+        make_client(answer(200, body)).quote("flux-2-pro", 1024, 1024)
+
+
+def test_a_404_quote_is_none_and_other_refusals_raise_as_everywhere() -> None:
+    assert make_client(answer(404, {"detail": "Not Found"})).quote("flux-2-pro", 64, 64) is None
+    with pytest.raises(NotAuthorised):
+        make_client(answer(403, {"detail": "Not authenticated"})).quote("flux-2-pro", 64, 64)
+    with pytest.raises(ReadFailed):
+        make_client(raising(httpx.ReadTimeout("slow"))).quote("flux-2-pro", 64, 64)
+
+
 def test_a_cookie_a_host_sets_is_never_kept_nor_sent_on() -> None:
     seen: list[httpx.Request] = []
     polling_url = "https://api.eu2.bfl.ai/v1/get_result?id=abc"

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +401,30 @@ class BFLClient:
             raise UnexpectedResponse(
                 f"credits answered without a number: {self._redact(str(data))}"
             )
+        return float(value)
+
+    def quote(
+        self, model: str, width: int, height: int, inputs: Sequence[tuple[int, int]] = ()
+    ) -> float | None:
+        """BFL's own price in credits for one ``model`` image of ``width`` x ``height`` from
+        ``inputs`` (each an input image's width and height): ``POST /v1/pricing``, as BFL's SDK
+        asks it. None when the deployment has no pricing endpoint (404); it quotes FLUX.2 only."""
+        url = f"{self._settings.bfl_base_url}/v1/pricing"
+        body = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "input_images": [{"width": w, "height": h} for w, h in inputs],
+        }
+        with translate_transport_errors("POST /v1/pricing", read_only=True, secrets=self._secrets):
+            headers = {**self._auth(), "content-type": "application/json"}
+            response = self._http.post(url, content=encode_body(body), headers=headers)
+        if response.status_code == 404:
+            return None
+        data = self._json(response)
+        value = data.get("cost") if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise UnexpectedResponse(f"pricing answered without a cost: {self._redact(str(data))}")
         return float(value)
 
     def download(
