@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench.plan import IMAGE_SIZE
+from bench.plan import SCENARIOS
 
 
 async def one_job(
@@ -31,7 +31,7 @@ async def one_job(
         while True:
             response = await http.post(
                 f"{args.base_url}/v1/{args.endpoint}",
-                json={"prompt": f"bench {args.scenario} job {index}", **IMAGE_SIZE},  # = request
+                json=SCENARIOS[args.scenario].request(index),  # every side sends the same
                 headers={"x-key": args.key},
             )
             if response.status_code != 429:
@@ -57,8 +57,8 @@ async def one_job(
 
 
 def image_path(args: argparse.Namespace, index: int) -> Path:
-    """Where job ``index``'s image is written."""
-    return Path(args.image_dir) / f"{index}.jpg"
+    """Where job ``index``'s image (or video) is written."""
+    return Path(args.image_dir) / f"{index}.out"
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:

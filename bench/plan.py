@@ -26,11 +26,18 @@ a second) taken from the clients being measured; 256x256 costs 3 ms."""
 
 @dataclass(frozen=True)
 class Scenario:
-    """A lognormal latency given by its median and the sigma of its logarithm."""
+    """A lognormal latency given by its median and the sigma of its logarithm, on one endpoint."""
 
     name: str
     median_s: float
     sigma: float
+    endpoint: str = ENDPOINT
+    fields: Mapping[str, object] = field(default_factory=lambda: dict(IMAGE_SIZE))
+    """Every request's fields beside its prompt."""
+    cap: int | None = None
+    """The endpoint's own cap when it has one (FLUX 3 video: 5), else the account's (--cap)."""
+    max_n: int | None = None
+    """At most this many jobs a side (--n is cut to it): videos take minutes each."""
 
     def latency(self) -> LogNormalLatency:
         """The simulator's form of it: p50 and p95, where p95 = p50 * exp(1.645 * sigma)."""
@@ -38,16 +45,25 @@ class Scenario:
         return LogNormalLatency(p50_s=self.median_s, p95_s=p95_s)
 
     def latency_map(self) -> dict[str, LogNormalLatency]:
-        """``SimConfig.latency`` for the benchmark's one endpoint."""
-        return {ENDPOINT: self.latency()}
+        """``SimConfig.latency`` for the scenario's one endpoint."""
+        return {self.endpoint: self.latency()}
 
     def prompt(self, index: int) -> str:
         """Job ``index``'s prompt, identical across sides so its latency is too."""
         return f"bench {self.name} job {index}"
 
     def request(self, index: int) -> dict[str, object]:
-        """Job ``index``'s request: its prompt, at IMAGE_SIZE (every side sends the same)."""
-        return {"prompt": self.prompt(index), **IMAGE_SIZE}
+        """Job ``index``'s request: its prompt and the scenario's fields (every side sends the
+        same)."""
+        return {"prompt": self.prompt(index), **self.fields}
+
+    def slots(self, account_cap: int) -> int:
+        """The slots the scenario's jobs can hold: the endpoint's cap inside the account's."""
+        return min(self.cap, account_cap) if self.cap is not None else account_cap
+
+    def jobs(self, n: int) -> int:
+        """Jobs a side runs when asked for ``n``."""
+        return min(n, self.max_n) if self.max_n is not None else n
 
 
 SCENARIOS = {
@@ -55,6 +71,17 @@ SCENARIOS = {
     "l1": Scenario("l1", median_s=1.0, sigma=0.3),
     # FLUX.2 [klein]: "sub-second generation"
     "klein": Scenario("klein", median_s=0.5, sigma=0.3),
+    # FLUX 3 video, text to video: 5 active at once, and "videos take minutes" (BFL states no
+    # time: the catalog's guess, 120 s, is the median); run it with --time-scale (0.05: 6 s)
+    "video": Scenario(
+        "video",
+        median_s=120.0,
+        sigma=0.3,
+        endpoint="flux-3-video",
+        fields={"mode": "t2v", "resolution": "hd", "duration": 5},
+        cap=5,
+        max_n=100,
+    ),
 }
 
 

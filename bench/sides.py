@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 import redis
 
-from bench.plan import ENDPOINT, Scenario, Side
+from bench.plan import Scenario, Side
 from bench.procs import TreeSampler, bench_env, log_tail, read_line, spawn, stop
 from fluxq.client import Client
+from fluxq.config.catalog import CATALOG
 from fluxq.config.celery import DEFAULT_SAVE_THREADS, DEFAULT_THREADS
 from fluxq.config.settings import Settings, load_settings
 from fluxq.workers.celery_app import make_celery
@@ -62,6 +63,8 @@ class Context:
     redis_url: str
     work_dir: Path
     deadline_s: float
+    account_cap: int | None = None
+    """FLUXQ_ACTIVE_CAP when the scenario's endpoint has a smaller cap of its own (``cap``)."""
 
     @property
     def api_url(self) -> str:
@@ -121,7 +124,7 @@ def _run_naive(run: SideRun, ctx: Context) -> None:
     out = ctx.work_dir / f"{run.side.name}.json"
     argv = [
         sys.executable, "-m", "bench.naive",
-        "--base-url", ctx.api_url, "--endpoint", ENDPOINT, "--key", run.key,
+        "--base-url", ctx.api_url, "--endpoint", ctx.scenario.endpoint, "--key", run.key,
         "--scenario", ctx.scenario.name, "--n", str(ctx.n), "--cap", str(ctx.cap),
         "--poll-s", repr(NAIVE_POLL_S * ctx.time_scale),
         "--retry-s", repr(NAIVE_RETRY_S * ctx.time_scale),
@@ -163,10 +166,15 @@ def worker_env(run: SideRun, ctx: Context) -> dict[str, str]:
             "BFL_API_KEY": run.key,
             "FLUXQ_REDIS_URL": ctx.redis_url,
             "FLUXQ_OUTPUT_DIR": str(ctx.work_dir / run.side.name),
-            "FLUXQ_ACTIVE_CAP": str(ctx.cap),
+            "FLUXQ_ACTIVE_CAP": str(ctx.account_cap or ctx.cap),
             "PYTHONUNBUFFERED": "1",
         }
     )
+    typical_s = CATALOG[ctx.scenario.endpoint].typical_s
+    if ctx.time_scale != 1 and typical_s is not None:
+        # The catalog's prior generation time on the simulator's scaled clock, as it would
+        # stand against BFL's real one (a prior 20 times too slow would only measure the prior)
+        env["FLUXQ_POLL_PRIOR_MEDIAN_S"] = repr(typical_s * ctx.time_scale)
     env.update(run.side.env)
     return env
 
@@ -299,7 +307,9 @@ def _enqueue_and_wait(
     batch = run.key
     run.started_at = time.time()
     ids = [
-        client.enqueue(ENDPOINT, ctx.scenario.request(i), batch=batch, name=f"job-{i:05d}").id
+        client.enqueue(
+            ctx.scenario.endpoint, ctx.scenario.request(i), batch=batch, name=f"job-{i:05d}"
+        ).id
         for i in range(ctx.n)
     ]
     run.extra["enqueue_s"] = time.time() - run.started_at

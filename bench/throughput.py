@@ -31,7 +31,7 @@ import httpx
 
 from bench.metrics import one_line, oracle_metrics, side_metrics
 from bench.oracle import Schedule, list_schedule
-from bench.plan import ENDPOINT, SCENARIOS, Scenario, Side
+from bench.plan import SCENARIOS, Scenario, Side
 from bench.procs import REPO_ROOT, bench_env, read_line, spawn, stop
 from bench.report import findings, headline, table
 from bench.sides import START_TIMEOUT_S, Context, SideRun, run_side
@@ -152,27 +152,31 @@ def run_scenario(
     work_dir: Path,
 ) -> dict[str, Any]:
     """Every side on one scenario, then the table."""
+    n, cap = scenario.jobs(args.n), scenario.slots(args.cap)
     latency = scenario.latency_map()
     patch = {"latency": {endpoint: dist.model_dump() for endpoint, dist in latency.items()}}
     http.post("/sim/config", json=patch).raise_for_status()
     http.post("/sim/reset").raise_for_status()
     expected = {
-        scenario.prompt(i): seeded_duration_s(args.seed, ENDPOINT, scenario.prompt(i), latency)
+        scenario.prompt(i): seeded_duration_s(
+            args.seed, scenario.endpoint, scenario.prompt(i), latency
+        )
         * args.time_scale
-        for i in range(args.n)
+        for i in range(n)
     }
-    oracle: Schedule = list_schedule(list(expected.values()), args.cap)
+    oracle: Schedule = list_schedule(list(expected.values()), cap)
     deadline_s = args.deadline_s or DEADLINE_FACTOR * oracle.makespan_s + DEADLINE_MARGIN_S
     lognormal = scenario.latency()
     result: dict[str, Any] = {
         "scenario": scenario.name,
         "latency_text": f"lognormal median {scenario.median_s:g} s, sigma {scenario.sigma:g}",
         "latency": {"p50_s": lognormal.p50_s, "p95_s": lognormal.p95_s, "sigma": scenario.sigma},
-        "n": args.n,
+        "n": n,
         "time_scale": args.time_scale,
         "seed": args.seed,
-        "cap": args.cap,
-        "endpoint": ENDPOINT,
+        "cap": cap,
+        "account_cap": args.cap,
+        "endpoint": scenario.endpoint,
         "deadline_s": deadline_s,
         "started_at": _now(),
         "oracle": oracle_metrics(oracle),
@@ -181,17 +185,25 @@ def run_scenario(
     say(headline(result))
     say(f"  oracle: makespan {oracle.makespan_s:.2f} s, utilisation {oracle.utilisation:.1%}")
     ctx = Context(
-        scenario, args.n, args.cap, args.time_scale, sim_env, redis_url, work_dir, deadline_s
+        scenario,
+        n,
+        cap,
+        args.time_scale,
+        sim_env,
+        redis_url,
+        work_dir,
+        deadline_s,
+        account_cap=args.cap,
     )
     for side in sides:
-        say(f"  {side.name}: running {args.n} jobs (deadline {deadline_s:.0f} s)")
+        say(f"  {side.name}: running {n} jobs (deadline {deadline_s:.0f} s)")
         run = run_side(side, ctx)
         label = account_label(run.key)
         tasks = http.get("/sim/timeline", params={"account": label}).json()["tasks"]
         stats = http.get("/sim/stats", params={"account": label}).json()["accounts"]
         account = stats.get(label, {})
         metrics = side_metrics(
-            run, tasks, account, n=args.n, cap=args.cap, oracle=oracle, expected_s=expected
+            run, tasks, account, n=n, cap=cap, oracle=oracle, expected_s=expected
         )
         result["sides"][side.name] = {
             "kind": side.kind,
@@ -205,7 +217,7 @@ def run_scenario(
             "jobs": _job_rows(run, tasks),
         }
         say(
-            f"  {side.name}: {metrics['done']}/{args.n} done, makespan "
+            f"  {side.name}: {metrics['done']}/{n} done, makespan "
             f"{metrics['makespan_s']:.2f} s, utilisation {metrics['utilisation']:.1%}"
             + (f" — {one_line(run.error)}" if run.error else "")
         )

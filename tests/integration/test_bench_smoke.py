@@ -18,14 +18,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 N = 40
 
 
+@pytest.mark.parametrize(
+    ("scenario_name", "n", "time_scale", "cap"),
+    [
+        ("l1", N, "0.2", 24),  # the 1 s scenario, five times faster than real
+        ("video", 15, "0.02", 5),  # FLUX 3 video: 120 s as 2.4 s, five at a time, MP4s
+    ],
+)
 def test_naive_and_fluxq_finish_every_job_within_the_cap_and_below_the_oracle(
-    tmp_path: Path,
+    tmp_path: Path, scenario_name: str, n: int, time_scale: str, cap: int
 ) -> None:
-    # Given a small run of both sides on the 1 s scenario, five times faster than real
+    # Given a small run of both sides on the scenario
     out = tmp_path / "bench.json"
     argv = [
-        sys.executable, "-m", "bench", "throughput", "--scenario", "l1", "--n", str(N),
-        "--time-scale", "0.2", "--sides", "naive,fluxq", "--json", str(out),
+        sys.executable, "-m", "bench", "throughput", "--scenario", scenario_name, "--n", str(n),
+        "--time-scale", time_scale, "--sides", "naive,fluxq", "--json", str(out),
     ]  # fmt: skip
     # When it runs to the end
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -34,16 +41,17 @@ def test_naive_and_fluxq_finish_every_job_within_the_cap_and_below_the_oracle(
     report = json.loads(out.read_text())
     (scenario,) = report["scenarios"]
     assert set(scenario["sides"]) == {"naive", "fluxq"}
+    assert scenario["cap"] == cap
     oracle = scenario["oracle"]["utilisation"]
     for name, side in scenario["sides"].items():
         metrics = side["metrics"]
-        assert metrics["done"] == N, (name, metrics["checks"])
+        assert metrics["done"] == n, (name, metrics["checks"])
         assert metrics["checks"] == [], name
         assert metrics["submits_per_job"] == 1.0, name
-        assert metrics["max_active"] <= scenario["cap"], name
+        assert metrics["max_active"] <= cap, name
         assert 0 < metrics["utilisation"] <= 1, name
         assert oracle >= metrics["utilisation"], name
-        assert len(side["jobs"]) == N
+        assert len(side["jobs"]) == n
     assert "CHECK FAILED" not in done.stdout
     assert "oracle" in done.stdout
 

@@ -7,6 +7,8 @@ import pytest
 from bench.metrics import refill_gaps
 from bench.oracle import list_schedule, percentile, utilisation
 from bench.plan import SCENARIOS, Side, choose_sides, parse_side
+from fluxq.config.catalog import CATALOG, validate_request
+from fluxq.config.requests import Flux3VideoInputs
 
 
 def test_a_long_job_and_short_ones_fill_two_slots_exactly() -> None:
@@ -87,3 +89,18 @@ def test_refill_gaps_measure_each_freed_slot_until_the_next_submit() -> None:
     ]
     assert [round(gap, 6) for gap in refill_gaps(tasks, 2)] == [0.05, 0.2]
     assert refill_gaps(tasks[:2], 2) == []
+
+
+def test_the_video_scenario_sends_valid_t2v_requests_five_at_a_time_and_a_bounded_count() -> None:
+    video = SCENARIOS["video"]
+    # Its requests pass fluxq's own per-mode checks for the endpoint it names
+    request = validate_request(video.endpoint, video.request(3))
+    assert isinstance(request, Flux3VideoInputs)
+    assert (request.mode, request.prompt) == ("t2v", "bench video job 3")
+    # It holds the endpoint's own cap inside the account's, and its median is the catalog's
+    assert (video.slots(24), video.slots(3)) == (5, 3)
+    assert video.median_s == CATALOG[video.endpoint].typical_s
+    assert (video.jobs(960), video.jobs(10)) == (100, 10)
+    # The image scenarios are unchanged: the account's cap, every job, 256x256 images
+    assert (SCENARIOS["l1"].slots(24), SCENARIOS["l1"].jobs(960)) == (24, 960)
+    assert SCENARIOS["l1"].request(0) == {"prompt": "bench l1 job 0", "width": 256, "height": 256}
