@@ -475,9 +475,9 @@ lines of rarer shapes keep the table's price (and the note says how many)."""
 def _print_quote(settings: Settings, submitted: SubmitResult) -> None:
     """Ask BFL to price each FLUX.2 shape of a dry run, and print BFL's total beside the table's;
     a deployment without the pricing endpoint (404) leaves the table's price, saying so."""
-    from fluxq.config.catalog import ASSUMED_INPUT_SIDE_PX  # lazy, as the pipeline
-    from fluxq.config.errors import FluxqError
-    from fluxq.workers.bfl.client import BFLClient
+    from fluxq.config.catalog import ASSUMED_INPUT_SIDE_PX  # lazy: as the client
+    from fluxq.config.errors import FluxqError  # lazy: as the client
+    from fluxq.workers.bfl.client import BFLClient  # lazy: httpx, only for a quote
 
     shapes = submitted.shapes
     others = submitted.scan.valid - sum(shapes.values())

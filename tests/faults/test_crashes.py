@@ -11,6 +11,7 @@ import pytest
 
 from fluxq.simulator.server import SimulatorServer
 from fluxq.tasks.enqueue import enqueue
+from fluxq.workers.state.jobs import State
 from tests.support.env import KEY
 from tests.support.faults import (
     FaultCluster,
@@ -60,13 +61,16 @@ def test_a_worker_killed_during_slow_submits_loses_nothing_and_resubmits_nothing
         posts_in_flight_at_kill=posts_at_kill,
         sweep=sweep_actions(cluster),
     )
-    # Then every job is terminal, none was POSTed twice, the cap held, and exactly the jobs
-    # whose POST may have reached BFL are failed as uncertain (counted in the batch too)
+    # Then every job is terminal, none was POSTed twice, the cap held, and only jobs whose POST
+    # may have reached BFL are failed, as uncertain (counted in the batch too). On a loaded
+    # machine a lease can also lapse during a slow POST that lives on: that job is failed as
+    # uncertain too, and recovered (done) when the answer comes: uncertain, not failed.
     assert_common(report, cluster)
     assert report.duplicate_submits == 0, cluster.sim.stats(KEY)["duplicates"]
     assert report.done + report.failed == total, report.states
     assert report.uncertain >= 1, "a POST was in flight at the kill, yet no job is uncertain"
-    assert report.failed == report.uncertain, report.failures
+    ended = [job for job in cluster.jobs(ids).values() if job is not None]
+    assert all(job.uncertain for job in ended if job.state is State.FAILED), report.failures
     assert cluster.rt.store.batch_counts(case)["uncertain"] == report.uncertain
 
 
