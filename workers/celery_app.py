@@ -29,6 +29,8 @@ def make_celery(settings: Settings) -> Celery:
             "(`fluxq worker` starts an embedded one and prints its URL)"
         )
     celery = Celery("fluxq")
-    celery.conf.update(celery_config(settings.redis_url))
+    celery.conf.update(
+        celery_config(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
+    )
     celery.conf.task_queues = [_queue(name) for name in ALL_QUEUES]
     return celery

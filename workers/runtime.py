@@ -21,6 +21,7 @@ from fluxq.workers.state.latency_book import LatencyBook
 from fluxq.workers.state.lease_keeper import LeaseKeeper
 from fluxq.workers.state.limiter import Caps, SlotLimiter
 from fluxq.workers.state.poll_queue import PollQueue
+from fluxq.workers.state.redis_client import connect
 from fluxq.workers.state.store import JobStore
 
 PROMPT_PREVIEW_WORDS = 6
@@ -93,8 +94,9 @@ def build_runtime(
     transport: httpx.BaseTransport | None = None,
 ) -> Runtime:
     """A Runtime for these settings; the caller closes it."""
-    client = redis.Redis.from_url(
+    client: redis.Redis[str] = connect(
         redis_url,
+        sentinel_master=settings.redis_sentinel_master,
         decode_responses=True,
         health_check_interval=30,
         socket_timeout=settings.redis_timeout_s,

@@ -24,6 +24,7 @@ from fluxq.cli.common import (
     settings_or_exit,
     with_redis_or_exit,
 )
+from fluxq.workers.state.redis_client import connect
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -140,7 +141,7 @@ def api(
         )
     settings = with_redis_or_exit(settings)  # FLUXQ_REDIS_URL, else the embedded Redis
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fluxq.config.errors import ConfigError, FluxqError
 from fluxq.config.settings import Settings, load_settings
+from fluxq.workers.state.redis_client import connect
 from fluxq.workers.state.store import JobStore
 
 if TYPE_CHECKING:
@@ -127,7 +128,9 @@ def store_or_exit(settings: Settings) -> JobStore:
     client): what read-only commands such as ``fluxq batch status`` need, fast to start."""
     settings = with_redis_or_exit(settings)
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client: redis.Redis[str] = connect(
+        settings.redis_url, sentinel_master=settings.redis_sentinel_master, decode_responses=True
+    )
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,17 +35,10 @@ from fluxq.workers.bfl.webhooks import job_token, key_secret
 from fluxq.workers.celery_app import make_celery
 from fluxq.workers.process.embedded_redis import free_port
 from fluxq.workers.state.keys import key_label
-from tests.integration.test_flower import (
-    AUTH_ENV,
-    PASSWORD,
-    USER,
-    Flower,
-    flower_env,
-    in_group,
-    running_flower,
-)
+from tests.integration.test_flower import AUTH_ENV, PASSWORD, USER
 from tests.support.cluster import cluster_env
 from tests.support.env import KEY, settings_for
+from tests.support.flower import Flower, flower_env, running_flower, stop_session
 from tests.support.tasks import TASKS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -127,16 +118,7 @@ def leaky_worker(env: dict[str, str], tmp_path: Path, log: Path) -> Iterator[Pat
     try:
         yield log
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        for pid in in_group(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_session(process, STOP_TIMEOUT_S)
 
 
 def send_every_task(env: dict[str, str]) -> dict[str, str]:

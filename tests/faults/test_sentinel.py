@@ -1,0 +1,106 @@
+"""Redis Sentinel: a FLUXQ_REDIS_URL naming Sentinels takes every fluxq client and Celery to the
+current master, and after a failover to the new one, with no restart.
+
+Real processes on loopback: a master, a replica and three Sentinels, a `fluxq worker` tree and a
+producer. The master is killed between two batches, once its writes are on the replica (WAIT):
+which writes a failover may lose mid-batch, and what that can cost, is the next step's table.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.faults import FaultCluster, assert_common, judge
+from tests.support.flower import flower_env, running_flower
+from tests.support.net import wait_until
+from tests.support.sentinel import SentinelSet
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+FLOWER_LOGIN = ("night-ops", "sentinel-watch-" + secrets.token_urlsafe(12))
+FLOWER_AUTH = {"FLUXQ_FLOWER_USER": FLOWER_LOGIN[0], "FLUXQ_FLOWER_PASSWORD": FLOWER_LOGIN[1]}
+"""Flower's API answers only behind basic auth."""
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    ha = SentinelSet(tmp_path / "sentinel")
+    try:
+        ha.start()
+        yield ha
+    finally:
+        ha.stop()
+
+
+def test_workers_producers_and_flower_follow_the_new_master_after_a_failover(
+    fault_cluster: Callable[..., FaultCluster], sentinels: SentinelSet, tmp_path: Path
+) -> None:
+    with ExitStack() as stack:
+        _follow_a_failover(
+            fault_cluster(redis_url_override=sentinels.url), sentinels, stack, tmp_path
+        )
+
+
+def _follow_a_failover(
+    cluster: FaultCluster, sentinels: SentinelSet, stack: ExitStack, tmp_path: Path
+) -> None:
+    # Given a worker tree, a producer and `fluxq flower` on FLUXQ_REDIS_URL=sentinel://...
+    started = time.monotonic()
+    cluster.start_worker(threads=4, save_threads=2)
+    flower = stack.enter_context(
+        running_flower(flower_env(sentinels.url, FLOWER_AUTH), tmp_path, tmp_path / "flower.log")
+    )
+    first = cluster.enqueue_case("sentinel-before", 20)
+    assert cluster.wait_all_terminal(first, timeout_s=60), cluster.log_tail()
+    # When every write is on the replica and the master is SIGKILLed
+    assert sentinels.replicated() == 1
+    old_master = sentinels.master_port()
+    sentinels.kill_master()
+    killed = time.monotonic()
+    new_master = sentinels.wait_failover()
+    failover_s = time.monotonic() - killed
+    assert new_master != old_master
+    # Then the same producer and the same worker tree carry a second batch on the new master
+    second = cluster.enqueue_case("sentinel-after", 20)
+    assert cluster.wait_all_terminal(second, timeout_s=90), cluster.log_tail()
+    report = judge(
+        cluster, case="sentinel-failover", job_ids=first + second, cap=24,
+        faults="SIGKILL of the Redis master between two batches (writes replicated first)",
+        started_at=started, failover_s=round(failover_s, 1),
+    )  # fmt: skip
+    assert_common(report, cluster)
+    assert report.done == 40, report.states
+    assert report.duplicate_submits == 0
+    # And `fluxq batch status` reads both batches through the Sentinels (its fast path, a
+    # plain socket to one server, leaves a Sentinel URL to the full command)
+    for batch in ("sentinel-before", "sentinel-after"):
+        shown = subprocess.run(
+            [sys.executable, "-P", "-m", "fluxq", "batch", "status", batch, "--json"],
+            env=cluster.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["counts"]["done"] == 20
+
+    # And Flower, started before the failover, lists the second batch's tasks (its events came
+    # through the new master) and reads the new master's queues
+    def listed() -> bool:
+        found = httpx.get(
+            f"{flower.base_url}/api/tasks", params={"search": "batch=sentinel-after"},
+            auth=FLOWER_LOGIN, timeout=10,
+        ).json()  # fmt: skip
+        return len({task["args"].split(" ", 1)[0] for task in found.values()}) == 20
+
+    assert wait_until(listed, timeout_s=30), flower.log_text()[-3000:]
+    broker = httpx.get(f"{flower.base_url}/broker", auth=FLOWER_LOGIN, timeout=30)
+    assert broker.status_code == 200, broker.text[:500]
+    assert "fluxq.submit" in broker.text

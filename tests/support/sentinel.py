@@ -1,0 +1,139 @@
+"""Redis with Sentinel on loopback: a master, a replica and three Sentinels, each a redis-server
+process of its own (the binary fluxq ships runs as a Sentinel with ``--sentinel``), stopped by
+their own pids."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import redis
+
+from fluxq.workers.process.children import start_child
+from fluxq.workers.process.embedded_redis import redis_server_binary
+from tests.support.net import free_port, wait_until
+
+MASTER_NAME = "mymaster"
+DOWN_AFTER_MS = 1000
+"""A master silent this long is down for a Sentinel (Redis's default is 30 s)."""
+FAILOVER_TIMEOUT_MS = 5000
+
+
+class SentinelSet:
+    """One master, one replica, three Sentinels (quorum 2) in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ports = {"master": free_port(), "replica": free_port()}
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """FLUXQ_REDIS_URL for these Sentinels (database 0)."""
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports) + "/0"
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        with (self.directory / f"{name}.log").open("ab") as log:
+            self.processes[name] = start_child(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def _server(self, name: str, *extra: str) -> None:
+        home = self.directory / name
+        home.mkdir(exist_ok=True)
+        self._start(name, [
+            redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.ports[name]),
+            "--save", "", "--appendonly", "no", "--dir", str(home), *extra,
+        ])  # fmt: skip
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        master = self.ports["master"]
+        self._server("master")
+        self._server("replica", "--replicaof", "127.0.0.1", str(master))
+        for number, port in enumerate(self.sentinel_ports):
+            conf = self.directory / f"sentinel-{number}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel parallel-syncs {MASTER_NAME} 1\n",
+                encoding="utf-8",
+            )
+            self._start(f"sentinel-{number}", [redis_server_binary(), str(conf), "--sentinel"])
+        ready = wait_until(self._ready, timeout_s, interval_s=0.1)
+        assert ready, f"Sentinels not ready: {self.log_tail()}"
+
+    def _ready(self) -> bool:
+        """Each Sentinel knows the master, the replica and the two other Sentinels, and the
+        replica is in sync."""
+        try:
+            for port in self.sentinel_ports:
+                with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+                    fields = client.sentinel_master(MASTER_NAME)
+                    if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
+                        return False
+            with redis.Redis(port=self.ports["replica"], decode_responses=True) as replica:
+                return replica.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def master_ports(self) -> set[int | None]:
+        """The master's port as each Sentinel says it (None: no answer)."""
+        said: set[int | None] = set()
+        for port in self.sentinel_ports:
+            try:
+                with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+                    address = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+                    said.add(int(address[1]) if address else None)
+            except redis.RedisError:
+                said.add(None)
+        return said
+
+    def master_port(self) -> int | None:
+        """The master's port when every Sentinel agrees on it, else None."""
+        said = self.master_ports()
+        return said.pop() if len(said) == 1 else None
+
+    def replicated(self, timeout_ms: int = 5000) -> int:
+        """Replicas that acknowledged every write so far (Redis's WAIT on the master)."""
+        with redis.Redis(port=self.ports["master"], socket_timeout=10) as master:
+            return int(master.execute_command("WAIT", 1, timeout_ms))
+
+    def kill_master(self) -> None:
+        """SIGKILL the master's process (by its pid)."""
+        process = self.processes.pop("master")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def wait_failover(self, timeout_s: float = 30.0) -> int:
+        """The new master's port once every Sentinel names the replica master, and it says so."""
+        replica = self.ports["replica"]
+
+        def promoted() -> bool:
+            if self.master_port() != replica:
+                return False
+            with redis.Redis(port=replica, decode_responses=True) as client:
+                return client.info("replication").get("role") == "master"
+
+        assert wait_until(promoted, timeout_s, interval_s=0.1), f"no failover: {self.log_tail()}"
+        return replica
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}"
+            for log in sorted(self.directory.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        self.processes.clear()
