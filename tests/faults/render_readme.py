@@ -147,9 +147,10 @@ def place_brownouts(text: str, table: str) -> str:
     if not found:
         raise SystemExit(f"README.md lacks the marker {END!r}")
     block = (
-        "\n\nBrownouts (`tests/faults/test_brownouts.py`): BFL half-working for a minute or two "
-        "mid-batch, on fluxq's default settings; images per minute before, during and after the "
-        f"fault window:\n\n{BROWNOUT_START}\n{table}\n{BROWNOUT_END}"
+        "\n\nBrownouts (`tests/faults/test_brownouts.py`): BFL half-working for 30 s to a minute "
+        "mid-batch (each window as long as the guard it tests needs), on fluxq's default "
+        "settings; images per minute before, during and after the fault window:"
+        f"\n\n{BROWNOUT_START}\n{table}\n{BROWNOUT_END}"
     )
     return f"{head}{END}{block}{tail}"
 
