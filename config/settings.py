@@ -124,6 +124,21 @@ class Settings(BaseSettings):
         description="With a sentinel:// FLUXQ_REDIS_URL: the name the Sentinels monitor the "
         "master under; every fluxq client and Celery follow whichever server is master now.",
     )
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Replicas that must hold a job's submit marker before its POST is sent "
+        "(Redis WAIT). 1 with Sentinel: a failover then cannot lose the marker and send the job "
+        "twice. Unconfirmed in FLUXQ_REDIS_REPLICA_WAIT_MS: not sent now, tried again as after "
+        "a 503. 0: no wait.",
+    )
+    redis_replica_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="How long a submit waits for FLUXQ_REDIS_MIN_REPLICAS (milliseconds).",
+    )
     redis_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -12,6 +12,7 @@ from celery import Task, shared_task
 from fluxq.config.celery import SUBMIT
 from fluxq.config.errors import (
     FluxqError,
+    NotSent,
     OutOfCredits,
     RateLimited,
     ServerError,
@@ -215,13 +216,25 @@ def submit_job(rt: Runtime, job_id: str, *, read: Job | None = None) -> float | 
     # The marker (with the attempt's count) is the last write before the POST: a failure before
     # it leaves a job that was certainly not sent (requeued by the sweep), never a false
     # "uncertain".
-    attempt = rt.store.start_submit(job_id, now_s=rt.clock())
+    replicas = rt.settings.redis_min_replicas
+    wait_ms = rt.settings.redis_replica_wait_ms
+    attempt, acked = rt.store.start_submit(
+        job_id, now_s=rt.clock(), replicas=replicas, wait_ms=wait_ms
+    )
     if attempt == 0:  # cancelled, gone or taken by another delivery since the claim read it
         if rt.limiter.probe_extra:
             rt.limiter.end_probe(job_id)  # it will not POST: the next probe may go
         return None
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
+            if acked < replicas:
+                # A failover now could lose the marker, and a job sent with no marker left is
+                # sent again: so it is not sent now (like a 503: the job keeps its slot and
+                # tries again, its marker cleared).
+                raise NotSent(
+                    f"the submit marker reached {acked} of {replicas} Redis replicas in "
+                    f"{wait_ms} ms (FLUXQ_REDIS_MIN_REPLICAS): not sent"
+                )
             submitted = rt.bfl.submit_json(job.endpoint, body)
             # The first poll's plan is made while the lease is still renewed: a new plan can
             # take seconds of CPU on a loaded machine, and a lease that lapsed meanwhile would

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.env import KEY
 from tests.support.faults import FaultCluster, assert_common, judge
 from tests.support.flower import flower_env, running_flower
 from tests.support.net import wait_until
@@ -104,3 +105,40 @@ def _follow_a_failover(
     broker = httpx.get(f"{flower.base_url}/broker", auth=FLOWER_LOGIN, timeout=30)
     assert broker.status_code == 200, broker.text[:500]
     assert "fluxq.submit" in broker.text
+
+
+def test_a_submit_whose_marker_no_replica_holds_waits_and_is_sent_once_one_does(
+    fault_cluster: Callable[..., FaultCluster], sentinels: SentinelSet
+) -> None:
+    # Given workers that need one replica to hold a submit marker before a POST (200 ms wait)
+    cluster = fault_cluster(
+        redis_url_override=sentinels.url,
+        FLUXQ_REDIS_MIN_REPLICAS="1",
+        FLUXQ_REDIS_REPLICA_WAIT_MS="200",
+    )
+    cluster.start_worker(threads=4, save_threads=2)
+    warm = cluster.enqueue_case("replica-warm", 2)
+    assert cluster.wait_all_terminal(warm, timeout_s=60), cluster.log_tail()
+    # When the replica stops acknowledging (SIGSTOP) and jobs arrive
+    sentinels.pause_replica(True)
+    try:
+        ids = cluster.enqueue_case("replica-paused", 5)
+        time.sleep(3.0)
+        # Then none is sent: each waits with its marker cleared, as after a 503
+        submits = cluster.sim.stats(KEY)["submits"]
+        states = cluster.states(ids)
+        refused = [cluster.rt.redis.hget(f"fluxq:job:{job_id}", "refused") for job_id in ids]
+    finally:
+        sentinels.pause_replica(False)
+    assert submits == 2, (submits, cluster.log_tail())
+    assert states["admitted"] == 5, states
+    assert all(count and int(count) >= 1 for count in refused), refused
+    # And once it acknowledges again, each is sent once and done
+    assert cluster.wait_all_terminal(ids, timeout_s=60), cluster.log_tail()
+    report = judge(
+        cluster, case="replica-wait", job_ids=warm + ids, cap=24,
+        faults="the replica stopped (SIGSTOP) 3 s while submits needed it",
+        started_at=time.monotonic(),
+    )  # fmt: skip
+    assert_common(report, cluster)
+    assert (report.done, report.submits, report.duplicate_submits) == (7, 7, 0)

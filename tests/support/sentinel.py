@@ -101,6 +101,10 @@ class SentinelSet:
         with redis.Redis(port=self.ports["master"], socket_timeout=10) as master:
             return int(master.execute_command("WAIT", 1, timeout_ms))
 
+    def pause_replica(self, paused: bool) -> None:
+        """SIGSTOP the replica (it holds its connection and acknowledges nothing), or SIGCONT."""
+        self.processes["replica"].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill_master(self) -> None:
         """SIGKILL the master's process (by its pid)."""
         process = self.processes.pop("master")

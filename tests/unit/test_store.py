@@ -399,20 +399,20 @@ def test_start_submit_counts_the_attempt_and_sets_the_marker_only_on_an_admitted
 ) -> None:
     store.enqueue(new_job("j1"), now_s=NOW_S)
     # A queued job is not sent
-    assert store.start_submit("j1", now_s=NOW_S) == 0
+    assert store.start_submit("j1", now_s=NOW_S) == (0, 0)
     store.transition("j1", State.ADMITTED, now_s=NOW_S)
-    assert store.start_submit("j1", now_s=NOW_S + 1) == 1
+    assert store.start_submit("j1", now_s=NOW_S + 1) == (1, 0)
     job = store.get("j1")
     assert job is not None
     assert (job.submit_attempts, job.submitting_at) == (1, NOW_S + 1)
     # A second delivery finds the marker: nothing written, nothing to send
-    assert store.start_submit("j1", now_s=NOW_S + 2) == 0
+    assert store.start_submit("j1", now_s=NOW_S + 2) == (0, 0)
     store.clear_fields("j1", "submitting_at")
-    assert store.start_submit("j1", now_s=NOW_S + 5) == 2
+    assert store.start_submit("j1", now_s=NOW_S + 5) == (2, 0)
     # A cancelled job is not sent, and a missing one is not created
     store.transition("j1", State.CANCELLED, now_s=NOW_S + 6)
-    assert store.start_submit("j1", now_s=NOW_S + 7) == 0
-    assert store.start_submit("ghost", now_s=NOW_S) == 0
+    assert store.start_submit("j1", now_s=NOW_S + 7) == (0, 0)
+    assert store.start_submit("ghost", now_s=NOW_S) == (0, 0)
     assert redis_client.exists(keys.job("ghost")) == 0
 
 

@@ -272,11 +272,24 @@ class JobStore:
         args += [len(froms), *(state.value for state in froms), len(clear), *clear, *pairs]
         return bool(self._scripts.transition(keys=record_keys, args=args))
 
-    def start_submit(self, job_id: str, *, now_s: float) -> int:
+    def start_submit(
+        self, job_id: str, *, now_s: float, replicas: int = 0, wait_ms: int = 0
+    ) -> tuple[int, int]:
         """Count a submit attempt and set the ``submitting_at`` marker, in one step, if the job
         is admitted and unmarked; returns the attempt, or 0 when it is not (missing, cancelled,
-        or another delivery's POST is under way): then nothing is written and nothing is sent."""
-        return int(self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s]))
+        or another delivery's POST is under way): then nothing is written and nothing is sent.
+
+        With ``replicas``, the same connection then waits up to ``wait_ms`` for that many
+        replicas to hold the write (Redis's WAIT counts the writes of its own connection, so
+        the two go in one pipeline); the second number is how many did (0 without).
+        """
+        if not replicas:
+            return int(self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s])), 0
+        pipe = self._redis.pipeline(transaction=False)
+        self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s], client=pipe)
+        pipe.wait(replicas, wait_ms)
+        attempt, acked = pipe.execute()
+        return int(attempt), int(acked)
 
     def update_submitted(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
         """Set fields on a job the caller just read as submitted, with no existence check (a
