@@ -1,9 +1,10 @@
 """Redis Sentinel: a FLUXQ_REDIS_URL naming Sentinels takes every fluxq client and Celery to the
 current master, and after a failover to the new one, with no restart.
 
-Real processes on loopback: a master, a replica and three Sentinels, a `fluxq worker` tree and a
-producer. The master is killed between two batches, once its writes are on the replica (WAIT):
-which writes a failover may lose mid-batch, and what that can cost, is the next step's table.
+Real processes on loopback: a master, two replicas and three Sentinels, a `fluxq worker` tree and a
+producer. The master is killed between two batches once its writes are on the replicas, and
+mid-batch with no wait (POSTs and polls in flight) on workers that keep each submit marker on a
+replica (FLUXQ_REDIS_MIN_REPLICAS=1); and submits wait while no replica acknowledges.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _follow_a_failover(
     first = cluster.enqueue_case("sentinel-before", 20)
     assert cluster.wait_all_terminal(first, timeout_s=60), cluster.log_tail()
     # When every write is on the replica and the master is SIGKILLed
-    assert sentinels.replicated() == 1
+    assert sentinels.replicated() == 2
     old_master = sentinels.master_port()
     sentinels.kill_master()
     killed = time.monotonic()
@@ -111,6 +112,7 @@ def test_a_submit_whose_marker_no_replica_holds_waits_and_is_sent_once_one_does(
     fault_cluster: Callable[..., FaultCluster], sentinels: SentinelSet
 ) -> None:
     # Given workers that need one replica to hold a submit marker before a POST (200 ms wait)
+    started = time.monotonic()
     cluster = fault_cluster(
         redis_url_override=sentinels.url,
         FLUXQ_REDIS_MIN_REPLICAS="1",
@@ -119,8 +121,8 @@ def test_a_submit_whose_marker_no_replica_holds_waits_and_is_sent_once_one_does(
     cluster.start_worker(threads=4, save_threads=2)
     warm = cluster.enqueue_case("replica-warm", 2)
     assert cluster.wait_all_terminal(warm, timeout_s=60), cluster.log_tail()
-    # When the replica stops acknowledging (SIGSTOP) and jobs arrive
-    sentinels.pause_replica(True)
+    # When the replicas stop acknowledging (SIGSTOP) and jobs arrive
+    sentinels.pause_replicas(True)
     try:
         ids = cluster.enqueue_case("replica-paused", 5)
         time.sleep(3.0)
@@ -129,16 +131,51 @@ def test_a_submit_whose_marker_no_replica_holds_waits_and_is_sent_once_one_does(
         states = cluster.states(ids)
         refused = [cluster.rt.redis.hget(f"fluxq:job:{job_id}", "refused") for job_id in ids]
     finally:
-        sentinels.pause_replica(False)
+        sentinels.pause_replicas(False)
     assert submits == 2, (submits, cluster.log_tail())
     assert states["admitted"] == 5, states
     assert all(count and int(count) >= 1 for count in refused), refused
-    # And once it acknowledges again, each is sent once and done
+    # And once they acknowledge again, each is sent once and done
     assert cluster.wait_all_terminal(ids, timeout_s=60), cluster.log_tail()
     report = judge(
         cluster, case="replica-wait", job_ids=warm + ids, cap=24,
-        faults="the replica stopped (SIGSTOP) 3 s while submits needed it",
-        started_at=time.monotonic(),
+        faults="both replicas stopped (SIGSTOP) 3 s while submits needed one",
+        started_at=started,
     )  # fmt: skip
     assert_common(report, cluster)
     assert (report.done, report.submits, report.duplicate_submits) == (7, 7, 0)
+
+
+def test_the_master_killed_mid_batch_with_posts_in_flight_loses_no_job_and_pays_none_twice(
+    fault_cluster: Callable[..., FaultCluster], sentinels: SentinelSet
+) -> None:
+    # Given a worker tree needing one replica for each submit marker, mid-batch on a 2 s model
+    started = time.monotonic()
+    cluster = fault_cluster(redis_url_override=sentinels.url, FLUXQ_REDIS_MIN_REPLICAS="1")
+    cluster.sim.configure(time_scale=1.0, latency={"default": {"kind": "fixed", "seconds": 2.0}})
+    cluster.start_worker(threads=8, save_threads=2)
+    ids = cluster.enqueue_case("failover-mid", 80)
+    busy = wait_until(
+        lambda: cluster.states(ids)["done"] >= 20 and cluster.states(ids)["submitted"] >= 10,
+        timeout_s=60,
+        interval_s=0.05,
+    )
+    assert busy, f"never mid-batch: {cluster.states(ids)}\n{cluster.log_tail()}"
+    # When the master is SIGKILLed with no wait for its last writes
+    in_flight = cluster.states(ids)
+    sentinels.kill_master()
+    killed = time.monotonic()
+    sentinels.wait_failover()
+    failover_s = time.monotonic() - killed
+    # Then the batch finishes on the new master without a person: nothing lost, nothing paid
+    # twice outside jobs flagged uncertain, the cap kept
+    cluster.wait_all_terminal(ids, timeout_s=150)
+    report = judge(
+        cluster, case="sentinel-failover-mid-batch", job_ids=ids, cap=24,
+        faults="SIGKILL of the Redis master mid-batch (80 jobs, POSTs and polls in flight)",
+        started_at=started, failover_s=round(failover_s, 1),
+        states_at_kill=dict(in_flight),
+    )  # fmt: skip
+    assert_common(report, cluster)
+    assert report.done + report.failed == len(ids), report.states
+    assert report.failed == sum(1 for job in cluster.jobs(ids).values() if job and job.uncertain)

@@ -1,4 +1,4 @@
-"""Redis with Sentinel on loopback: a master, a replica and three Sentinels, each a redis-server
+"""Redis with Sentinel on loopback: a master, two replicas and three Sentinels, each a redis-server
 process of its own (the binary fluxq ships runs as a Sentinel with ``--sentinel``), stopped by
 their own pids."""
 
@@ -21,12 +21,13 @@ FAILOVER_TIMEOUT_MS = 5000
 
 
 class SentinelSet:
-    """One master, one replica, three Sentinels (quorum 2) in ``directory``."""
+    """One master, two replicas, three Sentinels (quorum 2) in ``directory``: after a failover
+    one replica is promoted and the other follows it, so writes still have a replica."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.ports = {"master": free_port(), "replica": free_port()}
+        self.ports = {"master": free_port(), "replica": free_port(), "replica-2": free_port()}
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -51,6 +52,7 @@ class SentinelSet:
         master = self.ports["master"]
         self._server("master")
         self._server("replica", "--replicaof", "127.0.0.1", str(master))
+        self._server("replica-2", "--replicaof", "127.0.0.1", str(master))
         for number, port in enumerate(self.sentinel_ports):
             conf = self.directory / f"sentinel-{number}.conf"
             conf.write_text(
@@ -72,10 +74,13 @@ class SentinelSet:
             for port in self.sentinel_ports:
                 with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
                     fields = client.sentinel_master(MASTER_NAME)
-                    if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
+                    if int(fields["num-slaves"]) < 2 or int(fields["num-other-sentinels"]) < 2:
                         return False
-            with redis.Redis(port=self.ports["replica"], decode_responses=True) as replica:
-                return replica.info("replication").get("master_link_status") == "up"
+            for name in ("replica", "replica-2"):
+                with redis.Redis(port=self.ports[name], decode_responses=True) as replica:
+                    if replica.info("replication").get("master_link_status") != "up":
+                        return False
+            return True
         except redis.RedisError:
             return False
 
@@ -99,11 +104,13 @@ class SentinelSet:
     def replicated(self, timeout_ms: int = 5000) -> int:
         """Replicas that acknowledged every write so far (Redis's WAIT on the master)."""
         with redis.Redis(port=self.ports["master"], socket_timeout=10) as master:
-            return int(master.execute_command("WAIT", 1, timeout_ms))
+            return int(master.wait(2, timeout_ms))
 
-    def pause_replica(self, paused: bool) -> None:
-        """SIGSTOP the replica (it holds its connection and acknowledges nothing), or SIGCONT."""
-        self.processes["replica"].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+    def pause_replicas(self, paused: bool) -> None:
+        """SIGSTOP both replicas (they hold their connections and acknowledge nothing), or
+        SIGCONT them."""
+        for name in ("replica", "replica-2"):
+            self.processes[name].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def kill_master(self) -> None:
         """SIGKILL the master's process (by its pid)."""
@@ -112,17 +119,22 @@ class SentinelSet:
         process.wait(timeout=10)
 
     def wait_failover(self, timeout_s: float = 30.0) -> int:
-        """The new master's port once every Sentinel names the replica master, and it says so."""
-        replica = self.ports["replica"]
+        """The new master's port once every Sentinel names a replica master, it says so, and
+        the other replica follows it."""
+        replicas = {self.ports["replica"], self.ports["replica-2"]}
 
         def promoted() -> bool:
-            if self.master_port() != replica:
+            port = self.master_port()
+            if port not in replicas:
                 return False
-            with redis.Redis(port=replica, decode_responses=True) as client:
-                return client.info("replication").get("role") == "master"
+            with redis.Redis(port=port, decode_responses=True) as client:
+                info = client.info("replication")
+                return info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1
 
         assert wait_until(promoted, timeout_s, interval_s=0.1), f"no failover: {self.log_tail()}"
-        return replica
+        port = self.master_port()
+        assert port is not None
+        return port
 
     def log_tail(self, chars: int = 2000) -> str:
         return "\n".join(
