@@ -12,7 +12,6 @@ from celery import Task, shared_task
 from fluxq.config.celery import SUBMIT
 from fluxq.config.errors import (
     FluxqError,
-    NotSent,
     OutOfCredits,
     RateLimited,
     ServerError,
@@ -204,6 +203,26 @@ def _record(rt: Runtime, job: Job, submitted: Submitted, first_poll_s: float | N
         admit_and_dispatch(rt)
 
 
+def _unreplicated(rt: Runtime, job: Job, acked: int) -> float:
+    """The submit marker reached too few replicas: a failover now could lose it, and a job sent
+    with no marker left would be sent again. So it is not sent now: its marker is cleared and it
+    tries again after a backoff of its own (1 s doubling to 8 s), keeping its slot, as after a
+    503; BFL refused nothing, so nothing is counted against the key."""
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+    waits = rt.store.incr(job.job_id, JobField.REFUSED)
+    countdown_s = backoff_s(waits, base_s=REFUSED_BACKOFF_S[0], cap_s=REFUSED_BACKOFF_S[1])
+    if rt.limiter.probe_extra:
+        rt.limiter.end_probe(job.job_id)
+    rt.limiter.hold(job.job_id, job.group, now_s=rt.clock(), ttl_s=countdown_s + rt.leases.lease_s)
+    log.warning(
+        "submit marker on %d of %d Redis replicas in %d ms (FLUXQ_REDIS_MIN_REPLICAS): not sent, "
+        "retrying in %.1f s job=%s",
+        acked, rt.settings.redis_min_replicas, rt.settings.redis_replica_wait_ms, countdown_s,
+        job.job_id,
+    )  # fmt: skip
+    return countdown_s
+
+
 def submit_job(rt: Runtime, job_id: str, *, read: Job | None = None) -> float | None:
     """Submit one admitted job. Returns a countdown when the task should retry, else None.
 
@@ -225,16 +244,10 @@ def submit_job(rt: Runtime, job_id: str, *, read: Job | None = None) -> float | 
         if rt.limiter.probe_extra:
             rt.limiter.end_probe(job_id)  # it will not POST: the next probe may go
         return None
+    if acked < replicas:
+        return _unreplicated(rt, job, acked)
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse
-            if acked < replicas:
-                # A failover now could lose the marker, and a job sent with no marker left is
-                # sent again: so it is not sent now (like a 503: the job keeps its slot and
-                # tries again, its marker cleared).
-                raise NotSent(
-                    f"the submit marker reached {acked} of {replicas} Redis replicas in "
-                    f"{wait_ms} ms (FLUXQ_REDIS_MIN_REPLICAS): not sent"
-                )
             submitted = rt.bfl.submit_json(job.endpoint, body)
             # The first poll's plan is made while the lease is still renewed: a new plan can
             # take seconds of CPU on a loaded machine, and a lease that lapsed meanwhile would
