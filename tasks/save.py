@@ -226,7 +226,7 @@ def _save(rt: Runtime, job_id: str) -> float | None:
     listed = files if media != IMAGE else None
     if store is not None:
         return _save_to_store(rt, job, store, files, listed, samples, attempt)
-    _save_locally(rt, job, paths, gots, listed, samples)
+    _save_locally(rt, job, paths, gots, listed, samples, attempt)
     return None
 
 
@@ -237,19 +237,22 @@ def _save_locally(
     gots: list[Downloaded],
     listed: list[tuple[str, Downloaded]] | None,
     samples: Samples,
+    attempt: int,
 ) -> None:
     """Rename each downloaded file into place, write the sidecar and the manifest line, and mark
-    the job done (its path and sha256: the first file's)."""
+    the job done (its path and sha256: the first file's). ``attempt``: this save's count of
+    download attempts."""
     image = paths[0]
     for path, got in zip(paths, gots, strict=True):
         commit_file(got.path, path)
     meta = metadata(job, image, gots[0], rt.clock(), files=listed, extra=samples.sidecar())
     write_json_atomic(image.with_suffix(".json"), meta)
-    if job.download_attempts:
-        # The files and the sidecar are in place: any temporary file left by an earlier attempt,
-        # however recent (a sidecar's is written in milliseconds, so a kill then leaves one too
-        # young for the check in _save), is dead now. A duplicate attempt still running loses
-        # its rename and finds the job done.
+    if attempt > 1 or rt.store.count(job.job_id, JobField.DOWNLOAD_ATTEMPTS) > attempt:
+        # The files and the sidecar are in place: any temporary file left by another attempt,
+        # an earlier one or one begun since this one (a save resent while this one ran slow:
+        # killed then, its file would outlive a job that no save visits again), however recent
+        # (a sidecar's is written in milliseconds), is dead now. A duplicate attempt still
+        # running loses its rename and finds the job done.
         for path in paths:
             remove_stale_parts(path, now_s=time.time(), older_than_s=0.0)
     _record_in_manifest(rt, job, image, meta)

@@ -244,6 +244,34 @@ def test_a_recent_part_file_of_a_killed_attempt_is_removed_once_the_save_succeed
     assert [p.name for p in image.parent.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_first_save_removes_the_part_file_of_a_save_resent_while_it_ran(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a first save whose download is slow, and a second save of the same job resent
+    # meanwhile (the sweep's save watch) that counts its attempt, starts its file and is killed
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "resent"}, batch="resent")
+    download = BFLClient.download
+    left: list[Path] = []
+
+    def slow_download(client: BFLClient, url: str, path: Path, **kwargs: object) -> object:
+        got = download(client, url, path, **kwargs)  # type: ignore[arg-type]
+        pipeline.rt.store.incr(job_id, "download_attempts")
+        image = final_path(pipeline.rt, pipeline.job(job_id))
+        left.append(image.with_name(f".{image.name}.0badc0de.part"))
+        left[-1].write_bytes(b"half an image")
+        return got
+
+    monkeypatch.setattr(BFLClient, "download", slow_download)
+    # When the first save ends
+    pipeline.drain()
+    # Then the job is done and the resent save's file, which no save will visit again, is gone
+    assert pipeline.job(job_id).state is State.DONE
+    assert left
+    assert not left[0].exists()
+    out = left[0].parent
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
 def test_a_redelivered_save_does_not_write_a_second_manifest_line(pipeline: Pipeline) -> None:
     job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "twice"}, batch="twice")
     pipeline.drain()

@@ -311,6 +311,11 @@ class JobStore:
         if names:
             self._scripts.if_exists(keys=[keys.job(job_id)], args=["HDEL", *names])
 
+    def count(self, job_id: str, field: str) -> int:
+        """A numeric field's value now (0 when it or the job is missing): one HGET."""
+        value = self._redis.hget(keys.job(job_id), field)
+        return int(value) if value else 0
+
     def incr(self, job_id: str, field: str, by: int = 1) -> int:
         """Add ``by`` to a numeric field and return it; KeyError when the job is missing."""
         _check_writable([field])
