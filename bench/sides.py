@@ -171,10 +171,12 @@ def worker_env(run: SideRun, ctx: Context) -> dict[str, str]:
         }
     )
     typical_s = CATALOG[ctx.scenario.endpoint].typical_s
-    if ctx.time_scale != 1 and typical_s is not None:
-        # The catalog's prior generation time on the simulator's scaled clock, as it would
-        # stand against BFL's real one (a prior 20 times too slow would only measure the prior)
-        env["FLUXQ_POLL_PRIOR_MEDIAN_S"] = repr(typical_s * ctx.time_scale)
+    if ctx.time_scale != 1:
+        # The catalog's prior generation time, and the 0.5 s loop the poll budget is a share
+        # of, on the simulator's scaled clock, as they would stand against BFL's real one
+        env["FLUXQ_POLL_REFERENCE_S"] = repr(NAIVE_POLL_S * ctx.time_scale)
+        if typical_s is not None:
+            env["FLUXQ_POLL_PRIOR_MEDIAN_S"] = repr(typical_s * ctx.time_scale)
     env.update(run.side.env)
     return env
 

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     poll_min_delay_s: float = Field(
         default=0.05, gt=0, le=60, description="The shortest wait between two polls of one task."
     )
+    poll_reference_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=600,
+        description="The loop the poll budget is a share of: one polling every this many "
+        "seconds (BFL's example sleeps 0.5 s). FLUXQ_POLL_BUDGET of its polls are spent, after "
+        "its first 3 a task.",
+    )
     poll_max_delay_s: float = Field(
         default=5.0, gt=0, le=600, description="The longest wait between polls past the plan."
     )

@@ -350,13 +350,18 @@ loop's count spent 1.64 polls a job against the loop's 1.48, at 76.7 % of the ca
 the issue asks for, 74 %, lost). Polls cost BFL load, not credits; idle slots cost throughput."""
 
 
-def budget_polls(model: LogNormal, budget: float) -> float:
-    """Polls per task for a ``budget`` (a share of the loop's polls, after FULL_RATE_POLLS)."""
-    loop = fixed_interval_polls(model)
+def budget_polls(
+    model: LogNormal, budget: float, reference_s: float = REFERENCE_INTERVAL_S
+) -> float:
+    """Polls per task for a ``budget`` (a share of the polls of a loop polling every
+    ``reference_s``, after FULL_RATE_POLLS)."""
+    loop = fixed_interval_polls(model, reference_s)
     return max(budget * loop, min(FULL_RATE_SHARE * loop, FULL_RATE_POLLS))
 
 
-def budget_schedule(model: LogNormal, budget: float) -> Schedule:
+def budget_schedule(
+    model: LogNormal, budget: float, reference_s: float = REFERENCE_INTERVAL_S
+) -> Schedule:
     """The best schedule spending ``budget_polls`` (the loop's own polls for a fast model, a
     ``budget`` share of them for a slow one)."""
-    return best_schedule(model, budget_polls(model, budget))
+    return best_schedule(model, budget_polls(model, budget, reference_s))

@@ -126,6 +126,7 @@ def build_runtime(
             budget=settings.poll_budget,
             prior_median_s=settings.poll_prior_median_s,
             typical_s=typical_times(settings),
+            reference_s=settings.poll_reference_s,
         ),
         polls=PollQueue(client, label),
     )

@@ -194,3 +194,19 @@ def test_the_envelope_dynamic_programme_equals_brute_force(monkeypatch: pytest.M
             if value < best[i]:
                 best[i], choice[i] = value, j
     assert total(list(fast)) == pytest.approx(best[0], rel=1e-9)
+
+
+def test_the_budget_is_a_share_of_the_loop_it_is_told_of() -> None:
+    # A 120 s model (FLUX 3 video): against BFL's 0.5 s loop (~250 polls a task), the plan
+    # polls about 100 times and sees Ready about 0.35 s after it
+    video = LogNormal.from_median(120.0, 0.3)
+    latencies = lognormal_sample(120.0, 0.3, 2000, seed=4)
+    near_delay, near_polls = detection(budget_schedule(video, 0.65), latencies)
+    assert 60 < near_polls < 0.65 * fixed_interval_polls(video)
+    assert near_delay < 0.5
+    # Against a loop polling every 10 s (a 0.5 s loop on a clock 20 times faster) the budget
+    # is a share of that loop's ~13 polls, and Ready is seen seconds later
+    far_delay, far_polls = detection(budget_schedule(video, 0.65, reference_s=10.0), latencies)
+    assert far_polls < 0.65 * fixed_interval_polls(video, 10.0) + 1
+    assert far_polls < near_polls / 10
+    assert far_delay > 5 * near_delay

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import redis
 
-from fluxq.workers.poll_schedule import LogNormal, Schedule, budget_schedule, fit
+from fluxq.workers.poll_schedule import (
+    REFERENCE_INTERVAL_S,
+    LogNormal,
+    Schedule,
+    budget_schedule,
+    fit,
+)
 from fluxq.workers.state import keys
 
 WINDOW = 1024
@@ -80,10 +86,13 @@ class LatencyBook:
         budget: float,
         prior_median_s: float,
         typical_s: Mapping[str, float] | None = None,
+        reference_s: float = REFERENCE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
         self.budget = budget
+        self.reference_s = reference_s
+        """The loop whose polls the budget is a share of: one polling every this many seconds."""
         self.prior = LogNormal.from_median(prior_median_s, PRIOR_SIGMA)
         """The prior of an endpoint ``typical_s`` does not name."""
         self._priors = {
@@ -150,7 +159,7 @@ class LatencyBook:
         count = len(observations)
         if last is not None and count >= MIN_OBSERVATIONS and _close(last.model, last, model):
             return _Plan(now, last.model, last.schedule, count)
-        return _Plan(now, model, budget_schedule(model, self.budget), count)
+        return _Plan(now, model, budget_schedule(model, self.budget, self.reference_s), count)
 
 
 def _close(old: LogNormal, plan: _Plan, new: LogNormal) -> bool:
