@@ -213,7 +213,7 @@ def _save(rt: Runtime, job_id: str) -> float | None:
     if isinstance(samples, FluxqError):  # a draft's result could not be asked for: retry
         return _after_failed_download(rt, job, samples, attempt)
     paths = sample_paths(image, len(samples.urls))
-    if job.download_attempts:
+    if attempt > 1:
         # An earlier attempt may have died (SIGKILL mid-download) and left its .part file. Only
         # then is the batch directory scanned: a first save, the hot path, never lists it.
         for path in paths:
