@@ -128,16 +128,17 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=10,
-        description="Replicas that must hold a job's submit marker before its POST is sent "
-        "(Redis WAIT). 1 with Sentinel: a failover then cannot lose the marker and send the job "
-        "twice. Unconfirmed in FLUXQ_REDIS_REPLICA_WAIT_MS: not sent now, tried again as after "
-        "a 503. 0: no wait.",
+        description="Replicas that must hold a new job, a batch's lines, a job's submit marker "
+        "and BFL's answer before fluxq goes on (Redis WAIT). 1 with Sentinel: a failover then "
+        "cannot lose a job or send one twice. Unconfirmed in FLUXQ_REDIS_REPLICA_WAIT_MS: a "
+        "submit is not sent now and tried again as after a 503; an enqueue is tried 3 times, "
+        "then fails saying to send it again with the same id. 0: no wait.",
     )
     redis_replica_wait_ms: int = Field(
         default=500,
         ge=1,
         le=10_000,
-        description="How long a submit waits for FLUXQ_REDIS_MIN_REPLICAS (milliseconds).",
+        description="How long a write waits for FLUXQ_REDIS_MIN_REPLICAS (milliseconds).",
     )
     redis_timeout_s: float = Field(
         default=30.0,

@@ -98,9 +98,14 @@ from fluxq.workers.metrics import registry_for
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state.batches import DEFAULT_BATCH_PRIORITY, BatchStatus
 from fluxq.workers.state.jobs import MAX_PRIORITY, Job, State
-from fluxq.workers.state.store import NameTaken
+from fluxq.workers.state.store import NameTaken, ReplicaShortfall
 
 log = logging.getLogger("fluxq.api")
+
+UNREPLICATED = (
+    "no Redis replica confirmed the write in time (FLUXQ_REDIS_MIN_REPLICAS): it may have been "
+    "made; send it again with the same job id (found, not made twice)"
+)
 
 MAX_WAIT_S = 60.0
 """The longest ``wait_s`` a long poll holds a request: under common proxies' idle timeouts."""
@@ -618,6 +623,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", type(exc).__name__)
+        if isinstance(exc, ReplicaShortfall):
+            return _problem(503, UNREPLICATED)
         return _problem(503, "redis unavailable")
 
     @app.exception_handler(Exception)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fluxq.config.catalog import estimate_credits, validate_request
 from fluxq.config.errors import InvalidRequest
@@ -17,6 +18,7 @@ from fluxq.tasks.notify import notify_terminal
 from fluxq.workers.runtime import Runtime
 from fluxq.workers.state import histograms
 from fluxq.workers.state.jobs import Job, JobField, State
+from fluxq.workers.state.store import ReplicaShortfall
 
 log = logging.getLogger("fluxq.lifecycle")
 
@@ -28,10 +30,7 @@ def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
     marker, in the same step as the move.
 
     A batch line's credits move from committed to spent (BFL's ``cost`` when it sent one)."""
-    moved = rt.store.transition(
-        job.job_id, State.SUBMITTED, from_states=(State.ADMITTED,), now_s=rt.clock(),
-        fields=fields, clear=(JobField.SUBMITTING_AT,),
-    )  # fmt: skip
+    moved = _record_answer(rt, job, fields, State.ADMITTED)
     if moved:
         cost = fields.get(JobField.COST)
         spent = float(cost) if cost is not None else _estimate(rt, job)
@@ -40,6 +39,33 @@ def submitted(rt: Runtime, job: Job, fields: Fields) -> bool:
         if spent:
             rt.limiter.count_float("credits_spent", spent)
     return moved
+
+
+def _record_answer(rt: Runtime, job: Job, fields: Fields, from_state: State) -> bool:
+    """Move the job from ``from_state`` to submitted with BFL's answer, held by the replicas
+    FLUXQ_REDIS_MIN_REPLICAS asks for.
+
+    Unconfirmed (a master replaced meanwhile may have taken the write and lost it), the answer
+    is written once more, on the master as it is now, and the job goes on if that master holds
+    it. Never dropped: its submit marker is on a replica, so the worst a later failover does is
+    leave the job settled as uncertain, never sent again."""
+    move: dict[str, Any] = {
+        "from_states": (from_state,), "fields": fields, "clear": (JobField.SUBMITTING_AT,)
+    }  # fmt: skip
+    try:
+        return rt.store.transition(
+            job.job_id, State.SUBMITTED, now_s=rt.clock(), replicated=True, **move
+        )
+    except ReplicaShortfall as exc:
+        log.warning("%s; recorded on the master as it is now job=%s", exc, job.job_id)
+    if rt.store.transition(job.job_id, State.SUBMITTED, now_s=rt.clock(), **move):
+        return True
+    current = rt.store.get(job.job_id)
+    return (
+        current is not None
+        and current.state is State.SUBMITTED
+        and current.bfl_id == fields.get(JobField.BFL_ID)
+    )
 
 
 def requeue(rt: Runtime, job: Job, reason: str) -> bool:
@@ -127,10 +153,7 @@ def recover_uncertain(rt: Runtime, job: Job, fields: Fields) -> bool:
     if current is None or current.state is not State.FAILED or not current.uncertain:
         return False
     rt.limiter.hold(job.job_id, job.group, now_s=rt.clock())
-    moved = rt.store.transition(
-        job.job_id, State.SUBMITTED, from_states=(State.FAILED,), now_s=rt.clock(),
-        fields=fields, clear=(JobField.SUBMITTING_AT,),
-    )  # fmt: skip
+    moved = _record_answer(rt, job, fields, State.FAILED)
     if moved:
         rt.limiter.clear_doubt(job.job_id)
         rt.store.uncount_reason(job.batch, current.reason or "unknown")

@@ -203,16 +203,27 @@ def _record(rt: Runtime, job: Job, submitted: Submitted, first_poll_s: float | N
         admit_and_dispatch(rt)
 
 
-def _unreplicated(rt: Runtime, job: Job, acked: int) -> float:
+def _unreplicated(rt: Runtime, job: Job, acked: int) -> float | None:
     """The submit marker reached too few replicas: a failover now could lose it, and a job sent
     with no marker left would be sent again. So it is not sent now: its marker is cleared and it
     tries again after a backoff of its own (1 s doubling to 8 s), keeping its slot, as after a
-    503; BFL refused nothing, so nothing is counted against the key."""
-    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-    waits = rt.store.incr(job.job_id, JobField.REFUSED)
-    countdown_s = backoff_s(waits, base_s=REFUSED_BACKOFF_S[0], cap_s=REFUSED_BACKOFF_S[1])
+    503; BFL refused nothing, so nothing is counted against the key.
+
+    A job the master has no record of was admitted by a master that is one no longer (paused
+    past a failover, whose writes are lost): nothing is sent, and the current master, which
+    still holds it queued, admits it again."""
     if rt.limiter.probe_extra:
         rt.limiter.end_probe(job.job_id)
+    try:
+        waits = rt.store.incr(job.job_id, JobField.REFUSED)
+    except KeyError:
+        log.warning(
+            "submit marker unconfirmed and the job unknown to the Redis master now: its "
+            "admission was lost with the old master; not sent job=%s", job.job_id,
+        )  # fmt: skip
+        return None
+    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
+    countdown_s = backoff_s(waits, base_s=REFUSED_BACKOFF_S[0], cap_s=REFUSED_BACKOFF_S[1])
     rt.limiter.hold(job.job_id, job.group, now_s=rt.clock(), ttl_s=countdown_s + rt.leases.lease_s)
     log.warning(
         "submit marker on %d of %d Redis replicas in %d ms (FLUXQ_REDIS_MIN_REPLICAS): not sent, "
@@ -235,16 +246,12 @@ def submit_job(rt: Runtime, job_id: str, *, read: Job | None = None) -> float | 
     # The marker (with the attempt's count) is the last write before the POST: a failure before
     # it leaves a job that was certainly not sent (requeued by the sweep), never a false
     # "uncertain".
-    replicas = rt.settings.redis_min_replicas
-    wait_ms = rt.settings.redis_replica_wait_ms
-    attempt, acked = rt.store.start_submit(
-        job_id, now_s=rt.clock(), replicas=replicas, wait_ms=wait_ms
-    )
+    attempt, acked = rt.store.start_submit(job_id, now_s=rt.clock())
     if attempt == 0:  # cancelled, gone or taken by another delivery since the claim read it
         if rt.limiter.probe_extra:
             rt.limiter.end_probe(job_id)  # it will not POST: the next probe may go
         return None
-    if acked < replicas:
+    if acked < rt.store.min_replicas:
         return _unreplicated(rt, job, acked)
     try:
         with rt.leases.holding(job_id, job.group):  # a slow POST never lets its lease lapse

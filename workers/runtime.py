@@ -21,7 +21,7 @@ from fluxq.workers.state.latency_book import LatencyBook
 from fluxq.workers.state.lease_keeper import LeaseKeeper
 from fluxq.workers.state.limiter import Caps, SlotLimiter
 from fluxq.workers.state.poll_queue import PollQueue
-from fluxq.workers.state.redis_client import connect
+from fluxq.workers.state.redis_client import MasterWatch, connect
 from fluxq.workers.state.store import JobStore
 
 PROMPT_PREVIEW_WORDS = 6
@@ -79,8 +79,11 @@ class Runtime:
     latency: LatencyBook
     polls: PollQueue
     clock: Callable[[], float] = field(default=time.time)
+    master_watch: MasterWatch | None = None
 
     def close(self) -> None:
+        if self.master_watch is not None:
+            self.master_watch.close()
         self.leases.close()
         self.bfl.close()
         self.redis.close()
@@ -115,7 +118,12 @@ def build_runtime(
     return Runtime(
         settings=settings,
         redis=client,
-        store=JobStore(client, terminal_ttl_s=settings.job_ttl_s),
+        store=JobStore(
+            client,
+            terminal_ttl_s=settings.job_ttl_s,
+            min_replicas=settings.redis_min_replicas,
+            replica_wait_ms=settings.redis_replica_wait_ms,
+        ),
         limiter=limiter,
         bfl=BFLClient(settings, transport=transport),
         dispatch=dispatch,
@@ -129,6 +137,7 @@ def build_runtime(
             reference_s=settings.poll_reference_s,
         ),
         polls=PollQueue(client, label),
+        master_watch=MasterWatch(client).start(),
     )
 
 

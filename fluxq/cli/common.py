@@ -18,7 +18,7 @@ from rich.console import Console
 from fluxq.config.errors import ConfigError, FluxqError
 from fluxq.config.settings import Settings, load_settings
 from fluxq.workers.state.redis_client import connect
-from fluxq.workers.state.store import JobStore
+from fluxq.workers.state.store import JobStore, ReplicaShortfall
 
 if TYPE_CHECKING:
     from fluxq.workers.runtime import Runtime
@@ -136,7 +136,12 @@ def store_or_exit(settings: Settings) -> JobStore:
     except redis.RedisError as exc:
         client.close()
         fail(redis_failure(settings.redis_url, exc), cause=exc)
-    return JobStore(client, terminal_ttl_s=settings.job_ttl_s)
+    return JobStore(
+        client,
+        terminal_ttl_s=settings.job_ttl_s,
+        min_replicas=settings.redis_min_replicas,
+        replica_wait_ms=settings.redis_replica_wait_ms,
+    )
 
 
 def shown_url(url: str | None) -> str:
@@ -162,6 +167,8 @@ def redis_failure(url: str | None, exc: BaseException) -> str:
 
 def explain(exc: BaseException) -> str | None:
     """One line for a failure a user can cause, or None for a bug (shown with a hint)."""
+    if isinstance(exc, ReplicaShortfall):
+        return one_line(str(exc))
     if isinstance(exc, redis.RedisError):
         return redis_failure(Options.redis_url, exc)
     if isinstance(exc, FluxqError):

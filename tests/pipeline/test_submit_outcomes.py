@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from fluxq.workers.bfl.client import BFLClient
 from fluxq.workers.state import keys
 from fluxq.workers.state.jobs import NewJob, State
 from fluxq.workers.state.limiter import PauseKind
+from fluxq.workers.state.store import ReplicaShortfall
 from tests.support.env import KEY
 from tests.support.pipeline import Pipeline
 
@@ -362,3 +364,70 @@ def test_a_crash_between_post_and_recording_is_never_resubmitted(pipeline: Pipel
     assert pipeline.stats()["submits"] == 0
     # And its slot stays held: BFL may be running a task for it
     assert pipeline.rt.limiter.held() == 1
+
+
+def test_a_submit_marker_no_replica_holds_is_not_sent_and_waits_with_its_slot(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Given workers that need one replica for a submit marker, on a Redis that has none
+    pipeline = make_pipeline(redis_min_replicas=1, redis_replica_wait_ms=10)
+    pipeline.rt.store.min_replicas = 0  # the producer asks for none: the job is enqueued
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "a heron", "seed": 1})
+    pipeline.rt.store.min_replicas = 1
+    assert pipeline.job(job_id).state is State.ADMITTED  # enqueue admits at once
+    # When its submit runs
+    countdown_s = submit_job(pipeline.rt, job_id)
+    # Then nothing is sent: its marker is cleared, the wait counted, its slot kept meanwhile
+    assert countdown_s is not None
+    assert 0.5 <= countdown_s <= 1.5
+    job = pipeline.job(job_id)
+    assert (job.state, job.submitting_at) == (State.ADMITTED, None)
+    assert pipeline.rt.store.count(job_id, "refused") == 1
+    assert pipeline.rt.limiter.held() == 1
+    assert pipeline.stats()["submits"] == 0
+
+
+def test_a_submit_marker_unconfirmed_for_a_job_the_master_never_saw_sends_nothing(
+    make_pipeline: Callable[..., Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an admitted job whose marker went to a master that is one no longer: the current
+    # master has no record of the job (its admission was lost with the old one)
+    pipeline = make_pipeline()
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "a heron", "seed": 2})
+    assert pipeline.job(job_id).state is State.ADMITTED
+    store = pipeline.rt.store
+    store.min_replicas = 1
+
+    def on_a_stale_master(job_id: str, *, now_s: float) -> tuple[int, int]:
+        pipeline.rt.redis.delete(keys.job(job_id))
+        return 1, 0
+
+    monkeypatch.setattr(store, "start_submit", on_a_stale_master)
+    # When its submit runs: no crash, nothing sent, nothing made for the missing job
+    assert submit_job(pipeline.rt, job_id) is None
+    assert pipeline.stats()["submits"] == 0
+    assert not pipeline.rt.redis.exists(keys.job(job_id))
+
+
+def test_an_answer_no_replica_confirmed_and_the_master_lost_is_recorded_again_not_dropped(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a submit whose answer, waited for on replicas, went to a master replaced since: the
+    # replicated write raises, and the master now has no trace of it
+    store = pipeline.rt.store
+    real = store.transition
+
+    def lost_on_a_replaced_master(*args: Any, replicated: bool = False, **kwargs: Any) -> bool:
+        if replicated:
+            raise ReplicaShortfall("job x to submitted: written, but 0 of 1 Redis replicas ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "transition", lost_on_a_replaced_master)
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "a heron", "seed": 3})
+    # When the pipeline runs: then BFL's answer is written again and the job goes on to done
+    pipeline.drain()
+    job = pipeline.job(job_id)
+    assert job.state is State.DONE
+    assert job.bfl_id is not None
+    assert not job.uncertain
+    assert pipeline.stats()["submits"] == 1

@@ -30,6 +30,7 @@ class SentinelSet:
         self.ports = {"master": free_port(), "replica": free_port(), "replica-2": free_port()}
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._paused = ""
 
     @property
     def url(self) -> str:
@@ -64,21 +65,27 @@ class SentinelSet:
                 encoding="utf-8",
             )
             self._start(f"sentinel-{number}", [redis_server_binary(), str(conf), "--sentinel"])
-        ready = wait_until(self._ready, timeout_s, interval_s=0.1)
+        ready = wait_until(self.ready, timeout_s, interval_s=0.1)
         assert ready, f"Sentinels not ready: {self.log_tail()}"
 
-    def _ready(self) -> bool:
-        """Each Sentinel knows the master, the replica and the two other Sentinels, and the
-        replica is in sync."""
+    def ready(self) -> bool:
+        """Each Sentinel knows the master, both replicas and the two other Sentinels, and both
+        replicas are in sync with the master."""
         try:
             for port in self.sentinel_ports:
                 with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
                     fields = client.sentinel_master(MASTER_NAME)
                     if int(fields["num-slaves"]) < 2 or int(fields["num-other-sentinels"]) < 2:
                         return False
-            for name in ("replica", "replica-2"):
-                with redis.Redis(port=self.ports[name], decode_responses=True) as replica:
-                    if replica.info("replication").get("master_link_status") != "up":
+            master = self.master_port()
+            if master is None:
+                return False
+            for port in self.ports.values():
+                if port == master:
+                    continue
+                with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as replica:
+                    info = replica.info("replication")
+                    if info.get("master_port") != master or info.get("master_link_status") != "up":
                         return False
             return True
         except redis.RedisError:
@@ -101,33 +108,62 @@ class SentinelSet:
         said = self.master_ports()
         return said.pop() if len(said) == 1 else None
 
+    def master_server(self) -> str:
+        """The name of the server the Sentinels agree is the master."""
+        port = self.master_port()
+        names = [name for name, known in self.ports.items() if known == port]
+        assert names, f"no agreed master ({self.master_ports()}): {self.log_tail()}"
+        return names[0]
+
     def replicated(self, timeout_ms: int = 5000) -> int:
         """Replicas that acknowledged every write so far (Redis's WAIT on the master)."""
-        with redis.Redis(port=self.ports["master"], socket_timeout=10) as master:
+        port = self.ports[self.master_server()]
+        with redis.Redis(port=port, socket_timeout=10) as master:
             return int(master.wait(2, timeout_ms))
 
     def pause_replicas(self, paused: bool) -> None:
         """SIGSTOP both replicas (they hold their connections and acknowledge nothing), or
         SIGCONT them."""
-        for name in ("replica", "replica-2"):
-            self.processes[name].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+        master = self.master_server()
+        for name in self.ports:
+            if name != master:
+                self.processes[name].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
-    def kill_master(self) -> None:
-        """SIGKILL the master's process (by its pid)."""
-        process = self.processes.pop("master")
+    def kill_master(self) -> str:
+        """SIGKILL the master's process (by its pid); the name of the server killed."""
+        name = self.master_server()
+        process = self.processes.pop(name)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
+        return name
 
-    def wait_failover(self, timeout_s: float = 30.0) -> int:
-        """The new master's port once every Sentinel names a replica master, it says so, and
-        the other replica follows it."""
-        replicas = {self.ports["replica"], self.ports["replica-2"]}
+    def restart(self, name: str, timeout_s: float = 30.0) -> None:
+        """Start the killed server ``name`` again on its port, empty and believing itself a
+        master, as a supervisor restarting it would: the Sentinels make it a replica of the
+        current master, and this returns once it is in sync."""
+        self._server(name)
+        assert wait_until(self.ready, timeout_s, interval_s=0.1), (
+            f"{name} not back: {self.log_tail()}"
+        )
+
+    def stop_master(self, paused: bool) -> str:
+        """SIGSTOP the master (a network pause: its connections stay open, nothing answers), or
+        SIGCONT the server stopped before; the name of that server."""
+        if paused:
+            self._paused = self.master_server()
+        self.processes[self._paused].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+        return self._paused
+
+    def wait_failover(self, old_port: int | None = None, timeout_s: float = 30.0) -> int:
+        """The new master's port once every Sentinel names another server than ``old_port``
+        (default: the first master) master, it says so, and another replica follows it."""
+        former = self.ports["master"] if old_port is None else old_port
 
         def promoted() -> bool:
             port = self.master_port()
-            if port not in replicas:
+            if port is None or port == former:
                 return False
-            with redis.Redis(port=port, decode_responses=True) as client:
+            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
                 info = client.info("replication")
                 return info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1
 
@@ -145,6 +181,7 @@ class SentinelSet:
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
                 process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
             try:

@@ -269,6 +269,23 @@ def test_redis_down_is_503_and_never_a_traceback(make_client: MakeClient) -> Non
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_job_no_replica_confirms_is_503_saying_to_send_it_again(
+    make_client: MakeClient,
+) -> None:
+    # The test's Redis has no replica: a job that must be on one cannot be confirmed
+    client = make_client(redis_min_replicas=1, redis_replica_wait_ms=20)
+    body = {"endpoint": "flux-dev", "request": {"prompt": "a heron"}, "job_id": "heron"}
+    answer = client.post("/v1/jobs", json=body)
+    assert answer.status_code == 503
+    detail = answer.json()["detail"]
+    assert "FLUXQ_REDIS_MIN_REPLICAS" in detail
+    assert "same job id" in detail
+    # It was made on the master: sent again with the same id it is found, not made twice
+    relaxed = make_client()
+    assert relaxed.post("/v1/jobs", json=body).status_code == 200
+    assert relaxed.get("/v1/jobs/heron").json()["state"] == "queued"
+
+
 def test_a_redis_that_hangs_is_503_after_the_timeout_not_a_stalled_api(
     make_client: MakeClient,
 ) -> None:

@@ -6,7 +6,7 @@ Counters move in the same script as the state, so ``batch_counts`` never scans j
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from fluxq.workers.state.jobs import (
     parse_job,
     sources,
 )
+from fluxq.workers.state.redis_client import follow_master
 from fluxq.workers.state.scripts import Scripts
 
 PRIORITY_BAND = 2**42
@@ -45,6 +46,17 @@ NAME_TAKEN = -1
 PLACEMENTS_KEPT = 8192
 """Jobs whose batch, key and group a store remembers: more than one key's jobs in flight and
 waiting to be saved; about 1 MB."""
+
+
+REPLICATED_TRIES = 3
+"""Times a write that must reach a replica is made before ReplicaShortfall: after a shortfall the
+next try goes to the master the Sentinels name now (``follow_master``)."""
+
+
+class ReplicaShortfall(redis.ConnectionError):
+    """A write no replica confirmed (FLUXQ_REDIS_MIN_REPLICAS) after REPLICATED_TRIES tries: as
+    with a connection lost mid-call, it may or may not have happened, and a failover now could
+    lose it. Making it again is safe (each such write is idempotent)."""
 
 
 class NameTaken(InvalidRequest):
@@ -144,16 +156,52 @@ class JobStore:
     read once per call and passed to the scripts.
     """
 
-    def __init__(self, redis: redis.Redis[str], *, terminal_ttl_s: float = 7 * 86400) -> None:
+    def __init__(
+        self,
+        redis: redis.Redis[str],
+        *,
+        terminal_ttl_s: float = 7 * 86400,
+        min_replicas: int = 0,
+        replica_wait_ms: int = 500,
+    ) -> None:
         if terminal_ttl_s <= 0:
             raise ValueError(f"terminal_ttl_s must be positive, got {terminal_ttl_s}")
         self._redis = redis
+        self.min_replicas = min_replicas
+        """Replicas that must hold a new job, a submit marker and BFL's answer before fluxq goes
+        on (FLUXQ_REDIS_MIN_REPLICAS); 0: no wait."""
+        self._replica_wait_ms = replica_wait_ms
         self._scripts = Scripts(redis)
         self._terminal_ttl_ms = max(1, int(terminal_ttl_s * 1000))
         self._placements: dict[str, tuple[str, str, str]] = {}
         """Job id -> (batch, key label, group), which never change for an id (ids are never
         reused): a move's keys come from here, not from one more read of the record."""
         self._placements_lock = threading.Lock()
+
+    def _replicated(self, write: Callable[[Any], None], what: str) -> list[list[Any]]:
+        """Make an idempotent ``write`` (commands queued on the pipeline it is given) and wait
+        for ``min_replicas`` to hold it (WAIT counts its own connection's writes, so both go in
+        one pipeline); the results of each try, WAIT's count left out.
+
+        A shortfall means a slow replica or a master that is one no longer (paused past a
+        failover, it answers until the Sentinels demote it, up to 10 s, and what it takes is
+        lost): ``follow_master`` takes the next try to the master the Sentinels name now."""
+        tries: list[list[Any]] = []
+        acked = 0
+        for _ in range(REPLICATED_TRIES):
+            pipe = self._redis.pipeline(transaction=False)
+            write(pipe)
+            pipe.wait(self.min_replicas, self._replica_wait_ms)
+            *results, acked = pipe.execute()
+            tries.append(results)
+            if int(acked) >= self.min_replicas:
+                return tries
+            follow_master(self._redis)
+        raise ReplicaShortfall(
+            f"{what}: written, but {acked} of {self.min_replicas} Redis replicas confirmed it in "
+            f"{self._replica_wait_ms} ms, {REPLICATED_TRIES} times (FLUXQ_REDIS_MIN_REPLICAS): "
+            "a failover now could lose it; make it again (the same ids are safe to resend)"
+        )
 
     @property
     def redis(self) -> redis.Redis[str]:
@@ -166,7 +214,15 @@ class JobStore:
         NameTaken (an InvalidRequest naming ``name``) when another job of the batch holds the
         job's file name; nothing changes then either.
         """
-        result = int(self._enqueue(job, now_s, self._redis))
+        if self.min_replicas:
+            tries = self._replicated(
+                lambda pipe: self._enqueue(job, now_s, pipe), f"job {job.job_id}"
+            )
+            # A try that met a stale master was lost; one that found the job made it before.
+            results = [int(result) for (result,) in tries]
+            result = 1 if 1 in results else results[-1]
+        else:
+            result = int(self._enqueue(job, now_s, self._redis))
         if result == NAME_TAKEN:
             raise self._name_taken([job])
         return result == 1
@@ -179,18 +235,30 @@ class JobStore:
         """
         created = 0
         refused: list[NewJob] = []
-        pipe = self._redis.pipeline(transaction=False)
         chunk: list[NewJob] = []
         for job in jobs:
-            self._enqueue(job, now_s, pipe)
             chunk.append(job)
             if len(chunk) == ENQUEUE_CHUNK:
-                created += _tally(chunk, pipe.execute(), refused)
+                created += self._enqueue_chunk(chunk, now_s, refused)
                 chunk = []
-        created += _tally(chunk, pipe.execute(), refused)
+        created += self._enqueue_chunk(chunk, now_s, refused)
         if refused:
             raise self._name_taken(refused)
         return created
+
+    def _enqueue_chunk(self, chunk: list[NewJob], now_s: float, refused: list[NewJob]) -> int:
+        def write(pipe: Any) -> None:
+            for job in chunk:
+                self._enqueue(job, now_s, pipe)
+
+        if not self.min_replicas:
+            pipe = self._redis.pipeline(transaction=False)
+            write(pipe)
+            return _tally(chunk, pipe.execute(), refused)
+        tries = self._replicated(write, f"{len(chunk)} jobs from {chunk[0].job_id}")
+        # Per job: made by any try (1) beats found (0) beats a name held by another (-1).
+        merged = [max(int(result) for result in results) for results in zip(*tries, strict=True)]
+        return _tally(chunk, merged, refused)
 
     def _name_taken(self, jobs: list[NewJob]) -> NameTaken:
         errors = []
@@ -247,6 +315,7 @@ class JobStore:
         fields: Mapping[str, str | int | float] | None = None,
         reason: str | None = None,
         clear: Collection[str] = (),
+        replicated: bool = False,
     ) -> bool:
         """Move the job to ``to`` if it is in one of ``from_states`` (compare-and-set).
 
@@ -257,7 +326,8 @@ class JobStore:
         event. A terminal move sets the record's TTL. A job is in its backlog exactly while it is
         queued (a cancel takes it out; a move to queued puts it back at its arrival place). Slots
         belong to the limiter: release one there (or use ``SlotLimiter.requeue_front``).
-        The fields named in ``clear`` are removed in the same step.
+        The fields named in ``clear`` are removed in the same step. ``replicated``: held by
+        ``min_replicas`` before this returns (ReplicaShortfall if never).
         """
         froms = sources(to) if from_states is None else tuple(State(s) for s in from_states)
         check_moves(froms, to)
@@ -270,25 +340,33 @@ class JobStore:
         args: list[str | int | float] = [job_id, now_s, to.value, ttl_ms]
         args += ["1" if reason is not None else "0", reason or "", keys.EVENTS_CHANNEL]
         args += [len(froms), *(state.value for state in froms), len(clear), *clear, *pairs]
-        return bool(self._scripts.transition(keys=record_keys, args=args))
+        if not (replicated and self.min_replicas):
+            return bool(self._scripts.transition(keys=record_keys, args=args))
+        # Made again after a shortfall, a move found done is "not moved": any try that moved it
+        # is the answer.
+        tries = self._replicated(
+            lambda pipe: self._scripts.transition(keys=record_keys, args=args, client=pipe),
+            f"job {job_id} to {to.value}",
+        )
+        return any(bool(result) for (result,) in tries)
 
-    def start_submit(
-        self, job_id: str, *, now_s: float, replicas: int = 0, wait_ms: int = 0
-    ) -> tuple[int, int]:
+    def start_submit(self, job_id: str, *, now_s: float) -> tuple[int, int]:
         """Count a submit attempt and set the ``submitting_at`` marker, in one step, if the job
         is admitted and unmarked; returns the attempt, or 0 when it is not (missing, cancelled,
         or another delivery's POST is under way): then nothing is written and nothing is sent.
 
-        With ``replicas``, the same connection then waits up to ``wait_ms`` for that many
-        replicas to hold the write (Redis's WAIT counts the writes of its own connection, so
-        the two go in one pipeline); the second number is how many did (0 without).
+        With ``min_replicas``, the same connection then waits for that many replicas to hold
+        the write; the second number is how many did (0 without). Too few: ``follow_master``,
+        so the caller's next try reaches the master the Sentinels name now.
         """
-        if not replicas:
+        if not self.min_replicas:
             return int(self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s])), 0
         pipe = self._redis.pipeline(transaction=False)
         self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s], client=pipe)
-        pipe.wait(replicas, wait_ms)
+        pipe.wait(self.min_replicas, self._replica_wait_ms)
         attempt, acked = pipe.execute()
+        if int(acked) < self.min_replicas:
+            follow_master(self._redis)
         return int(attempt), int(acked)
 
     def update_submitted(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
@@ -343,19 +421,28 @@ class JobStore:
         """Append encoded batch lines to the batch's lane in one script call, each line once."""
         if not entries:
             return LaneResult(0, 0, [])
-        result = self._scripts.enqueue_lane(
-            keys=[
-                keys.lane(label, group, batch),
-                keys.names(batch),
-                keys.batch(batch),
-                keys.BATCHES,
-                keys.lanes(label, group),
-                keys.groups(label),
-                keys.SEQ,
-            ],
-            args=[now_s, batch, priority, group, keys.EVENTS_CHANNEL, *entries],
-        )
-        added, present, _count, *positions = (int(part) for part in result)
+        lane_keys = [
+            keys.lane(label, group, batch),
+            keys.names(batch),
+            keys.batch(batch),
+            keys.BATCHES,
+            keys.lanes(label, group),
+            keys.groups(label),
+            keys.SEQ,
+        ]
+        args = [now_s, batch, priority, group, keys.EVENTS_CHANNEL, *entries]
+        if self.min_replicas:
+            tries = self._replicated(
+                lambda pipe: self._scripts.enqueue_lane(keys=lane_keys, args=args, client=pipe),
+                f"{len(entries)} lines of batch {batch}",
+            )
+            # A try that met a stale master was lost; a later one finds its lines present: the
+            # try that added most says what happened.
+            results = [[int(part) for part in result] for (result,) in tries]
+            added, present, _count, *positions = max(results, key=lambda result: result[0])
+        else:
+            result = self._scripts.enqueue_lane(keys=lane_keys, args=args)
+            added, present, _count, *positions = (int(part) for part in result)
         return LaneResult(added, present, [position - 1 for position in positions])
 
     def cancel_lane(self, *, label: str, group: str, batch: str, now_s: float) -> int:
