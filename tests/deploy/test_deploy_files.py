@@ -31,6 +31,7 @@ import yaml
 
 from fluxq.config.env_example import env_name, is_secret, render
 from fluxq.config.errors import ConfigError
+from fluxq.config.redis_url import parse_sentinel
 from fluxq.config.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -606,21 +607,59 @@ def test_compose_secrets_come_from_the_env_file_only() -> None:
         assert as_argv(service.get("env_file")) == [".env"], f"{name}: env_file .env"
 
 
+def image_default(image: str) -> str:
+    """An image named ``${VAR:-default}`` as compose resolves it with VAR unset."""
+    found = re.fullmatch(r"\$\{[A-Z_]+:-([^}]+)\}", image)
+    return found.group(1) if found else image
+
+
+def redis_services() -> dict[str, dict[str, Any]]:
+    """The Redis servers (not the Sentinels) of the compose file."""
+    return {
+        name: service
+        for name, service in services().items()
+        if image_default(str(service.get("image", ""))).startswith("redis:")
+        and "--sentinel" not in " ".join(as_argv(service.get("command")))
+    }
+
+
 def test_compose_redis_persists_and_never_evicts() -> None:
-    redis_services = [
-        s for s in services().values() if str(s.get("image", "")).startswith("redis:")
-    ]
-    assert len(redis_services) == 1
-    (redis_service,) = redis_services
-    command = " ".join(as_argv(redis_service["command"]))
-    assert "--appendonly yes" in command
-    assert "--maxmemory-policy noeviction" in command
-    volumes = [str(v).split(":") for v in redis_service["volumes"]]
-    assert any(
-        target == "/data" and source in compose()["volumes"] for source, target, *_ in volumes
-    )
-    image_tag = str(redis_service["image"]).split(":", 1)[1]
-    assert re.match(r"\d+\.\d+\.\d+", image_tag), "pin Redis to an exact release"
+    by_profile = {name: s.get("profiles") for name, s in redis_services().items()}
+    assert by_profile == {"redis": None, "redis-replica-1": ["ha"], "redis-replica-2": ["ha"]}
+    for redis_service in redis_services().values():
+        command = " ".join(as_argv(redis_service["command"]))
+        assert "--appendonly yes" in command
+        assert "--maxmemory-policy noeviction" in command
+        volumes = [str(v).split(":") for v in redis_service["volumes"]]
+        assert any(
+            target == "/data" and source in compose()["volumes"] for source, target, *_ in volumes
+        )
+        image_tag = image_default(str(redis_service["image"])).split(":", 1)[1]
+        assert re.match(r"\d+\.\d+\.\d+", image_tag), "pin Redis to an exact release"
+
+
+def test_the_ha_profile_is_two_replicas_of_redis_and_three_sentinels_watching_it() -> None:
+    ha = {name: s for name, s in services().items() if s.get("profiles") == ["ha"]}
+    sentinels = {
+        name: " ".join(as_argv(s.get("command")))
+        for name, s in ha.items()
+        if "--sentinel" in " ".join(as_argv(s.get("command")))
+    }
+    assert sorted(sentinels) == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    for text in sentinels.values():
+        assert "sentinel monitor mymaster redis 6379 2" in text  # quorum 2 of 3
+        assert "port 26379" in text
+    for name in ("redis-replica-1", "redis-replica-2"):
+        command = as_argv(ha[name]["command"])
+        assert command[command.index("--replicaof") + 1 : command.index("--replicaof") + 3] == [
+            "redis",
+            "6379",
+        ]
+    # The URL the comment gives parses as fluxq's Sentinel URL and names these three
+    url = re.search(r"FLUXQ_REDIS_URL=(sentinel://\S+)", COMPOSE.read_text())
+    assert url is not None
+    parsed = parse_sentinel(url.group(1))
+    assert parsed.sentinels == tuple((name, 26379) for name in sorted(sentinels))
 
 
 def redis_url_of(service: dict[str, Any]) -> str:
@@ -829,7 +868,7 @@ def test_k8s_references_resolve() -> None:
 
 
 def test_the_optional_k8s_redis_is_one_replica_with_aof_and_noeviction() -> None:
-    (redis_set,) = [s for s in k8s_of("StatefulSet") if "redis" in s["metadata"]["name"]]
+    (redis_set,) = [s for s in k8s_of("StatefulSet") if s["metadata"]["name"] == "fluxq-redis"]
     assert redis_set["spec"]["replicas"] == 1
     assert redis_set["spec"]["volumeClaimTemplates"]
     (container,) = redis_set["spec"]["template"]["spec"]["containers"]
@@ -995,3 +1034,27 @@ def test_healthcheck_sends_the_token_to_metrics_and_only_there(
         server.shutdown()
         server.server_close()
     assert seen == ["Bearer metrics-token-123", None]
+
+
+def test_the_optional_k8s_sentinel_set_is_three_servers_and_three_sentinels_fluxq_can_name() -> (
+    None
+):
+    by_name = {s["metadata"]["name"]: s for s in k8s_of("StatefulSet")}
+    servers, sentinels = by_name["fluxq-redis-ha"], by_name["fluxq-redis-sentinel"]
+    assert servers["spec"]["replicas"] == sentinels["spec"]["replicas"] == 3
+    assert servers["spec"]["volumeClaimTemplates"]
+    (server,) = servers["spec"]["template"]["spec"]["containers"]
+    script = " ".join(as_argv(server["command"]))
+    assert "--appendonly yes" in script
+    assert "--maxmemory-policy noeviction" in script
+    assert "get-master-addr-by-name mymaster" in script  # a restarted master comes back a replica
+    (sentinel,) = sentinels["spec"]["template"]["spec"]["containers"]
+    assert "mymaster $master 6379 2" in " ".join(as_argv(sentinel["command"]))  # quorum 2
+    services = {s["metadata"]["name"] for s in k8s_of("Service")}
+    assert {servers["spec"]["serviceName"], sentinels["spec"]["serviceName"]} <= services
+    # The URL its header gives parses as fluxq's and names the three Sentinel pods
+    text = (K8S / "optional" / "redis-sentinel.yaml").read_text()
+    url = re.search(r'FLUXQ_REDIS_URL: "(sentinel://[^"]+)"', text)
+    assert url is not None
+    names = [host for host, _port in parse_sentinel(url.group(1)).sentinels]
+    assert names == [f"fluxq-redis-sentinel-{n}.fluxq-redis-sentinel" for n in range(3)]
