@@ -46,6 +46,8 @@ BROWNOUT_MARK = "images_per_min_before"
 def _text(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, list):  # one figure per fault of a case that injects several
+        return " / ".join(_text(item) for item in value)
     if isinstance(value, float):
         return f"{value:.1f}".removesuffix(".0")
     return str(value)
@@ -103,6 +105,9 @@ def _brownout_notes(row: dict[str, Any]) -> str:
         ("lost_answers", "{} answers lost"),
         ("uncertain_without_bfl_task", "{} uncertain with no task at BFL"),
         ("rate_limited_429", "{} 429s"),
+        ("failover_s", "failovers took {} s"),
+        ("throughput_lost_s_per_failover", "each cost {} s of full throughput"),
+        ("service_enqueue_errors", "{} service enqueues retried"),
     ):
         if row.get(key):  # absent, None or 0: nothing to say
             notes.append(words.format(_text(row[key])))
