@@ -81,10 +81,14 @@ def ready(rt: Runtime, job: Job, fields: Fields) -> bool:
     # Watch the save before the job becomes ready, so no crash can leave a ready job unwatched.
     rt.store.watch_save(job.job_id, job.key_label, until_s=rt.clock() + rt.settings.lease_ttl_s)
     now = rt.clock()
+    # The slot goes in the move's own step: a failover may lose both, never one of them (a job
+    # left submitted with no lease, no due poll and its save refused would never be seen again).
     moved = rt.store.transition(
-        job.job_id, State.READY, from_states=(State.SUBMITTED,), now_s=now, fields=fields
-    )
-    _release(rt, job)
+        job.job_id, State.READY, from_states=(State.SUBMITTED,), now_s=now, fields=fields,
+        leaves=rt.limiter.slot_keys(job.group),
+    )  # fmt: skip
+    if moved:
+        admit_and_dispatch(rt)
     submitted_at = job.times.get(State.SUBMITTED.value)
     if moved and submitted_at is not None:
         histograms.observe(rt.redis, histograms.SUBMIT_TO_READY, job.endpoint, now - submitted_at)
@@ -109,20 +113,24 @@ def end(
     if not to.terminal:
         raise ValueError(f"{to.value} is not a terminal state")
     now = rt.clock()
-    moved = rt.store.transition(job.job_id, to, now_s=now, reason=reason, fields=fields)
+    # Only what the job (as the caller read it) holds is given back, in the move's own step: a
+    # ready job's slot went at Ready, and only a ready job's save is watched, so a done job costs
+    # no extra round trip. A refused move (another path ended it first, or the table forbids it)
+    # frees nothing: the path that did end it freed the slot, and a job still admitted keeps it.
+    leaves = [rt.store.save_watch(job.key_label)] if job.state is State.READY else []
+    freed = job.state.holds_slot and not keep_slot
+    if freed:
+        leaves += rt.limiter.slot_keys(job.group)
+    moved = rt.store.transition(
+        job.job_id, to, now_s=now, reason=reason, fields=fields, leaves=leaves
+    )
     ready_at = job.times.get(State.READY.value)
     if moved and to is State.DONE and ready_at is not None:
         histograms.observe(rt.redis, histograms.READY_TO_SAVED, job.endpoint, now - ready_at)
     if moved and job.state is State.ADMITTED and job.est is not None:
         rt.store.account(job.batch, committed=-job.est)  # never sent: nothing was spent
-    # Only what the job (as the caller read it) holds is given back: a ready job's slot went at
-    # Ready, and only a ready job's save is watched, so a done job costs no extra round trips.
-    if job.state is State.READY:
-        rt.store.unwatch_save(job.job_id, job.key_label)
-    # A refused move (another path ended it first, or the table forbids it) frees nothing: the
-    # path that did end it freed the slot, and a job still admitted must keep it.
-    if moved and job.state.holds_slot and not keep_slot:
-        _release(rt, job)
+    if moved and freed:
+        admit_and_dispatch(rt)
     if moved and to is State.FAILED:
         rt.store.count_reason(job.batch, reason or "unknown")
         log.warning(
@@ -171,8 +179,3 @@ def _estimate(rt: Runtime, job: Job) -> float:
         return estimate_credits(job.endpoint, request, catalog=catalog)
     except InvalidRequest:  # a record written before a catalog change: count nothing
         return 0.0
-
-
-def _release(rt: Runtime, job: Job) -> None:
-    if rt.limiter.release(job.job_id, job.group):
-        admit_and_dispatch(rt)

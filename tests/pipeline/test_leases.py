@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from fluxq.tasks import lifecycle
 from fluxq.tasks.enqueue import enqueue
 from fluxq.tasks.poll import poll_job
 from fluxq.tasks.submit import submit_job
@@ -206,3 +207,20 @@ def test_a_job_polled_first_after_its_deadline_is_still_fetched_when_bfl_finishe
     assert pipeline.job(job_id).state is State.READY
     pipeline.drain()
     assert pipeline.job(job_id).state is State.DONE
+
+
+def test_a_ready_move_that_was_lost_keeps_the_slot_so_the_sweep_still_finds_the_job(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a submitted job holding its slot
+    job_id = enqueue(pipeline.rt, "flux-dev", {"prompt": "a heron", "seed": 4})
+    assert submit_job(pipeline.rt, job_id) is None
+    job = pipeline.job(job_id)
+    assert job.state is State.SUBMITTED
+    assert pipeline.rt.limiter.held() == 1
+    # When BFL says Ready but the move to ready is lost (a master replaced mid-sequence took it)
+    monkeypatch.setattr(pipeline.rt.store, "transition", lambda *args, **kwargs: False)
+    assert not lifecycle.ready(pipeline.rt, job, {})
+    # Then its slot is kept with it: the lease lapses and the sweep polls the job again,
+    # instead of a submitted job with no lease that nothing would ever look at
+    assert pipeline.rt.limiter.held() == 1

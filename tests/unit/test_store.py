@@ -501,3 +501,25 @@ def test_batches_are_listed_oldest_first(store: JobStore) -> None:
     store.enqueue(new_job("j2", batch="morning"), now_s=NOW_S + 9)
     store.enqueue(new_job("j3", batch="night"), now_s=NOW_S + 20)
     assert store.batches() == ["night", "morning"]
+
+
+def test_a_move_takes_the_job_out_of_what_it_leaves_in_the_same_step_and_a_refused_one_does_not(
+    store: JobStore, redis_client: redis.Redis[str]
+) -> None:
+    # Given a submitted job holding a slot lease (a zset) and a lane slot (a set)
+    store.enqueue(new_job("j1"), now_s=NOW_S)
+    assert store.transition("j1", State.ADMITTED, now_s=NOW_S)
+    assert store.transition("j1", State.SUBMITTED, now_s=NOW_S)
+    redis_client.zadd(keys.slots(LABEL), {"j1": NOW_S + 60, "other": NOW_S + 60})
+    redis_client.sadd(keys.lane_slots(LABEL), "j1", "other")
+    leaves = [keys.slots(LABEL), keys.lane_slots(LABEL), "fluxq:absent"]
+    # When a move the table refuses names them: nothing changes
+    assert not store.transition("j1", State.ADMITTED, now_s=NOW_S, leaves=leaves)
+    assert redis_client.zscore(keys.slots(LABEL), "j1") is not None
+    assert redis_client.sismember(keys.lane_slots(LABEL), "j1")
+    # When the move to ready is made with them: the job leaves both, in that step, others stay
+    assert store.transition("j1", State.READY, now_s=NOW_S, leaves=leaves)
+    assert redis_client.zscore(keys.slots(LABEL), "j1") is None
+    assert not redis_client.sismember(keys.lane_slots(LABEL), "j1")
+    assert redis_client.zscore(keys.slots(LABEL), "other") is not None
+    assert redis_client.sismember(keys.lane_slots(LABEL), "other")

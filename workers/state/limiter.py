@@ -234,6 +234,11 @@ class SlotLimiter:
         pipe.zadd(keys.group_slots(self.label, group), expiry, xx=True)
         pipe.execute()
 
+    def slot_keys(self, group: str) -> list[str]:
+        """Every key a job's slot is held in (what ``release`` empties of it), for a state move
+        that frees the slot in the same step (``JobStore.transition``'s ``leaves``)."""
+        return [self._slots, keys.group_slots(self.label, group), self._lane_slots, self._doubt]
+
     def release(self, job_id: str, group: str) -> bool:
         """Free the job's slot; True if it held one."""
         pipe = self._redis.pipeline(transaction=True)

@@ -316,6 +316,7 @@ class JobStore:
         reason: str | None = None,
         clear: Collection[str] = (),
         replicated: bool = False,
+        leaves: Sequence[str] = (),
     ) -> bool:
         """Move the job to ``to`` if it is in one of ``from_states`` (compare-and-set).
 
@@ -327,15 +328,18 @@ class JobStore:
         queued (a cancel takes it out; a move to queued puts it back at its arrival place). Slots
         belong to the limiter: release one there (or use ``SlotLimiter.requeue_front``).
         The fields named in ``clear`` are removed in the same step. ``replicated``: held by
-        ``min_replicas`` before this returns (ReplicaShortfall if never).
+        ``min_replicas`` before this returns (ReplicaShortfall if never). ``leaves``: sets or
+        sorted sets the job id is removed from with the move, in the same step (its slot leases,
+        its save watch), so a failover never keeps the one without the other.
         """
         froms = sources(to) if from_states is None else tuple(State(s) for s in from_states)
         check_moves(froms, to)
         _check_writable(clear)
         pairs = _pairs(fields or {})
-        record_keys = self._record_keys(job_id)
-        if record_keys is None:
+        found = self._record_keys(job_id)
+        if found is None:
             return False
+        record_keys = [*found, *leaves]
         ttl_ms = self._terminal_ttl_ms if to.terminal else 0
         args: list[str | int | float] = [job_id, now_s, to.value, ttl_ms]
         args += ["1" if reason is not None else "0", reason or "", keys.EVENTS_CHANNEL]
@@ -545,6 +549,11 @@ class JobStore:
         record_keys = self._record_keys(job_id)
         if record_keys is not None:
             self._scripts.mark_uncertain(keys=record_keys[:2], args=[])
+
+    @staticmethod
+    def save_watch(label: str) -> str:
+        """The key a watched save is in (for ``transition``'s ``leaves``)."""
+        return keys.saves(label)
 
     def watch_save(self, job_id: str, label: str, *, until_s: float) -> None:
         """Ask the sweep to re-send this job's save unless it ends before ``until_s``."""

@@ -2,6 +2,7 @@
 -- KEYS[1] job hash          fluxq:job:{job_id}
 -- KEYS[2] batch counters    fluxq:batch:{batch}      (the job's batch)
 -- KEYS[3] backlog zset      fluxq:backlog:{k}:{g}    (the job's backlog)
+-- KEYS[4 ..] sets or zsets the job leaves with the move (its slot leases, its save watch)
 -- ARGV[1] job id   ARGV[2] now (s)   ARGV[3] new state   ARGV[4] TTL in ms, 0 unless terminal
 -- ARGV[5] "1" when a reason is given   ARGV[6] the reason   ARGV[7] events channel
 -- ARGV[8] n, the number of allowed current states   ARGV[9 .. 8+n] those states
@@ -9,7 +10,9 @@
 -- ARGV[10+n+m ..] field, value pairs to set with the move
 -- Returns 1 when moved, 0 when the job is missing or not in an allowed state (nothing changes).
 -- A job is in its backlog exactly while it is queued: a move out of queued (a cancel) takes it
--- out, a move to queued puts it back at its arrival place. Slots are the limiter's: none is freed.
+-- out, a move to queued puts it back at its arrival place. Slots are freed only as KEYS[4 ..] say:
+-- in the same step as the move, so no failover can keep the one and lose the other (a client
+-- that changes masters mid-sequence would otherwise keep a later write and lose an earlier one).
 -- A terminal move sets the record's TTL; any other move clears a TTL (PERSIST).
 local record = redis.call('HMGET', KEYS[1], 'state', 'batch', 'reason')
 local state = record[1]
@@ -52,5 +55,13 @@ if state == 'queued' and ARGV[3] ~= 'queued' then
 elseif state ~= 'queued' and ARGV[3] == 'queued' then
   local place = redis.call('HMGET', KEYS[1], 'priority', 'seq')
   redis.call('ZADD', KEYS[3], fluxq_score(tonumber(place[1]), tonumber(place[2]), false), ARGV[1])
+end
+for i = 4, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind == 'zset' then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  elseif kind == 'set' then
+    redis.call('SREM', KEYS[i], ARGV[1])
+  end
 end
 return 1
