@@ -180,7 +180,14 @@ def test_a_batch_and_service_jobs_ride_out_three_failovers_on_two_worker_trees(
     # batch sent by `fluxq batch submit` and a service enqueueing a job every 0.4 s throughout
     started = time.monotonic()
     cluster = fault_cluster(redis_url_override=sentinels.url, FLUXQ_REDIS_MIN_REPLICAS="1")
-    cluster.sim.configure(time_scale=1.0, latency={"default": {"kind": "fixed", "seconds": 2.0}})
+    # A quarter of the POSTs take 1 s (BFL creates the task after it): a few are always in
+    # flight, so each SIGKILL can meet some
+    cluster.sim.configure(
+        time_scale=1.0,
+        latency={"default": {"kind": "fixed", "seconds": 2.0}},
+        submit_slow_rate=0.25,
+        slow_delay_s=1.0,
+    )
     for _ in range(2):
         cluster.start_worker(threads=8, save_threads=2)
     lines = tmp_path / "night.jsonl"
@@ -230,6 +237,7 @@ def test_a_batch_and_service_jobs_ride_out_three_failovers_on_two_worker_trees(
     # And nothing is lost, nothing paid twice outside jobs flagged uncertain, the cap kept
     assert_common(report, cluster)
     assert service.given_up == 0, f"an enqueue failed {SERVICE_TRIES} times in a row"
+    assert all(fault["posts"] for fault in faults if fault["kind"] == "SIGKILL"), faults
     # (a job failed only as uncertain: its answer was lost with a master, never sent twice)
     failed = [job for job in cluster.jobs(ids).values() if job and job.state is State.FAILED]
     assert all(job.uncertain for job in failed), report.failures
@@ -304,6 +312,8 @@ def _failover(
     """Inject one fault on the current master, wait for the failover and the server's return
     as a replica; when it began (epoch s), how long the failover took, what was in flight."""
     old_port = sentinels.master_port()
+    if kind == "SIGKILL":  # with POSTs in flight (answers the old master will never hear of)
+        wait_until(lambda: cluster.posts_in_flight(batch_ids) >= 1, 15, interval_s=0.05)
     in_flight = cluster.posts_in_flight(batch_ids)
     began = time.time()
     if kind == "SIGKILL":
