@@ -324,7 +324,7 @@ def _run_stack(stack: Stack, api: httpx.Client, python: str) -> None:
     assert image.status_code == 200
     assert image.headers["content-type"].startswith("image/")
     flower = f"http://127.0.0.1:{stack.flower_port}"
-    assert httpx.get(f"{flower}/healthcheck", timeout=10).status_code == 200
+    assert wait_until(lambda: _up(f"{flower}/healthcheck"), 60, interval_s=1.0)
 
     # Given the ha profile: two replicas, three Sentinels, fluxq on the Sentinel URL
     stack.write_env(FLUXQ_REDIS_URL=stack.sentinel_url, FLUXQ_REDIS_MIN_REPLICAS="1")
@@ -350,7 +350,9 @@ def _run_stack(stack: Stack, api: httpx.Client, python: str) -> None:
     assert counts["failed"] == counts.get("uncertain", 0), counts
     assert stats["max_active"] <= 24
     assert stats["duplicate_submits"] <= counts.get("uncertain", 0), stats["duplicates"]
-    assert httpx.get(f"{flower}/healthcheck", timeout=10).status_code == 200
+    assert wait_until(lambda: _up(f"{flower}/healthcheck"), 60, interval_s=1.0), stack.compose(
+        "logs", "flower"
+    )
     print(f"compose ha failover: {failover_s:.1f} s; second batch {counts}")
 
 
@@ -367,6 +369,14 @@ def _submit(stack: Stack, python: str, name: str, total: int, url: str, **settin
          "--endpoint", "flux-dev"],
         timeout_s=120, env=stack.producer_env(url, **settings),
     )  # fmt: skip
+
+
+def _up(url: str) -> bool:
+    """Flower answers (it reconnects to the broker after a failover on its own time)."""
+    try:
+        return httpx.get(url, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _ok(api: httpx.Client, path: str) -> bool:
