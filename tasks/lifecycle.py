@@ -71,9 +71,10 @@ def _record_answer(rt: Runtime, job: Job, fields: Fields, from_state: State) -> 
 def requeue(rt: Runtime, job: Job, reason: str) -> bool:
     """Put an admitted job (never sent, or safe to send again) back at the head of its backlog.
 
-    Its ``submitting_at`` marker goes first: the job was not submitted."""
-    rt.store.clear_fields(job.job_id, JobField.SUBMITTING_AT)
-    return rt.limiter.requeue_front(job.job_id, job.group, now_s=rt.clock(), reason=reason)
+    Its ``submitting_at`` marker goes in the same step: the job was not submitted."""
+    return rt.limiter.requeue_front(
+        job.job_id, job.group, now_s=rt.clock(), reason=reason, unsent=True
+    )
 
 
 def ready(rt: Runtime, job: Job, fields: Fields) -> bool:

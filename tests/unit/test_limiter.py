@@ -544,3 +544,20 @@ def test_concurrent_admission_never_exceeds_the_caps_nor_admits_a_job_twice(
     assert len(admitted) == len(set(admitted))
     assert set(admitted) == set(enqueued)
     assert limiter.held() == 0
+
+
+def test_a_requeue_of_an_unsent_job_drops_its_submit_marker_in_the_same_step_and_only_then(
+    limiter: SlotLimiter, store: JobStore, redis_client: redis.Redis[str]
+) -> None:
+    # Given two admitted jobs that carry a submit marker
+    fill(store, 2)
+    assert limiter.admit(now_s=NOW_S) == ["j0", "j1"]
+    for job_id in ("j0", "j1"):
+        redis_client.hset(keys.job(job_id), "submitting_at", str(NOW_S))
+    # When one is requeued as certainly unsent and the other as the sweep requeues
+    assert limiter.requeue_front("j0", DEFAULT, now_s=NOW_S, reason="402", unsent=True)
+    assert limiter.requeue_front("j1", DEFAULT, now_s=NOW_S, reason="lease lapsed")
+    # Then only the unsent one lost its marker, with the move
+    assert redis_client.hget(keys.job("j0"), "submitting_at") is None
+    assert redis_client.hget(keys.job("j1"), "submitting_at") == str(NOW_S)
+    assert redis_client.hget(keys.job("j0"), "state") == "queued"

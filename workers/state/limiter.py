@@ -248,8 +248,11 @@ class SlotLimiter:
         pipe.zrem(self._doubt, job_id)
         return bool(pipe.execute()[0])
 
-    def requeue_front(self, job_id: str, group: str, *, now_s: float, reason: str) -> bool:
-        """Put an admitted job back at the front of its priority band and free its slot."""
+    def requeue_front(
+        self, job_id: str, group: str, *, now_s: float, reason: str, unsent: bool = False
+    ) -> bool:
+        """Put an admitted job back at the front of its priority band and free its slot;
+        ``unsent`` (the job was certainly not sent) also drops its submit marker, in that step."""
         batch = self._redis.hget(keys.job(job_id), "batch")
         if batch is None:
             return False
@@ -262,7 +265,7 @@ class SlotLimiter:
                 keys.batch(batch),
                 self._lane_slots,
             ],
-            args=[job_id, now_s, reason, keys.EVENTS_CHANNEL],
+            args=[job_id, now_s, reason, keys.EVENTS_CHANNEL, "1" if unsent else "0"],
         )
         return bool(moved)
 

@@ -6,6 +6,8 @@
 -- KEYS[5] batch counters    fluxq:batch:{batch}      (the job's batch)
 -- KEYS[6] lane slots set    fluxq:laneslots:{k}
 -- ARGV[1] job id   ARGV[2] now (s)   ARGV[3] reason   ARGV[4] events channel
+-- ARGV[5] "1": the job was certainly not sent, so its submit marker goes in the same step (a
+-- failover can then never keep the requeue and lose the marker's removal, or the reverse)
 -- Returns 1 when requeued, 0 when the job is missing or not admitted (nothing changes).
 local record = redis.call('HMGET', KEYS[1], 'state', 'batch', 'priority', 'seq', 'est')
 if record[1] ~= 'admitted' then
@@ -17,6 +19,9 @@ redis.call('SREM', KEYS[6], ARGV[1])
 if record[5] then
   -- Not sent: its estimate no longer counts against the batch's budget.
   redis.call('HINCRBYFLOAT', KEYS[5], 'committed', -tonumber(record[5]))
+end
+if ARGV[5] == '1' then
+  redis.call('HDEL', KEYS[1], 'submitting_at')
 end
 redis.call('ZADD', KEYS[4], fluxq_score(tonumber(record[3]), tonumber(record[4]), true), ARGV[1])
 fluxq_move(KEYS[1], KEYS[5], ARGV[4], ARGV[1], record[2], 'admitted', 'queued', ARGV[2], ARGV[3])
