@@ -16,7 +16,7 @@ from fluxq.config.errors import InvalidRequest
 from fluxq.tasks.admission import admit_and_dispatch
 from fluxq.tasks.notify import notify_terminal
 from fluxq.workers.runtime import Runtime
-from fluxq.workers.state import histograms
+from fluxq.workers.state import histograms, keys
 from fluxq.workers.state.jobs import Job, JobField, State
 from fluxq.workers.state.store import ReplicaShortfall
 
@@ -118,7 +118,7 @@ def end(
     # ready job's slot went at Ready, and only a ready job's save is watched, so a done job costs
     # no extra round trip. A refused move (another path ended it first, or the table forbids it)
     # frees nothing: the path that did end it freed the slot, and a job still admitted keeps it.
-    leaves = [rt.store.save_watch(job.key_label)] if job.state is State.READY else []
+    leaves = [keys.saves(job.key_label)] if job.state is State.READY else []
     freed = job.state.holds_slot and not keep_slot
     if freed:
         leaves += rt.limiter.slot_keys(job.group)

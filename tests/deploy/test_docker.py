@@ -8,12 +8,10 @@ base images are built once per machine (debootstrap, a few minutes) and reused a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ import yaml
 from fluxq.simulator.config import SimConfig
 from fluxq.simulator.server import SimulatorServer
 from tests.support.env import KEY, clean_env
-from tests.support.faults import request_for
+from tests.support.faults import submit_batch_file
 from tests.support.net import free_port, wait_until
 from tests.support.simulator import simulator_fixture
 
@@ -236,9 +234,7 @@ class Stack:
 
     def compose(self, *args: str, timeout_s: float = 300) -> str:
         argv = ["docker-compose", "-f", str(self.file), "-p", self.project, *args]
-        env = {**os.environ, "DOCKER_HOST": os.environ.get("DOCKER_HOST", "")}
-        env = {k: v for k, v in env.items() if v}
-        return run(argv, timeout_s=timeout_s, cwd=self.home, env=env).stdout
+        return run(argv, timeout_s=timeout_s, cwd=self.home).stdout
 
     def container(self, service: str) -> str:
         return self.compose("ps", "-q", service).strip()
@@ -301,7 +297,6 @@ def test_the_image_runs_the_demo_and_the_compose_stack_rides_out_a_failover(
     ).stdout
     assert "24 done, 0 failed of 24" in shown, shown
     assert "24 verified against their sha256" in " ".join(shown.split()), shown
-    python = sys.executable
     # Given the stack (Redis, a worker, the API, Flower) up from deploy/compose.yaml
     stack.compose("up", "-d", "--no-build", *STACK, timeout_s=600)
     api = httpx.Client(
@@ -310,14 +305,14 @@ def test_the_image_runs_the_demo_and_the_compose_stack_rides_out_a_failover(
         timeout=30,
     )
     with api:
-        _run_stack(stack, api, python)
+        _run_stack(stack, api)
 
 
-def _run_stack(stack: Stack, api: httpx.Client, python: str) -> None:
+def _run_stack(stack: Stack, api: httpx.Client) -> None:
     assert wait_until(lambda: _ok(api, "/readyz"), 120, interval_s=1.0), stack.compose("logs")
     # When a batch is sent to its Redis, then the workers run it and the API serves its images
     plain = f"redis://127.0.0.1:{stack.ports['redis']}/0"
-    _submit(stack, python, "first", 24, plain)
+    _submit(stack, "first", 24, plain)
     counts = wait_batch(api, "first", 24, timeout_s=180)
     assert counts["done"] == 24, counts
     image = api.get("/v1/jobs/first.l000/image")
@@ -332,7 +327,7 @@ def _run_stack(stack: Stack, api: httpx.Client, python: str) -> None:
     assert wait_until(lambda: _sentinels_ready(stack), 120, interval_s=1.0), stack.compose("logs")
     assert wait_until(lambda: _ok(api, "/readyz"), 120, interval_s=1.0)
     # When a batch runs and the master's container is killed mid-batch
-    _submit(stack, python, "second", 60, stack.sentinel_url, FLUXQ_REDIS_MIN_REPLICAS="1")
+    _submit(stack, "second", 60, stack.sentinel_url, FLUXQ_REDIS_MIN_REPLICAS="1")
     assert wait_until(lambda: batch_counts(api, "second").get("done", 0) >= 10, 120, interval_s=0.5)
     master = _master_port(stack)
     assert master == stack.ports["redis"]
@@ -356,19 +351,9 @@ def _run_stack(stack: Stack, api: httpx.Client, python: str) -> None:
     print(f"compose ha failover: {failover_s:.1f} s; second batch {counts}")
 
 
-def _submit(stack: Stack, python: str, name: str, total: int, url: str, **settings: str) -> None:
-    lines = stack.home / f"{name}.jsonl"
-    lines.write_text(
-        "".join(
-            json.dumps({"id": f"l{i:03d}", **request_for(name, i)}) + "\n" for i in range(total)
-        ),
-        encoding="utf-8",
-    )
-    run(
-        [python, "-P", "-m", "fluxq", "batch", "submit", str(lines), "--name", name,
-         "--endpoint", "flux-dev"],
-        timeout_s=120, env=stack.producer_env(url, **settings),
-    )  # fmt: skip
+def _submit(stack: Stack, name: str, total: int, url: str, **settings: str) -> None:
+    sent = submit_batch_file(stack.home, name, total, stack.producer_env(url, **settings))
+    assert sent.returncode == 0, sent.stderr
 
 
 def _up(url: str) -> bool:

@@ -32,7 +32,13 @@ from fluxq.workers.state.redis_client import MasterWatch, connect
 from fluxq.workers.state.store import ReplicaShortfall
 from tests.support.api import AUTH, TOKEN, ApiServer
 from tests.support.env import KEY
-from tests.support.faults import FaultCluster, assert_common, judge, request_for
+from tests.support.faults import (
+    FaultCluster,
+    assert_common,
+    judge,
+    request_for,
+    submit_batch_file,
+)
 from tests.support.flower import flower_env, running_flower
 from tests.support.net import wait_until
 from tests.support.sentinel import SentinelSet
@@ -190,19 +196,7 @@ def test_a_batch_and_service_jobs_ride_out_three_failovers_on_two_worker_trees(
     )
     for _ in range(2):
         cluster.start_worker(threads=8, save_threads=2)
-    lines = tmp_path / "night.jsonl"
-    lines.write_text(
-        "".join(
-            json.dumps({"id": f"l{i:03d}", **request_for("failover-batch", i)}) + "\n"
-            for i in range(BATCH_LINES)
-        ),
-        encoding="utf-8",
-    )
-    sent = subprocess.run(
-        [sys.executable, "-P", "-m", "fluxq", "batch", "submit", str(lines),
-         "--name", "failover-batch", "--endpoint", "flux-dev"],
-        env=cluster.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    sent = submit_batch_file(tmp_path, "failover-batch", BATCH_LINES, cluster.env)
     assert sent.returncode == 0, sent.stderr
     batch_ids = [f"failover-batch.l{i:03d}" for i in range(BATCH_LINES)]
     with ServiceProducer(cluster) as service:

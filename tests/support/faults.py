@@ -15,10 +15,11 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -575,3 +576,23 @@ def request_for(case: str, i: int, **extra: Any) -> dict[str, Any]:
         "height": 384,
         **extra,
     }
+
+
+def submit_batch_file(
+    directory: Path, name: str, total: int, env: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Write ``total`` flux-dev lines (ids l000...; ``request_for(name, i)``) to
+    ``directory/<name>.jsonl`` and send them as batch ``name`` with `fluxq batch submit`, a
+    producer process of its own with ``env``; its job ids are ``<name>.l000`` ..."""
+    lines = directory / f"{name}.jsonl"
+    lines.write_text(
+        "".join(
+            json.dumps({"id": f"l{i:03d}", **request_for(name, i)}) + "\n" for i in range(total)
+        ),
+        encoding="utf-8",
+    )
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "fluxq", "batch", "submit", str(lines), "--name", name,
+         "--endpoint", "flux-dev"],
+        env=dict(env), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip

@@ -189,19 +189,27 @@ class JobStore:
         tries: list[list[Any]] = []
         acked = 0
         for _ in range(REPLICATED_TRIES):
-            pipe = self._redis.pipeline(transaction=False)
-            write(pipe)
-            pipe.wait(self.min_replicas, self._replica_wait_ms)
-            *results, acked = pipe.execute()
+            results, acked = self._write_and_wait(write)
             tries.append(results)
-            if int(acked) >= self.min_replicas:
+            if acked >= self.min_replicas:
                 return tries
-            follow_master(self._redis)
         raise ReplicaShortfall(
             f"{what}: written, but {acked} of {self.min_replicas} Redis replicas confirmed it in "
             f"{self._replica_wait_ms} ms, {REPLICATED_TRIES} times (FLUXQ_REDIS_MIN_REPLICAS): "
             "a failover now could lose it; make it again (the same ids are safe to resend)"
         )
+
+    def _write_and_wait(self, write: Callable[[Any], None]) -> tuple[list[Any], int]:
+        """One try of a write that must reach ``min_replicas``: its results and how many
+        replicas held it. Too few: ``follow_master``, so a next try reaches the master the
+        Sentinels name now."""
+        pipe = self._redis.pipeline(transaction=False)
+        write(pipe)
+        pipe.wait(self.min_replicas, self._replica_wait_ms)
+        *results, acked = pipe.execute()
+        if int(acked) < self.min_replicas:
+            follow_master(self._redis)
+        return results, int(acked)
 
     @property
     def redis(self) -> redis.Redis[str]:
@@ -365,13 +373,13 @@ class JobStore:
         """
         if not self.min_replicas:
             return int(self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s])), 0
-        pipe = self._redis.pipeline(transaction=False)
-        self._scripts.start_submit(keys=[keys.job(job_id)], args=[now_s], client=pipe)
-        pipe.wait(self.min_replicas, self._replica_wait_ms)
-        attempt, acked = pipe.execute()
-        if int(acked) < self.min_replicas:
-            follow_master(self._redis)
-        return int(attempt), int(acked)
+        # One try only: made again, the script would find its own marker and send nothing.
+        (attempt,), acked = self._write_and_wait(
+            lambda pipe: self._scripts.start_submit(
+                keys=[keys.job(job_id)], args=[now_s], client=pipe
+            )
+        )
+        return int(attempt), acked
 
     def update_submitted(self, job_id: str, fields: Mapping[str, str | int | float]) -> None:
         """Set fields on a job the caller just read as submitted, with no existence check (a
@@ -549,11 +557,6 @@ class JobStore:
         record_keys = self._record_keys(job_id)
         if record_keys is not None:
             self._scripts.mark_uncertain(keys=record_keys[:2], args=[])
-
-    @staticmethod
-    def save_watch(label: str) -> str:
-        """The key a watched save is in (for ``transition``'s ``leaves``)."""
-        return keys.saves(label)
 
     def watch_save(self, job_id: str, label: str, *, until_s: float) -> None:
         """Ask the sweep to re-send this job's save unless it ends before ``until_s``."""
