@@ -48,6 +48,9 @@ log = logging.getLogger("fluxq.save")
 
 SAVE_BACKOFF_CAP_S = 20.0  # the URL lives 10 minutes: retries must stay well inside that
 
+CLOCK_SKEW_S = 10.0
+"""How far apart the clocks of the machine that made a job ready and the one saving it may be."""
+
 
 def final_path(rt: Runtime, job: Job) -> Path:
     """``<output_dir>/<batch>/<name>.<ext>``, ``name`` being the file stem stored at enqueue.
@@ -230,6 +233,16 @@ def _save(rt: Runtime, job_id: str) -> float | None:
     return None
 
 
+def _resent_since(rt: Runtime, job: Job, attempt: int) -> bool:
+    """Whether another save of the job began after this one (the sweep resent it while this
+    one ran slow). Only possible once the save watch set at Ready (``lease_ttl_s`` on) has
+    passed: before then the hot path asks Redis nothing; after, one HGET."""
+    ready_at = job.times.get(State.READY.value, 0.0)
+    if rt.clock() < ready_at + rt.settings.lease_ttl_s - CLOCK_SKEW_S:
+        return False
+    return rt.store.count(job.job_id, JobField.DOWNLOAD_ATTEMPTS) > attempt
+
+
 def _save_locally(
     rt: Runtime,
     job: Job,
@@ -247,7 +260,7 @@ def _save_locally(
         commit_file(got.path, path)
     meta = metadata(job, image, gots[0], rt.clock(), files=listed, extra=samples.sidecar())
     write_json_atomic(image.with_suffix(".json"), meta)
-    if attempt > 1 or rt.store.count(job.job_id, JobField.DOWNLOAD_ATTEMPTS) > attempt:
+    if attempt > 1 or _resent_since(rt, job, attempt):
         # The files and the sidecar are in place: any temporary file left by another attempt,
         # an earlier one or one begun since this one (a save resent while this one ran slow:
         # killed then, its file would outlive a job that no save visits again), however recent

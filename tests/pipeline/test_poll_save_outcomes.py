@@ -255,6 +255,10 @@ def test_a_first_save_removes_the_part_file_of_a_save_resent_while_it_ran(
 
     def slow_download(client: BFLClient, url: str, path: Path, **kwargs: object) -> object:
         got = download(client, url, path, **kwargs)  # type: ignore[arg-type]
+        # so slow that the save watch set at Ready passed (the only way a save is resent)
+        ready_at = pipeline.job(job_id).times["ready"]
+        later = ready_at + pipeline.rt.settings.lease_ttl_s + 1
+        monkeypatch.setattr(pipeline.rt, "clock", lambda: later)
         pipeline.rt.store.incr(job_id, "download_attempts")
         image = final_path(pipeline.rt, pipeline.job(job_id))
         left.append(image.with_name(f".{image.name}.0badc0de.part"))
